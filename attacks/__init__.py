@@ -1,0 +1,1 @@
+"""Privacy attacks on what federated clients transmit; filled in by later work."""

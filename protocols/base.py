@@ -1,0 +1,68 @@
+"""The protocol interface: a round takes each client's flat float64 vector and returns their sum.
+
+Callers (the federation runner, benchmarks, anyone summing FL vectors) use only ``aggregate``.
+Contributions are checked here, once for every protocol, before any protocol work starts: same
+length, finite float64, every entry within the round's declared public bound. A protocol either
+returns the exact sum (to its encoding's stated precision) or raises.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from protocols.errors import InvalidContributionError
+from protocols.transcript import Transcript
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    total: np.ndarray
+    upload_bytes: dict[int, int]  # what each client sent during the round
+    download_bytes: dict[int, int]  # what the protocol sent each client during the round
+
+
+def check_contributions(contributions: Mapping[int, np.ndarray], bound: float) -> int:
+    """Validate a round's inputs; returns the common vector length."""
+    if not contributions:
+        raise InvalidContributionError("a round needs at least one client's vector")
+    if not (np.isfinite(bound) and bound > 0):
+        raise InvalidContributionError(f"the declared bound must be a positive finite number, got {bound}")
+    lengths = set()
+    for client, vector in contributions.items():
+        if not isinstance(vector, np.ndarray) or vector.dtype != np.float64 or vector.ndim != 1:
+            raise InvalidContributionError(f"client {client}: a contribution must be a 1-D float64 numpy array")
+        if not np.isfinite(vector).all():
+            raise InvalidContributionError(f"client {client}: the vector contains NaN or Inf")
+        peak = float(np.max(np.abs(vector))) if vector.size else 0.0
+        if peak > bound:
+            raise InvalidContributionError(
+                f"client {client}: an entry of magnitude {peak:.6g} exceeds the declared public bound {bound:.6g}"
+            )
+        lengths.add(vector.shape[0])
+    if len(lengths) != 1:
+        raise InvalidContributionError(f"clients sent vectors of different lengths {sorted(lengths)}")
+    return lengths.pop()
+
+
+class AggregationProtocol(ABC):
+    """Sums clients' vectors; records what the server saw in ``self.transcript``."""
+
+    name: ClassVar[str]
+    secure: ClassVar[bool]  # False: the server sees individual contributions
+
+    def __init__(self, keep_transcript: bool = True):
+        self.keep_transcript = keep_transcript
+        self.transcript = Transcript()
+
+    def aggregate(self, round_id: str, contributions: Mapping[int, np.ndarray], bound: float) -> RoundResult:
+        length = check_contributions(contributions, bound)
+        return self._aggregate(round_id, dict(contributions), bound, length)
+
+    @abstractmethod
+    def _aggregate(self, round_id: str, contributions: dict[int, np.ndarray], bound: float, length: int) -> RoundResult:
+        """Run the round on validated inputs."""

@@ -1,0 +1,67 @@
+"""The shape every federated algorithm takes: a server that asks for rounds of sums, clients that answer.
+
+An algorithm is a sequence of aggregation rounds. Before each round the server publishes a
+``RoundSpec`` (what vector it wants, its length, the public bound on its entries and whatever
+state it broadcasts); every client answers with one flat float64 vector; a protocol sums them;
+the server consumes the sum. Keeping client and server apart lets the same code run in the
+in-process simulation and, later, across machines.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    name: str
+    length: int
+    bound: float  # public: every entry of every client's vector satisfies |v_i| ≤ bound
+    broadcast: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def broadcast_bytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.broadcast.values())
+
+
+class AlgorithmClient(ABC):
+    """One client's side: its private data stay inside; only ``contribute`` output leaves."""
+
+    @abstractmethod
+    def contribute(self, spec: RoundSpec) -> np.ndarray:
+        """The flat float64 vector this client adds to the round's sum."""
+
+
+class AlgorithmServer(ABC):
+    """The server's side: it only ever sees sums."""
+
+    @abstractmethod
+    def next_round(self) -> RoundSpec | None:
+        """The next round to run, or None when training is done."""
+
+    @abstractmethod
+    def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
+        """Consume the sum of all clients' vectors for ``spec``."""
+
+    @abstractmethod
+    def model(self) -> "LinearModel":
+        """The trained model, broadcast to clients at the end."""
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """Scores = X W; the predicted class is the arg-max."""
+
+    weights: np.ndarray  # (d, C) float64
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.argmax(np.asarray(features, dtype=np.float64) @ self.weights, axis=1)
+
+    def accuracy(self, features: np.ndarray, labels: np.ndarray) -> float:
+        if len(labels) == 0:
+            return float("nan")
+        return float(np.mean(self.predict(features) == np.asarray(labels)))

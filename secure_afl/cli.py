@@ -1,0 +1,94 @@
+"""``secure-afl``: the command line. Every expected failure becomes one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import fields
+
+from protocols import PROTOCOLS, ProtocolError
+from secure_afl.config import ALGORITHMS, RunConfig
+from secure_afl.data.datasets import DATASETS
+from secure_afl.data.partition import PARTITIONS
+from secure_afl.errors import SecureAFLError
+from secure_afl.features.buffer import ACTIVATIONS
+from secure_afl.features.feature_map import ROW_NORMS
+
+EXIT_USAGE = 2
+
+
+def _run_parser(sub) -> None:
+    defaults = RunConfig()
+    p = sub.add_parser("run", help="simulate a federation and write its results JSON",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=defaults.algorithm)
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=defaults.protocol)
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=defaults.dataset, help=f"one of {', '.join(DATASETS)}")
+    data.add_argument("--data-dir", default=None, help="root of an on-disk dataset (cifar10, cifar100, imagefolder)")
+    data.add_argument("--download", action="store_true", help="let torchvision download CIFAR (needs internet)")
+    data.add_argument("--clients", type=int, default=defaults.clients)
+    data.add_argument("--partition", choices=PARTITIONS, default=defaults.partition)
+    data.add_argument("--alpha", type=float, default=defaults.alpha, help="Dirichlet concentration")
+    data.add_argument("--shards-per-client", type=int, default=defaults.shards_per_client)
+    data.add_argument("--min-client-size", type=int, default=defaults.min_client_size)
+    data.add_argument("--seed", type=int, default=defaults.seed)
+    feats = p.add_argument_group("features")
+    feats.add_argument("--backbone", default=defaults.backbone, help="efficientnet_lite0 (shipped weights) or a timm name")
+    feats.add_argument("--weights", default=None, help="local weights file for the backbone")
+    feats.add_argument("--random-weights", action="store_true", help="use an untrained backbone on purpose")
+    feats.add_argument("--resolution", type=int, default=defaults.resolution)
+    feats.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    feats.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    feats.add_argument("--cache-dir", default=None, help="feature cache (default $SECURE_AFL_CACHE or ~/.cache/secure_afl)")
+    feats.add_argument("--no-cache", dest="use_cache", action="store_false", help="always extract features")
+    feats.add_argument("--buffer-width", type=int, default=defaults.buffer_width, help="0 disables the random buffer")
+    feats.add_argument("--buffer-activation", choices=tuple(ACTIVATIONS), default=defaults.buffer_activation)
+    feats.add_argument("--buffer-seed", type=int, default=defaults.buffer_seed)
+    feats.add_argument("--buffer-bias", action="store_true")
+    feats.add_argument("--feature-norm", choices=ROW_NORMS, default=defaults.feature_norm)
+    feats.add_argument("--max-norm", type=float, default=defaults.max_norm, help="public bound on feature row norms")
+    solve = p.add_argument_group("solve")
+    solve.add_argument("--gamma", type=float, default=defaults.gamma, help="ridge regularisation, added once")
+    solve.add_argument("--restore", action="store_true", help="plain least squares (the paper's restored result)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default=None, help="results JSON path")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="secure-afl", description="Analytic federated learning with secure aggregation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    args = parser.parse_args(argv)
+    names = {f.name for f in fields(RunConfig)}
+    config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    try:
+        from secure_afl.results import check_output_path, format_summary, write_results
+        from secure_afl.runner import run
+
+        check_output_path(args.out, args.overwrite)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = _warn_line
+            results = run(config, progress=not args.quiet)
+        if args.out:
+            write_results(args.out, results, overwrite=args.overwrite)
+    except (SecureAFLError, ProtocolError) as exc:
+        print(f"secure-afl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.quiet:
+        print(format_summary(results))
+        if args.out:
+            print(f"results written to {args.out}")
+    return 0
+
+
+def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"secure-afl: warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The full configuration of a run, validated before any data is read, sent or written.
+
+Every field is recorded verbatim in the results JSON, so a run can be reproduced from its file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from secure_afl.data.datasets import DATASETS
+from secure_afl.data.partition import PARTITIONS
+from secure_afl.errors import ConfigError
+from secure_afl.features.backbone import DEFAULT_BACKBONE
+
+ALGORITHMS = ("afl",)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    algorithm: str = "afl"
+    protocol: str = "plaintext"
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    download: bool = False
+    clients: int = 20
+    partition: str = "dirichlet"
+    alpha: float = 0.1
+    shards_per_client: int = 2
+    min_client_size: int = 1
+    seed: int = 0
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    random_weights: bool = False
+    resolution: int = 96
+    batch_size: int = 128
+    device: str = "auto"
+    cache_dir: str | None = None
+    use_cache: bool = True
+    buffer_width: int = 0  # 0: no random buffer
+    buffer_activation: str = "relu"
+    buffer_seed: int = 0
+    buffer_bias: bool = False
+    feature_norm: str = "l2"
+    max_norm: float = 1.0
+    gamma: float = 0.1
+    restore: bool = False
+
+    def validate(self) -> None:
+        """Refuse values no run can use; names are checked against the registries they select from."""
+        from protocols import PROTOCOLS
+
+        choices = {
+            "algorithm": ALGORITHMS,
+            "protocol": tuple(PROTOCOLS),
+            "dataset": DATASETS,
+            "partition": PARTITIONS,
+        }
+        for name, accepted in choices.items():
+            if getattr(self, name) not in accepted:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(accepted)}")
+        positive = {"clients": self.clients, "resolution": self.resolution, "batch_size": self.batch_size,
+                    "min_client_size": self.min_client_size, "shards_per_client": self.shards_per_client}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.buffer_width < 0:
+            raise ConfigError(f"buffer_width must be ≥ 0 (0 disables the buffer), got {self.buffer_width}")
+        if self.partition == "dirichlet" and not self.alpha > 0:
+            raise ConfigError(f"alpha must be positive, got {self.alpha}")

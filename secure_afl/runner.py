@@ -1,0 +1,199 @@
+"""The in-process federation: K clients, one server, a protocol between them, and the evaluation.
+
+The runner follows the one data path of the design: features (cached) → public feature map →
+each client's contribution → protocol rounds (the only thing that leaves a client) → the
+server's solve → evaluation against the centralized solution on the pooled data. It talks to
+protocols only through ``AggregationProtocol.aggregate``, so secure protocols slot in unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from protocols import make_protocol
+from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, ridge_solve, statistics_bound
+from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer
+from secure_afl.config import RunConfig
+from secure_afl.data.datasets import Dataset, load_dataset
+from secure_afl.data.partition import allocate_held_out, partition
+from secure_afl.device import resolve_device
+from secure_afl.features.backbone import load_backbone
+from secure_afl.features.buffer import RandomBuffer
+from secure_afl.features.cache import FeatureCache
+from secure_afl.features.extract import cached_features
+from secure_afl.features.feature_map import FeatureMap
+from secure_afl.results import SCHEMA_VERSION, environment
+from secure_afl.statistics import compute_statistics
+
+
+class PlaintextAggregationWarning(UserWarning):
+    """The chosen protocol lets the server read every client's statistics."""
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """Mapped features of the whole federation (float32, on the run's device) and who holds what."""
+
+    train_x: torch.Tensor
+    train_y: np.ndarray
+    test_x: torch.Tensor
+    test_y: np.ndarray
+    client_indices: list[np.ndarray]  # into train
+    held_out_indices: list[np.ndarray]  # into test
+    num_classes: int
+
+
+def build_feature_map(config: RunConfig) -> FeatureMap:
+    buffer = None
+    if config.buffer_width > 0:
+        buffer = RandomBuffer(config.buffer_width, config.buffer_activation, config.buffer_seed, config.buffer_bias)
+    return FeatureMap(buffer, config.feature_norm, config.max_norm)
+
+
+def backbone_features(config: RunConfig, dataset: Dataset, device: torch.device, progress: bool):
+    """Backbone features of the train and test splits, plus how many pools came from the cache."""
+    backbone = load_backbone(config.backbone, config.weights, config.random_weights, seed=config.seed)
+    cache = FeatureCache(config.cache_dir) if config.use_cache else None
+    per_pool, hits = {}, 0
+    for pool, source in dataset.pools.items():
+        per_pool[pool], hit = cached_features(
+            backbone, source, dataset=dataset.name, pool=pool, resolution=config.resolution,
+            batch_size=config.batch_size, device=device, cache=cache, progress=progress,
+        )
+        hits += hit
+    train = per_pool[dataset.train.pool][dataset.train.indices]
+    test = per_pool[dataset.test.pool][dataset.test.indices]
+    return train, test, {"pools": len(per_pool), "cache_hits": hits, "feature_dim": backbone.feature_dim}
+
+
+def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_samples: int):
+    """The server and the clients; the public bound follows from the feature norm bound and client size."""
+    dim = data.train_x.shape[1]
+    server = AFLServer(dim, data.num_classes, afl, statistics_bound(max_samples, max_norm))
+    clients = {
+        k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes) for k, idx in enumerate(data.client_indices)
+    }
+    return server, clients
+
+
+def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], protocol, timer: Timer) -> dict:
+    """Drive every round: clients contribute, the protocol sums, the server consumes. Returns byte counts."""
+    upload = dict.fromkeys(clients, 0)
+    download = dict.fromkeys(clients, 0)
+    rounds = []
+    while (spec := server.next_round()) is not None:
+        with timer.phase("local"):
+            vectors = {k: client.contribute(spec) for k, client in clients.items()}
+        with timer.phase("aggregation"):
+            result = protocol.aggregate(spec.name, vectors, spec.bound)
+        with timer.phase("solve"):
+            server.receive(spec, result.total)
+        for k in clients:
+            upload[k] += result.upload_bytes[k]
+            download[k] += result.download_bytes[k] + spec.broadcast_bytes
+        rounds.append({
+            "round": spec.name,
+            "length": spec.length,
+            "upload_per_client_max": max(result.upload_bytes.values()),
+            "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in clients),
+        })
+    model_bytes = int(server.model().weights.nbytes)  # the final model is broadcast to every client
+    for k in clients:
+        download[k] += model_bytes
+    return {
+        "per_client_upload_max": max(upload.values()),
+        "per_client_upload_mean": float(np.mean(list(upload.values()))),
+        "per_client_download_max": max(download.values()),
+        "per_client_download_mean": float(np.mean(list(download.values()))),
+        "server_received_total": sum(upload.values()),
+        "server_sent_total": sum(download.values()),
+        "model_broadcast": model_bytes,
+        "per_round": rounds,
+    }
+
+
+def run(config: RunConfig, progress: bool = False) -> dict:
+    """Run one simulated federation and return the results document (see results.py)."""
+    config.validate()
+    afl_config = AFLConfig(config.gamma, config.restore)
+    feature_map = build_feature_map(config)
+    protocol = make_protocol(config.protocol)
+    device = resolve_device(config.device)
+    dataset = load_dataset(config.dataset, config.data_dir, config.download)
+    if not protocol.secure:
+        warnings.warn(
+            f"protocol {protocol.name!r}: the server sees every client's statistics in the clear",
+            PlaintextAggregationWarning,
+            stacklevel=2,
+        )
+    timer = Timer()
+    with timer.phase("total"):
+        with timer.phase("features"):
+            train_raw, test_raw, feature_info = backbone_features(config, dataset, device, progress)
+        train_y, test_y = dataset.labels(dataset.train), dataset.labels(dataset.test)
+        client_indices = partition(
+            train_y, config.clients, config.partition, alpha=config.alpha,
+            shards_per_client=config.shards_per_client, min_size=config.min_client_size, seed=config.seed,
+        )
+        held_out = allocate_held_out(client_indices, train_y, test_y, seed=config.seed)
+        with timer.phase("feature_map"):
+            train_x, changed = feature_map.apply(torch.from_numpy(train_raw).to(device))
+            test_x, _ = feature_map.apply(torch.from_numpy(test_raw).to(device))
+        data = FederatedData(train_x, train_y, test_x, test_y, client_indices, held_out, dataset.num_classes)
+        with timer.phase("local"):
+            server, clients = make_algorithm(afl_config, config.max_norm, data, max_samples=len(train_y))
+        bytes_report = federate(server, clients, protocol, timer)
+        with timer.phase("evaluation"):
+            metrics = evaluate(server, data, afl_config)
+    metrics["rows_changed_by_norm_bound"] = changed
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "config": asdict(config),
+        "metrics": metrics,
+        "timings_s": timer.seconds,
+        "bytes": bytes_report,
+        "clients": {
+            "train_sizes": [len(i) for i in client_indices],
+            "held_out_sizes": [len(i) for i in held_out],
+        },
+        "features": {**feature_info, "dim": int(train_x.shape[1]), "train": len(train_y), "test": len(test_y)},
+        "environment": environment(device, config.seed),
+    }
+
+
+def evaluate(server: AlgorithmServer, data: FederatedData, afl_config: AFLConfig) -> dict:
+    """Global accuracy, the centralized reference on pooled data, and each client's held-out accuracy."""
+    model = server.model()
+    train_x = data.train_x.cpu().numpy()
+    test_x = data.test_x.cpu().numpy()
+    central = ridge_solve(compute_statistics(data.train_x, data.train_y, data.num_classes), afl_config)
+    central_model = type(model)(central)
+    per_client = [model.accuracy(test_x[idx], data.test_y[idx]) for idx in data.held_out_indices]
+    evaluated = [acc for acc in per_client if not np.isnan(acc)]
+    return {
+        "accuracy": model.accuracy(test_x, data.test_y),
+        "train_accuracy": model.accuracy(train_x, data.train_y),
+        "centralized_accuracy": central_model.accuracy(test_x, data.test_y),
+        "max_rel_diff_to_centralized": float(np.max(np.abs(model.weights - central)) / np.max(np.abs(central))),
+        "personalized_accuracy": float(np.mean(evaluated)) if evaluated else None,
+        "per_client_accuracy": [None if np.isnan(a) else a for a in per_client],
+    }

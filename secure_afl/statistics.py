@@ -1,0 +1,135 @@
+"""Sufficient statistics (spec §1): the only thing a client ever contributes, and its flat packing.
+
+G = XᵀX, H = XᵀY, n and the class counts are accumulated in float64 on the features' device,
+in row batches, whatever precision the features were computed in. For the protocols a client's
+statistics become one flat float64 vector: the upper triangle of G (row-major), then H, then n,
+then the counts. Sums and differences of statistics are sums and differences of those vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from secure_afl.errors import EmptyClientError, FeatureError
+
+
+@dataclass(frozen=True)
+class Statistics:
+    gram: np.ndarray  # (d, d) float64, symmetric
+    cross: np.ndarray  # (d, C) float64
+    count: int
+    class_counts: np.ndarray  # (C,) int64
+
+    def __add__(self, other: Statistics) -> Statistics:
+        _check_compatible(self, other)
+        return Statistics(
+            self.gram + other.gram, self.cross + other.cross, self.count + other.count, self.class_counts + other.class_counts
+        )
+
+    def __sub__(self, other: Statistics) -> Statistics:
+        _check_compatible(self, other)
+        return Statistics(
+            self.gram - other.gram, self.cross - other.cross, self.count - other.count, self.class_counts - other.class_counts
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.gram.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.cross.shape[1]
+
+
+def _check_compatible(a: Statistics, b: Statistics) -> None:
+    if a.gram.shape != b.gram.shape or a.cross.shape != b.cross.shape:
+        raise FeatureError(f"cannot combine statistics of shapes {a.cross.shape} and {b.cross.shape}")
+
+
+def validate_features(features: torch.Tensor | np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    """Refuse inputs that would silently poison a sum: wrong shapes, NaN/Inf, labels out of range, no rows."""
+    if features.ndim != 2:
+        raise FeatureError(f"features must be a 2-D (samples × dims) array, got shape {tuple(features.shape)}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+        raise FeatureError(f"{features.shape[0]} feature rows but labels of shape {labels.shape}")
+    if features.shape[0] == 0:
+        raise EmptyClientError("a client holds zero samples and has no statistics to send; repartition the data")
+    finite = torch.isfinite(features).all() if isinstance(features, torch.Tensor) else np.isfinite(features).all()
+    if not bool(finite):
+        raise FeatureError("features contain NaN or Inf; fix the inputs or the backbone before aggregating")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise FeatureError(f"labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
+
+
+def compute_statistics(
+    features: torch.Tensor | np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int = 8192
+) -> Statistics:
+    """(G, H, n, counts) of one client's feature rows, accumulated in float64."""
+    validate_features(features, labels, num_classes)
+    x_all = torch.as_tensor(features)
+    device = x_all.device
+    y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
+    dim = x_all.shape[1]
+    gram = torch.zeros((dim, dim), dtype=torch.float64, device=device)
+    cross = torch.zeros((dim, num_classes), dtype=torch.float64, device=device)
+    for start in range(0, x_all.shape[0], batch_size):
+        x = x_all[start : start + batch_size].to(torch.float64)
+        gram += x.T @ x
+        cross.index_add_(1, y_all[start : start + batch_size], x.T)
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.int64)
+    gram = 0.5 * (gram + gram.T)  # exact symmetry, so packing the upper triangle loses nothing
+    return Statistics(gram.cpu().numpy(), cross.cpu().numpy(), int(x_all.shape[0]), counts)
+
+
+@dataclass(frozen=True)
+class StatisticsLayout:
+    """Where each statistic sits in the flat vector of a (dim, num_classes) problem."""
+
+    dim: int
+    num_classes: int
+
+    @property
+    def triangle(self) -> int:
+        return self.dim * (self.dim + 1) // 2
+
+    @property
+    def length(self) -> int:
+        return self.triangle + self.dim * self.num_classes + 1 + self.num_classes
+
+    @cached_property
+    def _upper(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.triu_indices(self.dim)
+
+    def pack(self, stats: Statistics) -> np.ndarray:
+        if stats.gram.shape != (self.dim, self.dim) or stats.cross.shape != (self.dim, self.num_classes):
+            raise FeatureError(
+                f"statistics of dim {stats.dim} and {stats.num_classes} classes do not fit the layout "
+                f"({self.dim}, {self.num_classes})"
+            )
+        return np.concatenate(
+            [
+                stats.gram[self._upper],
+                stats.cross.ravel(),
+                np.array([stats.count], dtype=np.float64),
+                stats.class_counts.astype(np.float64),
+            ]
+        )
+
+    def unpack(self, vector: np.ndarray) -> Statistics:
+        vector = np.asarray(vector, dtype=np.float64)
+        if vector.shape != (self.length,):
+            raise FeatureError(f"a packed vector of this layout has {self.length} entries, got shape {vector.shape}")
+        rows, cols = self._upper
+        gram = np.empty((self.dim, self.dim))
+        gram[rows, cols] = vector[: self.triangle]
+        gram[cols, rows] = vector[: self.triangle]
+        offset = self.triangle + self.dim * self.num_classes
+        cross = vector[self.triangle : offset].reshape(self.dim, self.num_classes).copy()
+        count = int(round(vector[offset]))
+        class_counts = np.round(vector[offset + 1 :]).astype(np.int64)
+        return Statistics(gram, cross, count, class_counts)
