@@ -1,0 +1,108 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from secure_afl.cli import main
+
+QUICK = ["run", "--dataset", "digits", "--resolution", "32", "--clients", "10", "--alpha", "0.1", "--quiet"]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_run_writes_the_documented_results(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    code, _, err = run_cli([*QUICK, "--out", str(out)], capsys)
+    assert code == 0
+    assert "warning: protocol 'plaintext': the server sees every client's statistics" in err
+    results = json.loads(out.read_text())
+    assert results["schema_version"] == 1
+    assert results["config"]["dataset"] == "digits" and results["config"]["clients"] == 10
+    metrics = results["metrics"]
+    assert metrics["max_rel_diff_to_centralized"] <= 1e-9
+    assert metrics["accuracy"] == pytest.approx(metrics["centralized_accuracy"])
+    assert 0.5 < metrics["accuracy"] <= 1.0
+    assert len(metrics["per_client_accuracy"]) == 10
+    assert set(results["timings_s"]) >= {"features", "local", "aggregation", "solve", "total"}
+    triangle = 1280 * 1281 // 2
+    assert results["bytes"]["per_client_upload_max"] == 8 * (triangle + 1280 * 10 + 1 + 10)
+    assert results["bytes"]["model_broadcast"] == 8 * 1280 * 10
+    assert results["bytes"]["server_received_total"] == 10 * results["bytes"]["per_client_upload_max"]
+    assert sum(results["clients"]["train_sizes"]) == results["features"]["train"]
+    env = results["environment"]
+    assert env["device"] == "cpu" and env["packages"]["torch"] and env["packages"]["timm"] and env["seed"] == 0
+
+
+def test_summary_table_is_printed(tmp_path, capsys):
+    code, out, _ = run_cli([a for a in QUICK if a != "--quiet"], capsys)
+    assert code == 0
+    assert "global accuracy" in out and "max rel diff to central" in out
+
+
+def test_results_are_the_same_for_every_partition(tmp_path, capsys):
+    accuracies = set()
+    for alpha in ("0.01", "100"):
+        out = tmp_path / f"a{alpha}.json"
+        assert run_cli([*QUICK, "--alpha", alpha, "--out", str(out)], capsys)[0] == 0
+        accuracies.add(json.loads(out.read_text())["metrics"]["accuracy"])
+    assert len(accuracies) == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "mnist6k"], "unknown dataset 'mnist6k'"),
+        (["--backbone", "resnet_18"], "unknown backbone"),
+        (["--backbone", "resnet18"], "no local pretrained weights"),
+        (["--weights", "/nonexistent/w.pth"], "does not exist"),
+        (["--dataset", "imagefolder", "--data-dir", "/nonexistent/images"], "does not exist"),
+        (["--clients", "0"], "clients must be at least 1"),
+        (["--clients", "1000", "--min-client-size", "2"], "cannot give 1000 clients"),
+        (["--gamma", "-1"], "gamma"),
+        (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
+    ],
+)
+def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    out = tmp_path / "out" / "run.json"
+    code, _, err = run_cli([*QUICK, *extra, "--out", str(out)], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("secure-afl: error:")]
+    assert len(lines) == 1 and message in lines[0]
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_existing_results_are_not_overwritten_unless_asked(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    out.write_text("precious")
+    code, _, err = run_cli([*QUICK, "--out", str(out)], capsys)
+    assert code == 2 and "already exists" in err
+    assert out.read_text() == "precious"
+    assert run_cli([*QUICK, "--out", str(out), "--overwrite"], capsys)[0] == 0
+    assert json.loads(out.read_text())["schema_version"] == 1
+
+
+def test_console_script_reports_errors_with_a_non_zero_exit():
+    exe = Path(sys.executable).parent / "secure-afl"
+    assert exe.is_file(), "the secure-afl console script is not installed next to this interpreter"
+    proc = subprocess.run([str(exe), "run", "--dataset", "nope"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("secure-afl: error: unknown dataset 'nope'")
+
+
+@pytest.mark.slow
+def test_default_job_reaches_the_target_accuracy(tmp_path, capsys):
+    """The README's main job: mnist5k, 20 clients, alpha 0.1, shipped backbone."""
+    out = tmp_path / "default.json"
+    assert run_cli(["run", "--quiet", "--out", str(out)], capsys)[0] == 0
+    results = json.loads(out.read_text())
+    assert results["config"]["dataset"] == "mnist5k" and results["config"]["clients"] == 20
+    assert results["metrics"]["accuracy"] >= 0.92
+    assert results["metrics"]["max_rel_diff_to_centralized"] <= 1e-9
