@@ -24,3 +24,5 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/afl_partitions.py
 	$(BIN)/python benchmarks/server_cost.py
+	$(BIN)/python benchmarks/gamma_selection.py
+	$(BIN)/python benchmarks/extraction_throughput.py

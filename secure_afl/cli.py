@@ -13,6 +13,7 @@ from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
 from secure_afl.errors import SecureAFLError
 from secure_afl.features.buffer import ACTIVATIONS
+from secure_afl.features.extract import PRECISIONS
 from secure_afl.features.feature_map import ROW_NORMS
 
 EXIT_USAGE = 2
@@ -41,6 +42,8 @@ def _run_parser(sub) -> None:
     feats.add_argument("--resolution", type=int, default=defaults.resolution)
     feats.add_argument("--batch-size", type=int, default=defaults.batch_size)
     feats.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    feats.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision,
+                       help="backbone autocast on CUDA (the CPU always runs fp32)")
     feats.add_argument("--cache-dir", default=None, help="feature cache (default $SECURE_AFL_CACHE or ~/.cache/secure_afl)")
     feats.add_argument("--no-cache", dest="use_cache", action="store_false", help="always extract features")
     feats.add_argument("--buffer-width", type=int, default=defaults.buffer_width, help="0 disables the random buffer")

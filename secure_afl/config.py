@@ -11,6 +11,7 @@ from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
 from secure_afl.errors import ConfigError
 from secure_afl.features.backbone import DEFAULT_BACKBONE
+from secure_afl.features.extract import PRECISIONS
 
 ALGORITHMS = ("afl",)
 
@@ -34,6 +35,7 @@ class RunConfig:
     resolution: int = 96
     batch_size: int = 128
     device: str = "auto"
+    precision: str = "bf16"  # backbone autocast on CUDA: bf16, fp16 or fp32 (the CPU always runs fp32)
     cache_dir: str | None = None
     use_cache: bool = True
     buffer_width: int = 0  # 0: no random buffer
@@ -63,6 +65,8 @@ class RunConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.buffer_width < 0:
             raise ConfigError(f"buffer_width must be ≥ 0 (0 disables the buffer), got {self.buffer_width}")
         if self.partition == "dirichlet" and not self.alpha > 0:

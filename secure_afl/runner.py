@@ -77,7 +77,7 @@ def backbone_features(config: RunConfig, dataset: Dataset, device: torch.device,
     for pool, source in dataset.pools.items():
         per_pool[pool], hit = cached_features(
             backbone, source, dataset=dataset.name, pool=pool, resolution=config.resolution,
-            batch_size=config.batch_size, device=device, cache=cache, progress=progress,
+            batch_size=config.batch_size, device=device, cache=cache, progress=progress, precision=config.precision,
         )
         hits += hit
     train = per_pool[dataset.train.pool][dataset.train.indices]

@@ -3,10 +3,12 @@ import pytest
 import torch
 
 from secure_afl.data.datasets import load_dataset
-from secure_afl.errors import BackboneError, WeightsNotFoundError
+from secure_afl.errors import BackboneError, ConfigError, WeightsNotFoundError
 from secure_afl.features.backbone import load_backbone, map_lite0_key, shipped_lite0_weights
 from secure_afl.features.cache import FeatureCache
 from secure_afl.features.extract import cached_features, extract_features
+
+from conftest import requires_cuda
 
 CPU = torch.device("cpu")
 
@@ -80,3 +82,25 @@ def test_a_local_weights_file_is_loaded_strictly(tmp_path):
     assert torch.allclose(loaded.model(x), source.model(x))
     with pytest.raises(BackboneError, match="does not fit backbone"):
         load_backbone("resnet34", weights=path)
+
+
+def test_precision_only_matters_where_autocast_applies(tmp_path):
+    source = load_dataset("samples-mnist").pools["all"]
+    backbone = load_backbone()
+    kwargs = dict(dataset="samples-mnist", pool="all", resolution=32, batch_size=20, device=CPU,
+                  cache=FeatureCache(tmp_path))
+    fp32, hit = cached_features(backbone, source, precision="fp32", **kwargs)
+    fp16, hit_again = cached_features(backbone, source, precision="fp16", **kwargs)  # the CPU runs fp32 anyway
+    assert (hit, hit_again) == (False, True) and np.array_equal(fp32, fp16)
+    with pytest.raises(ConfigError, match="unknown precision 'int8'"):
+        cached_features(backbone, source, precision="int8", **kwargs)
+
+
+@requires_cuda
+def test_cuda_bf16_features_agree_with_cpu_fp32():
+    source = load_dataset("samples-cifar10").pools["all"]
+    backbone = load_backbone()
+    cpu = extract_features(backbone, source, 64, 20, CPU)
+    gpu = extract_features(backbone, source, 64, 20, torch.device("cuda"), precision="bf16")
+    cosine = np.sum(cpu * gpu, axis=1) / (np.linalg.norm(cpu, axis=1) * np.linalg.norm(gpu, axis=1))
+    assert gpu.dtype == np.float32 and cosine.min() > 0.98

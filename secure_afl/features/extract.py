@@ -1,6 +1,7 @@
 """Backbone feature extraction: batches read ahead on a thread, resized and run on the device.
 
-On CUDA the backbone runs under bf16 autocast (features come back float32); pixel batches are
+On CUDA the backbone runs under bf16 (default) or fp16 autocast, or in fp32 when asked; features
+always come back float32 and the CPU always computes in fp32. Pixel batches are
 pinned and copied asynchronously while the next batch is read, so the GPU is not left waiting on
 the loader. Results are cached per pool (see ``cache.py``).
 """
@@ -19,6 +20,15 @@ from secure_afl.data.sources import ImageSource
 from secure_afl.errors import ConfigError, FeatureError
 from secure_afl.features.backbone import Backbone
 from secure_afl.features.cache import FeatureCache, cache_key
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """The precision the backbone really runs in: autocast only applies on CUDA."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision if device.type == "cuda" else "fp32"
 
 
 def _batches(source: ImageSource, resolution: int, batch_size: int, pin: bool) -> Iterator[torch.Tensor]:
@@ -59,6 +69,7 @@ def extract_features(
     device: torch.device,
     progress: bool = False,
     description: str = "features",
+    precision: str = "bf16",
 ) -> np.ndarray:
     """Features (N, feature_dim) float32 of every image in ``source``, in order."""
     if resolution < 8:
@@ -67,13 +78,14 @@ def extract_features(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     from tqdm.auto import tqdm
 
+    autocast_dtype = PRECISIONS[effective_precision(precision, device)]
     model = backbone.model.to(device)
     on_cuda = device.type == "cuda"
     chunks = []
     bar = tqdm(total=len(source), desc=description, unit="img", disable=not progress, leave=False)
     for batch in _batches(source, resolution, batch_size, pin=on_cuda):
         x = prepare(batch, backbone, resolution, device)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+        with torch.autocast(device_type="cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
             chunks.append(model(x).float())
         bar.update(len(batch))
     bar.close()
@@ -94,6 +106,7 @@ def cached_features(
     device: torch.device,
     cache: FeatureCache | None,
     progress: bool = False,
+    precision: str = "bf16",
 ) -> tuple[np.ndarray, bool]:
     """Features of a pool from the cache when present (returns ``hit=True``), else extracted and stored."""
     key = cache_key(
@@ -105,11 +118,14 @@ def cached_features(
             "weights": backbone.weights_id,
             "resolution": resolution,
             "preprocessing": asdict(backbone.preprocessing),
+            "precision": effective_precision(precision, device),
         }
     )
     if cache is not None and (found := cache.load(key, source.labels)) is not None:
         return found, True
-    features = extract_features(backbone, source, resolution, batch_size, device, progress, f"{dataset}/{pool}")
+    features = extract_features(
+        backbone, source, resolution, batch_size, device, progress, f"{dataset}/{pool}", precision
+    )
     if cache is not None:
         cache.store(key, features, source.labels)
     return features, False
