@@ -145,16 +145,16 @@ def run(config: RunConfig, progress: bool = False) -> dict:
             PlaintextAggregationWarning,
             stacklevel=2,
         )
+    train_y, test_y = dataset.labels(dataset.train), dataset.labels(dataset.test)
+    client_indices = partition(  # before the slow feature extraction, so an impossible split fails at once
+        train_y, config.clients, config.partition, alpha=config.alpha,
+        shards_per_client=config.shards_per_client, min_size=config.min_client_size, seed=config.seed,
+    )
+    held_out = allocate_held_out(client_indices, train_y, test_y, seed=config.seed)
     timer = Timer()
     with timer.phase("total"):
         with timer.phase("features"):
             train_raw, test_raw, feature_info = backbone_features(config, dataset, device, progress)
-        train_y, test_y = dataset.labels(dataset.train), dataset.labels(dataset.test)
-        client_indices = partition(
-            train_y, config.clients, config.partition, alpha=config.alpha,
-            shards_per_client=config.shards_per_client, min_size=config.min_client_size, seed=config.seed,
-        )
-        held_out = allocate_held_out(client_indices, train_y, test_y, seed=config.seed)
         with timer.phase("feature_map"):
             train_x, changed = feature_map.apply(torch.from_numpy(train_raw).to(device))
             test_x, _ = feature_map.apply(torch.from_numpy(test_raw).to(device))
