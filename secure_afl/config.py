@@ -11,7 +11,7 @@ from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
 from secure_afl.errors import ConfigError
 from secure_afl.features.backbone import DEFAULT_BACKBONE
-from secure_afl.features.extract import PRECISIONS
+from secure_afl.features.extract import check_precision
 
 ALGORITHMS = ("afl",)
 
@@ -65,8 +65,7 @@ class RunConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.buffer_width < 0:
             raise ConfigError(f"buffer_width must be ≥ 0 (0 disables the buffer), got {self.buffer_width}")
         if self.partition == "dirichlet" and not self.alpha > 0:

@@ -24,10 +24,14 @@ from secure_afl.features.cache import FeatureCache, cache_key
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def effective_precision(precision: str, device: torch.device) -> str:
-    """The precision the backbone really runs in: autocast only applies on CUDA."""
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """The precision the backbone really runs in: autocast only applies on CUDA."""
+    check_precision(precision)
     return precision if device.type == "cuda" else "fp32"
 
 
@@ -49,14 +53,13 @@ def _batches(source: ImageSource, resolution: int, batch_size: int, pin: bool) -
             yield batch
 
 
-def prepare(batch: torch.Tensor, backbone: Backbone, resolution: int, device: torch.device) -> torch.Tensor:
-    """uint8 (B, 3, H, W) → normalised float input at ``resolution`` on ``device``."""
-    x = batch.to(device, non_blocking=True).float().div_(255.0)
+def prepare(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, resolution: int) -> torch.Tensor:
+    """uint8 (B, 3, H, W) → input at ``resolution`` normalised by (B-broadcastable) ``mean``/``std``,
+    on their device."""
+    x = batch.to(mean.device, non_blocking=True).float().div_(255.0)
     if x.shape[-2:] != (resolution, resolution):
         x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", antialias=True, align_corners=False)
         x = x.clamp_(0.0, 1.0)
-    mean = torch.tensor(backbone.preprocessing.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(backbone.preprocessing.std, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -81,10 +84,12 @@ def extract_features(
     autocast_dtype = PRECISIONS[effective_precision(precision, device)]
     model = backbone.model.to(device)
     on_cuda = device.type == "cuda"
+    mean = torch.tensor(backbone.preprocessing.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.preprocessing.std, device=device).view(1, 3, 1, 1)
     chunks = []
     bar = tqdm(total=len(source), desc=description, unit="img", disable=not progress, leave=False)
     for batch in _batches(source, resolution, batch_size, pin=on_cuda):
-        x = prepare(batch, backbone, resolution, device)
+        x = prepare(batch, mean, std, resolution)
         with torch.autocast(device_type="cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
             chunks.append(model(x).float())
         bar.update(len(batch))
