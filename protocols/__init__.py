@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from protocols.base import AggregationProtocol, RoundResult, check_contributions
-from protocols.errors import InvalidContributionError, ProtocolError, UnknownProtocolError
+from protocols.encoding import FixedPoint
+from protocols.errors import (
+    EncodingError, InvalidContributionError, MalformedMessageError, ParameterError, ProtocolAbort, ProtocolError,
+    ThresholdError, UnknownProtocolError,
+)
+from protocols.graph import GraphParameters, Targets, choose_parameters
+from protocols.masking import MaskingProtocol
 from protocols.plaintext import PlaintextProtocol
 from protocols.transcript import RoundView, Transcript
 
-PROTOCOLS: dict[str, type[AggregationProtocol]] = {PlaintextProtocol.name: PlaintextProtocol}
+PROTOCOLS: dict[str, type[AggregationProtocol]] = {
+    MaskingProtocol.name: MaskingProtocol,
+    PlaintextProtocol.name: PlaintextProtocol,
+}
 
 
 def make_protocol(name: str, **options) -> AggregationProtocol:
@@ -20,9 +29,19 @@ def make_protocol(name: str, **options) -> AggregationProtocol:
 __all__ = [
     "PROTOCOLS",
     "AggregationProtocol",
+    "EncodingError",
+    "FixedPoint",
+    "GraphParameters",
     "InvalidContributionError",
+    "MalformedMessageError",
+    "MaskingProtocol",
+    "ParameterError",
     "PlaintextProtocol",
+    "ProtocolAbort",
     "ProtocolError",
+    "Targets",
+    "ThresholdError",
+    "choose_parameters",
     "RoundResult",
     "RoundView",
     "Transcript",

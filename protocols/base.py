@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -24,6 +24,8 @@ class RoundResult:
     total: np.ndarray
     upload_bytes: dict[int, int]  # what each client sent during the round
     download_bytes: dict[int, int]  # what the protocol sent each client during the round
+    included: frozenset[int] | None = None  # clients whose vectors are in the total; None: all of them
+    details: dict = field(default_factory=dict)  # protocol-specific report (encoding, parameters, per-stage costs)
 
 
 def check_contributions(contributions: Mapping[int, np.ndarray], bound: float) -> int:
@@ -58,6 +60,9 @@ class AggregationProtocol(ABC):
     def __init__(self, keep_transcript: bool = True):
         self.keep_transcript = keep_transcript
         self.transcript = Transcript()
+
+    def prepare(self, clients: int, bound: float) -> None:
+        """Refuse, before any data exists, a round shape this protocol cannot run (encoding, parameters)."""
 
     def aggregate(self, round_id: str, contributions: Mapping[int, np.ndarray], bound: float) -> RoundResult:
         length = check_contributions(contributions, bound)

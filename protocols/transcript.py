@@ -16,8 +16,9 @@ import numpy as np
 class RoundView:
     round_id: str
     protocol: str
-    received: dict[int, np.ndarray]  # client id → what the server received from it
+    received: dict[int, np.ndarray]  # client id → the vector the server received from it (masked, for masking)
     total: np.ndarray
+    messages: dict[str, dict[int, bytes]] = field(default_factory=dict)  # stage → client → raw wire message
 
 
 @dataclass

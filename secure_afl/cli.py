@@ -8,6 +8,7 @@ import warnings
 from dataclasses import fields
 
 from protocols import PROTOCOLS, ProtocolError
+from protocols.masking import STAGES
 from secure_afl.config import ALGORITHMS, RunConfig
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
@@ -24,7 +25,18 @@ def _run_parser(sub) -> None:
     p = sub.add_parser("run", help="simulate a federation and write its results JSON",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--algorithm", choices=ALGORITHMS, default=defaults.algorithm)
-    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=defaults.protocol)
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=defaults.protocol,
+                   help="mask: pairwise masking (SecAgg/SecAgg+); plaintext: the server sees every client's statistics")
+    masking = p.add_argument_group("masking protocol")
+    masking.add_argument("--threshold", type=int, default=None,
+                         help="shares needed to unmask (default ⌊2(k+1)/3⌋+1 for k neighbours)")
+    masking.add_argument("--neighbours", type=int, default=None,
+                         help="neighbours per client: n-1 is the complete graph, an even k < n-1 a k-regular graph "
+                              "(default: the smallest k meeting 2^-40 security and 2^-20 failure at 5%% corrupt, 10%% dropouts)")
+    masking.add_argument("--fraction-bits", type=int, default=None,
+                         help="fixed-point precision (default: the largest the overflow budget allows)")
+    masking.add_argument("--dropout", action="append", type=_dropout, default=[], metavar="STAGE=FRACTION",
+                         help=f"simulate clients dropping at a stage ({', '.join(STAGES)}); repeatable")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=defaults.dataset, help=f"one of {', '.join(DATASETS)}")
     data.add_argument("--data-dir", default=None, help="root of an on-disk dataset (cifar10, cifar100, imagefolder)")
@@ -67,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     args = parser.parse_args(argv)
     names = {f.name for f in fields(RunConfig)}
-    config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    options = vars(args)
+    options["dropout"] = dict(options["dropout"])
+    config = RunConfig(**{k: v for k, v in options.items() if k in names})
     try:
         from secure_afl.results import check_output_path, format_summary, write_results
         from secure_afl.runner import run
@@ -87,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             print(f"results written to {args.out}")
     return 0
+
+
+def _dropout(text: str) -> tuple[str, float]:
+    stage, sep, fraction = text.partition("=")
+    if not sep or stage not in STAGES:
+        raise argparse.ArgumentTypeError(f"expected STAGE=FRACTION with STAGE one of {', '.join(STAGES)}, got {text!r}")
+    try:
+        return stage, float(fraction)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the dropout fraction must be a number, got {fraction!r}") from None
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:

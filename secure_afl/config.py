@@ -5,7 +5,7 @@ Every field is recorded verbatim in the results JSON, so a run can be reproduced
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
@@ -19,7 +19,7 @@ ALGORITHMS = ("afl",)
 @dataclass(frozen=True)
 class RunConfig:
     algorithm: str = "afl"
-    protocol: str = "plaintext"
+    protocol: str = "mask"  # secure by default; plaintext only when asked
     dataset: str = "mnist5k"
     data_dir: str | None = None
     download: bool = False
@@ -46,6 +46,22 @@ class RunConfig:
     max_norm: float = 1.0
     gamma: float = 0.1
     restore: bool = False
+    threshold: int | None = None  # masking: shares needed to reconstruct (default from the neighbour count)
+    neighbours: int | None = None  # masking: k neighbours per client (default from n and the targets)
+    fraction_bits: int | None = None  # fixed-point precision (default: the largest the overflow budget allows)
+    dropout: dict[str, float] = field(default_factory=dict)  # masking: simulated dropout fraction per stage
+
+    def protocol_options(self) -> dict:
+        """Options passed to the chosen protocol; options of another protocol are refused, not ignored."""
+        masking = {"threshold": self.threshold, "neighbours": self.neighbours, "dropout": self.dropout}
+        if self.protocol == "mask":
+            return {**masking, "fraction_bits": self.fraction_bits, "dropout_seed": self.seed}
+        stray = [name for name, value in masking.items() if value]
+        if stray:
+            raise ConfigError(f"{', '.join(stray)} only apply to --protocol mask, not {self.protocol!r}")
+        if self.fraction_bits is not None:
+            raise ConfigError(f"fraction_bits does not apply to --protocol {self.protocol!r}")
+        return {}
 
     def validate(self) -> None:
         """Refuse values no run can use; names are checked against the registries they select from."""

@@ -96,25 +96,34 @@ def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_sam
 
 
 def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], protocol, timer: Timer) -> dict:
-    """Drive every round: clients contribute, the protocol sums, the server consumes. Returns byte counts."""
+    """Drive every round: clients contribute, the protocol sums, the server consumes. Returns byte counts.
+
+    Clients that drop out of a round are left out of every later round too (``included`` in the
+    report), as a deployment would; the evaluation compares against centralized training on them.
+    """
+    included = set(clients)
     upload = dict.fromkeys(clients, 0)
     download = dict.fromkeys(clients, 0)
     rounds = []
     while (spec := server.next_round()) is not None:
         with timer.phase("local"):
-            vectors = {k: client.contribute(spec) for k, client in clients.items()}
+            vectors = {k: clients[k].contribute(spec) for k in sorted(included)}
         with timer.phase("aggregation"):
             result = protocol.aggregate(spec.name, vectors, spec.bound)
         with timer.phase("solve"):
             server.receive(spec, result.total)
-        for k in clients:
+        for k in vectors:
             upload[k] += result.upload_bytes[k]
             download[k] += result.download_bytes[k] + spec.broadcast_bytes
+        if result.included is not None:
+            included &= result.included
         rounds.append({
             "round": spec.name,
             "length": spec.length,
             "upload_per_client_max": max(result.upload_bytes.values()),
-            "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in clients),
+            "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in vectors),
+            "clients_included": len(included),
+            "protocol": result.details,
         })
     model_bytes = int(server.model().weights.nbytes)  # the final model is broadcast to every client
     for k in clients:
@@ -128,6 +137,7 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
         "server_sent_total": sum(download.values()),
         "model_broadcast": model_bytes,
         "per_round": rounds,
+        "included_clients": sorted(included),
     }
 
 
@@ -136,7 +146,7 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     config.validate()
     afl_config = AFLConfig(config.gamma, config.restore)
     feature_map = build_feature_map(config)
-    protocol = make_protocol(config.protocol)
+    protocol = make_protocol(config.protocol, **config.protocol_options())
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir, config.download)
     if not protocol.secure:
@@ -151,6 +161,7 @@ def run(config: RunConfig, progress: bool = False) -> dict:
         shards_per_client=config.shards_per_client, min_size=config.min_client_size, seed=config.seed,
     )
     held_out = allocate_held_out(client_indices, train_y, test_y, seed=config.seed)
+    protocol.prepare(len(client_indices), statistics_bound(len(train_y), config.max_norm))
     timer = Timer()
     with timer.phase("total"):
         with timer.phase("features"):
@@ -163,7 +174,7 @@ def run(config: RunConfig, progress: bool = False) -> dict:
             server, clients = make_algorithm(afl_config, config.max_norm, data, max_samples=len(train_y))
         bytes_report = federate(server, clients, protocol, timer)
         with timer.phase("evaluation"):
-            metrics = evaluate(server, data, afl_config)
+            metrics = evaluate(server, data, afl_config, bytes_report["included_clients"])
     metrics["rows_changed_by_norm_bound"] = changed
     return {
         "schema_version": SCHEMA_VERSION,
@@ -180,12 +191,13 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     }
 
 
-def evaluate(server: AlgorithmServer, data: FederatedData, afl_config: AFLConfig) -> dict:
-    """Global accuracy, the centralized reference on pooled data, and each client's held-out accuracy."""
+def evaluate(server: AlgorithmServer, data: FederatedData, afl_config: AFLConfig, included: list[int]) -> dict:
+    """Global accuracy, the centralized reference on the included clients' pooled data, per-client accuracy."""
     model = server.model()
     train_x = data.train_x.cpu().numpy()
     test_x = data.test_x.cpu().numpy()
-    central = ridge_solve(compute_statistics(data.train_x, data.train_y, data.num_classes), afl_config)
+    pooled = np.concatenate([data.client_indices[k] for k in included])
+    central = ridge_solve(compute_statistics(data.train_x[pooled], data.train_y[pooled], data.num_classes), afl_config)
     central_model = type(model)(central)
     per_client = [model.accuracy(test_x[idx], data.test_y[idx]) for idx in data.held_out_indices]
     evaluated = [acc for acc in per_client if not np.isnan(acc)]
@@ -196,4 +208,5 @@ def evaluate(server: AlgorithmServer, data: FederatedData, afl_config: AFLConfig
         "max_rel_diff_to_centralized": float(np.max(np.abs(model.weights - central)) / np.max(np.abs(central))),
         "personalized_accuracy": float(np.mean(evaluated)) if evaluated else None,
         "per_client_accuracy": [None if np.isnan(a) else a for a in per_client],
+        "clients_included": len(included),
     }

@@ -18,7 +18,7 @@ def run_cli(args, capsys):
 
 def test_run_writes_the_documented_results(tmp_path, capsys):
     out = tmp_path / "run.json"
-    code, _, err = run_cli([*QUICK, "--out", str(out)], capsys)
+    code, _, err = run_cli([*QUICK, "--protocol", "plaintext", "--out", str(out)], capsys)
     assert code == 0
     assert "warning: protocol 'plaintext': the server sees every client's statistics" in err
     results = json.loads(out.read_text())
@@ -37,6 +37,47 @@ def test_run_writes_the_documented_results(tmp_path, capsys):
     assert sum(results["clients"]["train_sizes"]) == results["features"]["train"]
     env = results["environment"]
     assert env["device"] == "cpu" and env["packages"]["torch"] and env["packages"]["timm"] and env["seed"] == 0
+
+
+def test_masking_is_the_default_and_matches_the_plaintext_run(tmp_path, capsys):
+    runs = {}
+    for protocol in ("mask", "plaintext"):
+        out = tmp_path / f"{protocol}.json"
+        args = [*QUICK, "--out", str(out)] + (["--protocol", protocol] if protocol == "plaintext" else [])
+        code, _, err = run_cli(args, capsys)
+        assert code == 0 and ("warning" in err) == (protocol == "plaintext")
+        runs[protocol] = json.loads(out.read_text())
+    masked, plain = runs["mask"], runs["plaintext"]
+    assert masked["config"]["protocol"] == "mask"
+    assert masked["metrics"]["max_rel_diff_to_centralized"] <= 1e-8
+    assert masked["metrics"]["accuracy"] == plain["metrics"]["accuracy"]
+    assert masked["metrics"]["per_client_accuracy"] == plain["metrics"]["per_client_accuracy"]
+    details = masked["bytes"]["per_round"][0]["protocol"]
+    assert details["graph"] == "complete" and details["threshold"] == 7 and details["fraction_bits"] >= 40
+    stages = details["stages"]
+    assert set(stages) == {"advertise", "share", "input", "unmask"}
+    plain_upload = plain["bytes"]["per_client_upload_max"]
+    assert plain_upload < stages["input"]["upload_bytes"]["max"] < plain_upload + 100  # masked words + header
+    assert masked["bytes"]["per_client_upload_max"] == sum(s["upload_bytes"]["max"] for s in stages.values())
+
+
+def test_dropouts_leave_clients_out_and_match_centralized_training_on_the_rest(tmp_path, capsys):
+    out = tmp_path / "drop.json"
+    code, _, _ = run_cli([*QUICK, "--dropout", "input=0.2", "--dropout", "unmask=0.1", "--out", str(out)], capsys)
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["metrics"]["clients_included"] == 8
+    assert len(results["bytes"]["included_clients"]) == 8
+    assert results["metrics"]["max_rel_diff_to_centralized"] <= 1e-8
+    dropped = results["bytes"]["per_round"][0]["protocol"]["dropped"]
+    assert len(dropped["input"]) == 2 and len(dropped["unmask"]) == 1
+
+
+def test_unknown_dropout_stage_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*QUICK, "--dropout", "later=0.1"])
+    assert exit_info.value.code == 2
+    assert "STAGE=FRACTION with STAGE one of advertise, share, input, unmask" in capsys.readouterr().err
 
 
 def test_summary_table_is_printed(tmp_path, capsys):
@@ -65,6 +106,11 @@ def test_results_are_the_same_for_every_partition(tmp_path, capsys):
         (["--clients", "0"], "clients must be at least 1"),
         (["--clients", "1000", "--min-client-size", "2"], "cannot give 1000 clients"),
         (["--gamma", "-1"], "gamma"),
+        (["--threshold", "3"], "threshold must be between 6"),
+        (["--neighbours", "5"], "neighbours must be even"),
+        (["--fraction-bits", "60"], "overflows"),
+        (["--dropout", "share=1.0"], "must be in [0, 1)"),
+        (["--protocol", "plaintext", "--threshold", "7"], "only apply to --protocol mask"),
         (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
     ],
 )
@@ -104,5 +150,6 @@ def test_default_job_reaches_the_target_accuracy(tmp_path, capsys):
     assert run_cli(["run", "--quiet", "--out", str(out)], capsys)[0] == 0
     results = json.loads(out.read_text())
     assert results["config"]["dataset"] == "mnist5k" and results["config"]["clients"] == 20
+    assert results["config"]["protocol"] == "mask"
     assert results["metrics"]["accuracy"] >= 0.92
-    assert results["metrics"]["max_rel_diff_to_centralized"] <= 1e-9
+    assert results["metrics"]["max_rel_diff_to_centralized"] <= 1e-8

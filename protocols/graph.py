@@ -1,0 +1,156 @@
+"""Who masks with whom, and how many shares reconstruct a secret (SecAgg / SecAgg+).
+
+Every client shares its secrets with its k neighbours and itself (k + 1 holders) with threshold
+t. The complete graph (k = n − 1) is Bonawitz et al.'s SecAgg; for large n a ring lattice
+(Harary graph H_{k,n}) under a random relabelling gives each client k neighbours, which is
+SecAgg+ (Bell et al. 2020): cost O(k · L) per client instead of O(n · L).
+
+Threshold. An active server can tell some of u's holders "u survived" (they reveal shares of
+u's self-mask seed) and others "u dropped" (they reveal shares of u's mask key); with both
+secrets u's input is exposed. Each honest holder answers one request only, so with c colluding
+holders the attack needs 2t ≤ k + 1 + c. The default t = ⌊2(k+1)/3⌋ + 1 defeats it while fewer
+than a third of any client's holders collude; clients refuse any t ≤ (k + 1)/2 outright.
+
+Neighbours. The default k is the smallest even k for which, with clients corrupt independently
+with probability γ and dropping with probability δ, a union bound over the n clients gives
+P[some client has ≥ 2t − k − 1 corrupt neighbours] ≤ 2^-σ (security) and
+P[some client has < t surviving neighbours] ≤ 2^-η (failure). When no k < n − 1 does, the graph
+is complete. The relabelling is drawn from the session id (a hash of every client's fresh public
+keys), so every client computes the same graph itself and the server cannot choose it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from protocols.errors import ParameterError
+from protocols.prg import keystream
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Assumptions and targets behind the automatic choice of k (each client independently)."""
+
+    corrupt_fraction: float = 0.05  # γ: probability that a client colludes with the server
+    dropout_fraction: float = 0.10  # δ: probability that a client drops during the round
+    security_bits: int = 40  # σ: P[a client's secrets are exposed] ≤ 2^-σ
+    failure_bits: int = 20  # η: P[the round cannot be unmasked] ≤ 2^-η
+
+    def __post_init__(self):
+        for name in ("corrupt_fraction", "dropout_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ParameterError(f"{name} must be in [0, 1), got {value}")
+        if self.security_bits < 1 or self.failure_bits < 1:
+            raise ParameterError("security_bits and failure_bits must be positive")
+
+
+@dataclass(frozen=True)
+class GraphParameters:
+    clients: int
+    neighbours: int  # k; n − 1 means the complete graph
+    threshold: int  # t, out of k + 1 holders
+    security_log2: float  # log2 of the union bound on exposing some client (−inf: impossible under the model)
+    failure_log2: float  # log2 of the union bound on an unrecoverable round
+
+    @property
+    def complete(self) -> bool:
+        return self.neighbours == self.clients - 1
+
+    @property
+    def max_dropouts(self) -> int:
+        """Dropouts that every client's secrets survive: a dropped client needs t of its k neighbours."""
+        return self.neighbours - self.threshold
+
+
+def default_threshold(neighbours: int) -> int:
+    return 2 * (neighbours + 1) // 3 + 1
+
+
+def minimum_threshold(neighbours: int) -> int:
+    """The smallest t clients accept: a strict majority of the k + 1 holders."""
+    return (neighbours + 1) // 2 + 1
+
+
+def _log2_tail_at_least(k: int, p: float, m: int) -> float:
+    """log2 P[Binomial(k, p) ≥ m]."""
+    if m <= 0:
+        return 0.0
+    if m > k or p == 0:
+        return -math.inf
+    if p == 1:
+        return 0.0
+    terms = [math.lgamma(k + 1) - math.lgamma(i + 1) - math.lgamma(k - i + 1) + i * math.log(p) + (k - i) * math.log1p(-p)
+             for i in range(m, k + 1)]
+    top = max(terms)
+    return (top + math.log(sum(math.exp(x - top) for x in terms))) / math.log(2)
+
+
+def bounds(clients: int, neighbours: int, threshold: int, targets: Targets) -> tuple[float, float]:
+    """(log2 security bound, log2 failure bound) of a parameter choice, union-bounded over clients."""
+    union = math.log2(clients)
+    security = union + _log2_tail_at_least(neighbours, targets.corrupt_fraction, 2 * threshold - neighbours - 1)
+    failure = union + _log2_tail_at_least(neighbours, targets.dropout_fraction, neighbours - threshold + 1)
+    return min(security, 0.0), min(failure, 0.0)
+
+
+def choose_parameters(clients: int, threshold: int | None = None, neighbours: int | None = None,
+                      targets: Targets = Targets()) -> GraphParameters:
+    """k and t for ``clients`` clients: the user's values checked, or the defaults described above."""
+    if clients < 2:
+        raise ParameterError(f"secure aggregation needs at least 2 clients, got {clients}")
+    complete = clients - 1
+    if neighbours is None:
+        neighbours = complete
+        for k in range(2, complete, 2):
+            security, failure = bounds(clients, k, default_threshold(k), targets)
+            if security <= -targets.security_bits and failure <= -targets.failure_bits:
+                neighbours = k
+                break
+    if not 1 <= neighbours <= complete:
+        raise ParameterError(f"neighbours must be between 1 and {complete} (complete graph) for {clients} clients, got {neighbours}")
+    if neighbours != complete and neighbours % 2:
+        raise ParameterError(f"neighbours must be even (a ring lattice) or {complete} (the complete graph), got {neighbours}")
+    if threshold is None:
+        threshold = default_threshold(neighbours)
+    if not minimum_threshold(neighbours) <= threshold <= neighbours + 1:
+        raise ParameterError(
+            f"threshold must be between {minimum_threshold(neighbours)} (a strict majority of the {neighbours + 1} holders) "
+            f"and {neighbours + 1}, got {threshold}"
+        )
+    security, failure = bounds(clients, neighbours, threshold, targets)
+    return GraphParameters(clients, neighbours, threshold, security, failure)
+
+
+def _uniform_below(stream: bytes, position: int, bound: int) -> tuple[int, int]:
+    """A uniform integer below ``bound`` by rejection sampling 64-bit words; returns (value, next position)."""
+    limit = (1 << 64) - (1 << 64) % bound
+    while True:
+        if position + 8 > len(stream):
+            raise RuntimeError("graph keystream exhausted")  # astronomically unlikely with the margin below
+        word = int.from_bytes(stream[position : position + 8], "little")
+        position += 8
+        if word < limit:
+            return word % bound, position
+
+
+def neighbour_graph(ids: list[int], neighbours: int, session: bytes) -> dict[int, frozenset[int]]:
+    """Each client's neighbours: complete, or a ring lattice over a relabelling drawn from the session id."""
+    ids = sorted(ids)
+    n = len(ids)
+    if neighbours >= n - 1:
+        everyone = frozenset(ids)
+        return {i: everyone - {i} for i in ids}
+    seed = hashlib.sha256(b"secure-afl/neighbour-graph" + session).digest()
+    stream = keystream(seed, bytes(16), 16 * n + 64)  # twice the words a Fisher–Yates shuffle needs on average
+    order, position = list(ids), 0
+    for i in range(n - 1, 0, -1):
+        j, position = _uniform_below(stream, position, i + 1)
+        order[i], order[j] = order[j], order[i]
+    half = neighbours // 2
+    graph = {}
+    for place, client in enumerate(order):
+        graph[client] = frozenset(order[(place + step) % n] for step in range(-half, half + 1) if step)
+    return graph

@@ -1,0 +1,184 @@
+"""The masking protocol in one process: n client state machines and one server, bytes between them.
+
+This is the same code a deployment runs (the state machines exchange serialized messages here
+exactly as they would over a transport); the simulation only decides who drops at which stage,
+measures the bytes each side sends and the time each side spends, and records the server's view.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.base import AggregationProtocol, RoundResult
+from protocols.encoding import FixedPoint
+from protocols.errors import ParameterError
+from protocols.graph import GraphParameters, Targets, choose_parameters
+from protocols.masking.client import MaskingClient
+from protocols.masking.server import MaskingServer
+from protocols.masking.session import STAGES
+from protocols.transcript import RoundView
+
+
+@dataclass
+class StageCost:
+    upload: dict[int, int] = field(default_factory=dict)
+    download: dict[int, int] = field(default_factory=dict)
+    client_seconds: dict[int, float] = field(default_factory=dict)
+    server_seconds: float = 0.0
+
+    def summary(self) -> dict:
+        def stats(values):
+            values = list(values)
+            return {"max": max(values), "mean": float(np.mean(values))} if values else {"max": 0, "mean": 0.0}
+
+        return {
+            "upload_bytes": stats(self.upload.values()),
+            "download_bytes": stats(self.download.values()),
+            "client_seconds": stats(self.client_seconds.values()),
+            "server_seconds": self.server_seconds,
+        }
+
+
+@dataclass
+class MaskedRound:
+    words: np.ndarray  # the exact sum of the included clients' encodings, mod 2^64
+    encoding: FixedPoint
+    parameters: GraphParameters
+    included: frozenset[int]
+    dropped: dict[str, frozenset[int]]
+    costs: dict[str, StageCost]
+    server: MaskingServer
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.encoding.decode(self.words)
+
+
+def simulate_round(round_id: str, vectors: Mapping[int, np.ndarray], encoding: FixedPoint,
+                   parameters: GraphParameters, drop: Mapping[str, Iterable[int]] | None = None) -> MaskedRound:
+    """One round with the given clients dropping (never sending) at the given stages."""
+    drop = dict(drop or {})
+    unknown = set(drop) - set(STAGES)
+    if unknown:
+        raise ParameterError(f"unknown dropout stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    drop = {stage: frozenset(drop.get(stage, ())) for stage in STAGES}
+    length = next(iter(vectors.values())).shape[0]
+    server = MaskingServer(round_id, list(vectors), length, encoding, parameters)
+    clients = {c: MaskingClient(c, v) for c, v in vectors.items()}
+    costs = {stage: StageCost() for stage in STAGES}
+
+    def exchange(stage: str, inbound: Mapping[int, bytes], client_step, server_receive):
+        cost = costs[stage]
+        for c, message in inbound.items():
+            cost.download[c] = len(message)
+            if c in drop[stage]:
+                continue
+            start = time.perf_counter()
+            reply = client_step(clients[c], message)
+            cost.client_seconds[c] = time.perf_counter() - start
+            cost.upload[c] = len(reply)
+            start = time.perf_counter()
+            server_receive(reply)
+            cost.server_seconds += time.perf_counter() - start
+
+    def server_step(stage: str, produce):
+        start = time.perf_counter()
+        out = produce()
+        costs[stage].server_seconds += time.perf_counter() - start
+        return out
+
+    setup = server.setup_message()
+    exchange("advertise", dict.fromkeys(clients, setup), MaskingClient.advertise, server.receive_advert)
+    key_list = server_step("share", server.key_list)
+    exchange("share", dict.fromkeys(server.session.adverts, key_list), MaskingClient.share_keys, server.receive_shares)
+    exchange("input", server_step("input", server.deliveries), MaskingClient.masked_input, server.receive_masked)
+    exchange("unmask", server_step("unmask", server.unmask_requests), MaskingClient.unmask, server.receive_unmask)
+    words = server_step("unmask", server.finish)
+    return MaskedRound(words, encoding, parameters, server.included, drop, costs, server)
+
+
+def draw_dropouts(clients: list[int], fractions: Mapping[str, float], seed: int) -> dict[str, frozenset[int]]:
+    """Simulated dropouts: at each stage, round(fraction · n) of the clients still present leave.
+
+    Which clients leave is a simulation choice, not a secret, so numpy's seeded generator is fine.
+    """
+    rng = np.random.default_rng(seed)
+    present, drop = sorted(clients), {}
+    for stage in STAGES:
+        count = min(len(present), round(fractions.get(stage, 0.0) * len(clients)))
+        leaving = frozenset(int(c) for c in rng.choice(present, size=count, replace=False)) if count else frozenset()
+        drop[stage] = leaving
+        present = [c for c in present if c not in leaving]
+    return drop
+
+
+def check_dropout_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
+    unknown = set(fractions) - set(STAGES)
+    if unknown:
+        raise ParameterError(f"unknown dropout stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    for stage, fraction in fractions.items():
+        if not 0 <= fraction < 1:
+            raise ParameterError(f"the dropout fraction at stage {stage!r} must be in [0, 1), got {fraction}")
+    if sum(fractions.values()) >= 1:
+        raise ParameterError("dropout fractions add up to every client; nothing would be left to sum")
+    return dict(fractions)
+
+
+class MaskingProtocol(AggregationProtocol):
+    """SecAgg (complete graph) / SecAgg+ (k-regular graph) behind the common ``aggregate`` interface."""
+
+    name = "mask"
+    secure = True
+
+    def __init__(self, threshold: int | None = None, neighbours: int | None = None, fraction_bits: int | None = None,
+                 dropout: Mapping[str, float] | None = None, dropout_seed: int = 0, targets: Targets = Targets(),
+                 keep_transcript: bool = True):
+        super().__init__(keep_transcript)
+        self.threshold = threshold
+        self.neighbours = neighbours
+        self.fraction_bits = fraction_bits
+        self.dropout = check_dropout_fractions(dropout or {})
+        self.dropout_seed = dropout_seed
+        self.targets = targets
+        self.rounds_run = 0
+
+    def prepare(self, clients: int, bound: float) -> None:
+        self.plan(clients, bound)
+
+    def plan(self, clients: int, bound: float) -> tuple[FixedPoint, GraphParameters]:
+        """Encoding and graph for a round, checkable before any vector exists."""
+        return (FixedPoint.for_round(clients, bound, self.fraction_bits),
+                choose_parameters(clients, self.threshold, self.neighbours, self.targets))
+
+    def _aggregate(self, round_id, contributions, bound, length):
+        encoding, parameters = self.plan(len(contributions), bound)
+        drop = draw_dropouts(list(contributions), self.dropout, self.dropout_seed + self.rounds_run)
+        self.rounds_run += 1
+        result = simulate_round(round_id, contributions, encoding, parameters, drop)
+        total = result.total
+        if self.keep_transcript:
+            received = dict(result.server.masked_inputs)
+            self.transcript.record(RoundView(round_id, self.name, received, total.copy(),
+                                             messages={s: dict(m) for s, m in result.server.received.items()}))
+        upload = {c: sum(cost.upload.get(c, 0) for cost in result.costs.values()) for c in contributions}
+        download = {c: sum(cost.download.get(c, 0) for cost in result.costs.values()) for c in contributions}
+        details = {
+            "fraction_bits": encoding.fraction_bits,
+            "quantization_bound": encoding.sum_error_bound,
+            "threshold": parameters.threshold,
+            "neighbours": parameters.neighbours,
+            "graph": "complete" if parameters.complete else "k-regular",
+            "security_log2": _finite_or_none(parameters.security_log2),  # None: impossible under the model
+            "failure_log2": _finite_or_none(parameters.failure_log2),
+            "dropped": {stage: sorted(ids) for stage, ids in result.dropped.items()},
+            "stages": {stage: cost.summary() for stage, cost in result.costs.items()},
+        }
+        return RoundResult(total, upload, download, included=result.included, details=details)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None

@@ -1,0 +1,116 @@
+"""An explicit, versioned binary format for protocol messages (never pickle).
+
+A message is MAGIC ‖ version ‖ kind ‖ fields. Fields are fixed-width big-endian integers,
+length-prefixed byte strings, IEEE float64 and little-endian uint64 arrays. The reader checks
+every length against what is left, refuses trailing bytes, and raises MalformedMessageError for
+anything it cannot parse, so a hostile peer gets a clear refusal instead of a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from protocols.errors import MalformedMessageError
+
+MAGIC = b"SAFL"
+VERSION = 1
+WORD = np.dtype("<u8")
+
+
+class Writer:
+    def __init__(self, kind: int):
+        self._parts: list[bytes | memoryview] = [MAGIC, bytes([VERSION, kind])]
+
+    def u8(self, value: int) -> Writer:
+        self._parts.append(struct.pack(">B", value))
+        return self
+
+    def u32(self, value: int) -> Writer:
+        self._parts.append(struct.pack(">I", value))
+        return self
+
+    def f64(self, value: float) -> Writer:
+        self._parts.append(struct.pack(">d", value))
+        return self
+
+    def blob(self, data: bytes) -> Writer:
+        self.u32(len(data))
+        self._parts.append(bytes(data))
+        return self
+
+    def text(self, value: str) -> Writer:
+        return self.blob(value.encode())
+
+    def ids(self, values) -> Writer:
+        values = list(values)
+        self.u32(len(values))
+        for value in values:
+            self.u32(value)
+        return self
+
+    def words(self, array: np.ndarray) -> Writer:
+        self.u32(array.shape[0])
+        self._parts.append(np.ascontiguousarray(array, dtype=WORD).data)  # joined once in to_bytes, no extra copy
+        return self
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class Reader:
+    def __init__(self, data: bytes, kind: int, name: str):
+        self._data = memoryview(data)
+        self._pos = 0
+        self._name = name
+        if bytes(self._take(len(MAGIC))) != MAGIC:
+            raise MalformedMessageError(f"{name}: not a secure-afl protocol message")
+        version, found = self._take(2)
+        if version != VERSION:
+            raise MalformedMessageError(f"{name}: wire version {version}, this build speaks version {VERSION}")
+        if found != kind:
+            raise MalformedMessageError(f"{name}: expected message kind {kind}, got {found}")
+
+    def _take(self, size: int) -> memoryview:
+        if size < 0 or self._pos + size > len(self._data):
+            raise MalformedMessageError(f"{self._name}: truncated message")
+        chunk = self._data[self._pos : self._pos + size]
+        self._pos += size
+        return chunk
+
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def u8(self) -> int:
+        return self._take(1)[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self._take(4))[0]
+
+    def f64(self) -> float:
+        return struct.unpack(">d", self._take(8))[0]
+
+    def blob(self) -> bytes:
+        return bytes(self._take(self.u32()))
+
+    def text(self) -> str:
+        try:
+            return self.blob().decode()
+        except UnicodeDecodeError as exc:
+            raise MalformedMessageError(f"{self._name}: a text field is not UTF-8") from exc
+
+    def ids(self) -> list[int]:
+        count = self.u32()
+        if 4 * count > self.remaining():
+            raise MalformedMessageError(f"{self._name}: truncated message")
+        return [self.u32() for _ in range(count)]
+
+    def words(self) -> np.ndarray:
+        """A read-only view into the message (no copy): received vectors are summed, never modified."""
+        count = self.u32()
+        return np.frombuffer(self._take(8 * count), dtype=WORD)
+
+    def end(self) -> None:
+        if self.remaining():
+            raise MalformedMessageError(f"{self._name}: {self.remaining()} unexpected trailing bytes")

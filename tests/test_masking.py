@@ -1,0 +1,148 @@
+"""The masking protocol end to end: exact sums, dropouts at every stage, thresholds, transcripts."""
+
+import math
+
+import numpy as np
+import pytest
+
+from protocols import FixedPoint, InvalidContributionError, ThresholdError, choose_parameters, make_protocol
+from protocols.masking import STAGES, MaskingProtocol, draw_dropouts, simulate_round
+
+
+def vectors(n, length=64, bound=4.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return {c: rng.uniform(-bound, bound, length) for c in range(n)}
+
+
+def fixed_point_sum(vs, encoding, clients=None):
+    total = np.zeros(next(iter(vs.values())).shape[0], dtype=np.uint64)
+    for c in sorted(vs if clients is None else clients):
+        total += encoding.encode(vs[c])
+    return total
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 100])
+def test_sum_equals_the_plaintext_fixed_point_sum_bit_for_bit(n):
+    vs = vectors(n)
+    encoding, parameters = FixedPoint.for_round(n, 4.0), choose_parameters(n)
+    result = simulate_round("r", vs, encoding, parameters)
+    assert np.array_equal(result.words, fixed_point_sum(vs, encoding))
+    assert result.included == set(vs)
+    exact = np.array([math.fsum(column) for column in np.array(list(vs.values())).T])  # correctly rounded
+    assert np.all(np.abs(result.total - exact) <= encoding.sum_error_bound + np.spacing(np.abs(exact)))
+    assert parameters.complete == (n <= 10)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dropouts_at_every_stage_up_to_n_minus_t_stay_exact(stage):
+    n = 10
+    vs = vectors(n, seed=1)
+    encoding, parameters = FixedPoint.for_round(n, 4.0), choose_parameters(n)
+    dropping = frozenset(range(n - parameters.threshold))  # the most any round can lose
+    result = simulate_round("r", vs, encoding, parameters, {stage: dropping})
+    kept = set(vs) - dropping if stage in ("advertise", "share", "input") else set(vs)
+    assert result.included == kept
+    assert np.array_equal(result.words, fixed_point_sum(vs, encoding, kept))
+
+
+def test_dropouts_spread_over_all_stages_on_a_k_regular_graph():
+    n = 60
+    vs = vectors(n, length=32, seed=2)
+    encoding, parameters = FixedPoint.for_round(n, 4.0), choose_parameters(n, neighbours=20)
+    drop = {"advertise": {0}, "share": {7, 8}, "input": {20, 33, 41}, "unmask": {50, 51}}
+    result = simulate_round("r", vs, encoding, parameters, drop)
+    kept = set(vs) - {0, 7, 8, 20, 33, 41}
+    assert not parameters.complete and result.included == kept
+    assert np.array_equal(result.words, fixed_point_sum(vs, encoding, kept))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_below_threshold_fails_cleanly_without_revealing_secrets(stage):
+    n = 10
+    vs = vectors(n, seed=3)
+    encoding, parameters = FixedPoint.for_round(n, 4.0), choose_parameters(n)
+    with pytest.raises(ThresholdError):
+        simulate_round("r", vs, encoding, parameters, {stage: frozenset(range(n - parameters.threshold + 1))})
+
+
+def test_below_threshold_at_unmask_leaves_the_server_short_of_every_dropped_key():
+    """The unmask stage fails: whatever shares the server got, fewer than t of any secret arrived."""
+    n, t = 10, 7
+    vs = vectors(n, seed=4)
+    encoding, parameters = FixedPoint.for_round(n, 4.0), choose_parameters(n, threshold=t)
+    with pytest.raises(ThresholdError, match="unmask responses"):
+        simulate_round("r", vs, encoding, parameters, {"unmask": frozenset(range(4))})
+
+
+def test_protocol_interface_reports_encoding_parameters_and_bytes_per_stage():
+    vs = vectors(12, length=1000)
+    protocol = make_protocol("mask", dropout={"input": 0.25}, dropout_seed=5)
+    result = protocol.aggregate("afl/statistics", vs, bound=4.0)
+    details = result.details
+    assert len(result.included) == 9 and details["dropped"]["input"] == sorted(set(vs) - result.included)
+    kept = sorted(result.included)
+    encoding = FixedPoint.for_round(12, 4.0)
+    assert details["fraction_bits"] == encoding.fraction_bits
+    np.testing.assert_array_equal(result.total, encoding.decode(fixed_point_sum(vs, encoding, kept)))
+    masked_upload = details["stages"]["input"]["upload_bytes"]["max"]
+    assert 8000 <= masked_upload <= 8000 + 200  # L words plus a small header
+    for c in vs:
+        assert result.upload_bytes[c] == sum(protocol.transcript.round("afl/statistics").messages[s].get(c, b"").__len__()
+                                             for s in STAGES)
+
+
+def test_transcript_holds_masked_vectors_that_differ_from_the_inputs():
+    vs = vectors(5, length=2000)
+    protocol = MaskingProtocol()
+    result = protocol.aggregate("r", vs, bound=4.0)
+    view = protocol.transcript.round("r")
+    encoding = FixedPoint.for_round(5, 4.0)
+    assert set(view.received) == set(vs)
+    for c, masked in view.received.items():
+        assert masked.dtype == np.uint64
+        assert np.mean(masked == encoding.encode(vs[c])) < 0.01
+    total = np.zeros(2000, dtype=np.uint64)
+    for masked in view.received.values():
+        total += masked
+    assert not np.array_equal(total, fixed_point_sum(vs, encoding))  # the self masks still hide the sum
+    np.testing.assert_array_equal(view.total, result.total)
+    assert set(view.messages) == set(STAGES) and set(view.messages["unmask"]) == set(vs)
+
+
+def test_masked_vector_is_uniform_and_independent_of_the_input():
+    """Byte-frequency chi-square over a large masked vector, for an all-zero and an extreme input."""
+    from scipy.stats import chisquare
+
+    n, length = 3, 1 << 17
+    for fill in (0.0, 4.0):
+        vs = {c: np.full(length, fill) for c in range(n)}
+        protocol = MaskingProtocol()
+        protocol.aggregate("r", vs, bound=4.0)
+        masked = protocol.transcript.round("r").received[0]
+        counts = np.bincount(masked.view(np.uint8), minlength=256)
+        assert chisquare(counts).pvalue > 1e-4
+        # every bit position of the 64-bit words is balanced (the input's bits are constant)
+        bits = np.unpackbits(masked.view(np.uint8)).reshape(-1, 64).mean(axis=0)
+        assert np.all(np.abs(bits - 0.5) < 0.01)
+
+
+def test_out_of_range_input_is_refused_before_any_message():
+    vs = vectors(4)
+    vs[2][5] = 4.5
+    protocol = MaskingProtocol()
+    with pytest.raises(InvalidContributionError, match="bound"):
+        protocol.aggregate("r", vs, bound=4.0)
+    assert protocol.transcript.rounds == []
+
+
+def test_dropout_draws_are_seeded_and_respect_fractions():
+    clients = list(range(40))
+    a = draw_dropouts(clients, {"share": 0.1, "unmask": 0.05}, seed=3)
+    assert a == draw_dropouts(clients, {"share": 0.1, "unmask": 0.05}, seed=3)
+    assert len(a["share"]) == 4 and len(a["unmask"]) == 2 and not a["share"] & a["unmask"]
+    from protocols import ParameterError
+
+    with pytest.raises(ParameterError, match="stage"):
+        MaskingProtocol(dropout={"later": 0.1})
+    with pytest.raises(ParameterError, match="every client"):
+        MaskingProtocol(dropout={"share": 0.6, "input": 0.5})

@@ -1,0 +1,123 @@
+"""Our own wrappers around the cryptography package: PRG words, Shamir, graphs, envelopes, wire format."""
+
+import numpy as np
+import pytest
+
+from protocols import MalformedMessageError, ParameterError, ProtocolAbort, ThresholdError, choose_parameters
+from protocols import shamir
+from protocols.envelope import open_sealed, seal
+from protocols.graph import Targets, minimum_threshold, neighbour_graph
+from protocols.masking.messages import KeyList, MaskedInput, UnmaskResponse
+from protocols.prg import MaskExpander, keystream
+
+
+def test_aes256_ctr_keystream_matches_nist_sp800_38a_f55():
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    counter = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    plaintext = bytes.fromhex("6bc1bee22e409f96e93d7e117393172a")
+    ciphertext = bytes.fromhex("601ec313775789a5b7a7f504bbf3d228")
+    stream = keystream(key, counter, 16)
+    assert bytes(a ^ b for a, b in zip(stream, plaintext)) == ciphertext
+
+
+def test_mask_words_are_the_little_endian_keystream_and_chunking_does_not_change_them():
+    seed = bytes(range(32))
+    raw = keystream(seed, bytes(16), 8 * 1000)
+    expected = np.array([int.from_bytes(raw[8 * i : 8 * i + 8], "little") for i in range(1000)], dtype=np.uint64)
+    assert np.array_equal(MaskExpander(1000).expand(seed), expected)
+    assert np.array_equal(MaskExpander(1000, chunk_words=7).expand(seed), expected)
+
+
+def test_apply_adds_and_subtracts_modulo_2_64():
+    seeds = [bytes([i]) * 32 for i in range(3)]
+    expander = MaskExpander(513, chunk_words=64)
+    vector = np.arange(513, dtype=np.uint64)
+    expander.apply(vector, plus=seeds[:2], minus=seeds[2:])
+    expected = np.arange(513, dtype=np.uint64) + expander.expand(seeds[0]) + expander.expand(seeds[1]) - expander.expand(seeds[2])
+    assert np.array_equal(vector, expected)
+    expander.apply(vector, plus=seeds[2:], minus=seeds[:2])
+    assert np.array_equal(vector, np.arange(513, dtype=np.uint64))
+
+
+def test_shamir_any_t_shares_reconstruct_and_fewer_do_not():
+    secret = bytes(range(32))
+    holders = [0, 3, 5, 8, 13, 21]
+    shares = shamir.split(secret, holders, threshold=4)
+    rebuild = shamir.Reconstructor(4)
+    for subset in ([0, 3, 5, 8], [21, 13, 8, 5], holders):
+        assert rebuild.reconstruct({h: shares[h] for h in subset}) == secret
+    with pytest.raises(ThresholdError):
+        rebuild.reconstruct({h: shares[h] for h in holders[:3]})
+    # t − 1 shares are consistent with every secret: with a fresh polynomial the same 3 shares differ
+    again = shamir.split(secret, holders, threshold=4)
+    assert any(again[h] != shares[h] for h in holders[:3])
+
+
+def test_shamir_corrupted_share_does_not_give_the_secret():
+    secret = bytes(32)
+    shares = shamir.split(secret, [1, 2, 3], threshold=3)
+    bad = dict(shares)
+    bad[2] = (int.from_bytes(bad[2], "big") ^ (1 << 400)).to_bytes(shamir.SHARE_BYTES, "big")
+    with pytest.raises(ThresholdError, match="inconsistent"):
+        shamir.Reconstructor(3).reconstruct(bad)
+
+
+def test_envelope_binds_session_round_and_pair():
+    key = bytes(32)
+    sealed = seal(key, b"shares", b"s" * 32, "r1", 1, 2)
+    assert open_sealed(key, sealed, b"s" * 32, "r1", 1, 2) == b"shares"
+    for args in [(b"t" * 32, "r1", 1, 2), (b"s" * 32, "r2", 1, 2), (b"s" * 32, "r1", 2, 1), (b"s" * 32, "r1", 1, 3)]:
+        with pytest.raises(ProtocolAbort, match="failed authentication"):
+            open_sealed(key, sealed, *args)
+    tampered = bytearray(sealed)
+    tampered[-1] ^= 1
+    with pytest.raises(ProtocolAbort):
+        open_sealed(key, bytes(tampered), b"s" * 32, "r1", 1, 2)
+
+
+def test_ring_lattice_is_k_regular_symmetric_and_depends_on_the_session():
+    ids = list(range(40))
+    graph = neighbour_graph(ids, 6, b"a" * 32)
+    assert all(len(graph[i]) == 6 and i not in graph[i] for i in ids)
+    assert all(i in graph[j] for i in ids for j in graph[i])
+    assert graph == neighbour_graph(ids, 6, b"a" * 32)
+    assert graph != neighbour_graph(ids, 6, b"b" * 32)
+    complete = neighbour_graph(ids[:5], 4, b"a" * 32)
+    assert all(complete[i] == set(ids[:5]) - {i} for i in ids[:5])
+
+
+def test_parameter_choice_meets_its_targets_and_refuses_unsafe_thresholds():
+    small = choose_parameters(20)
+    assert small.complete and small.threshold == 14
+    large = choose_parameters(500)
+    assert not large.complete and large.neighbours % 2 == 0
+    assert large.security_log2 <= -40 and large.failure_log2 <= -20
+    smaller = choose_parameters(500, neighbours=large.neighbours - 2)
+    assert smaller.security_log2 > -40 or smaller.failure_log2 > -20  # the smallest k that meets both
+    stricter = choose_parameters(500, targets=Targets(dropout_fraction=0.2))
+    assert stricter.neighbours > large.neighbours
+    with pytest.raises(ParameterError, match="strict majority"):
+        choose_parameters(10, threshold=minimum_threshold(9) - 1)
+    with pytest.raises(ParameterError, match="even"):
+        choose_parameters(50, neighbours=7)
+    with pytest.raises(ParameterError, match="at least 2"):
+        choose_parameters(1)
+
+
+@pytest.mark.parametrize("message", [
+    KeyList("r", ()).to_bytes(),
+    MaskedInput(b"s" * 32, 3, np.arange(5, dtype=np.uint64)).to_bytes(),
+    UnmaskResponse(b"s" * 32, 3, ((1, 0, b"x" * 66),)).to_bytes(),
+])
+def test_truncated_or_padded_messages_are_refused_cleanly(message):
+    cls = {3: KeyList, 6: MaskedInput, 8: UnmaskResponse}[message[5]]
+    assert cls.from_bytes(message).to_bytes() == message
+    for cut in range(len(message)):
+        with pytest.raises(MalformedMessageError):
+            cls.from_bytes(message[:cut])
+    with pytest.raises(MalformedMessageError, match="trailing"):
+        cls.from_bytes(message + b"\0")
+    with pytest.raises(MalformedMessageError, match="kind"):
+        (KeyList if cls is not KeyList else MaskedInput).from_bytes(message)
+    with pytest.raises(MalformedMessageError, match="version"):
+        cls.from_bytes(message[:4] + b"\x09" + message[5:])
