@@ -22,7 +22,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -e '.[bench]'
 	$(BIN)/python benchmarks/afl_partitions.py
 	$(BIN)/python benchmarks/server_cost.py
 	$(BIN)/python benchmarks/gamma_selection.py
 	$(BIN)/python benchmarks/extraction_throughput.py
+	$(BIN)/python benchmarks/masking_cost.py

@@ -8,6 +8,7 @@ returns the exact sum (to its encoding's stated precision) or raises.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,24 +29,28 @@ class RoundResult:
     details: dict = field(default_factory=dict)  # protocol-specific report (encoding, parameters, per-stage costs)
 
 
+def check_vector(vector: np.ndarray, bound: float, who: str = "a vector") -> None:
+    """One contribution: a 1-D float64 array, finite, every entry within ±bound (NaN fails the max)."""
+    if not isinstance(vector, np.ndarray) or vector.dtype != np.float64 or vector.ndim != 1:
+        raise InvalidContributionError(f"{who}: a contribution must be a 1-D float64 numpy array")
+    peak = max(float(vector.max()), -float(vector.min())) if vector.size else 0.0
+    if not math.isfinite(peak):
+        raise InvalidContributionError(f"{who}: the vector contains NaN or Inf")
+    if peak > bound:
+        raise InvalidContributionError(
+            f"{who}: an entry of magnitude {peak:.6g} exceeds the declared public bound {bound:.6g}"
+        )
+
+
 def check_contributions(contributions: Mapping[int, np.ndarray], bound: float) -> int:
     """Validate a round's inputs; returns the common vector length."""
     if not contributions:
         raise InvalidContributionError("a round needs at least one client's vector")
     if not (np.isfinite(bound) and bound > 0):
         raise InvalidContributionError(f"the declared bound must be a positive finite number, got {bound}")
-    lengths = set()
     for client, vector in contributions.items():
-        if not isinstance(vector, np.ndarray) or vector.dtype != np.float64 or vector.ndim != 1:
-            raise InvalidContributionError(f"client {client}: a contribution must be a 1-D float64 numpy array")
-        if not np.isfinite(vector).all():
-            raise InvalidContributionError(f"client {client}: the vector contains NaN or Inf")
-        peak = float(np.max(np.abs(vector))) if vector.size else 0.0
-        if peak > bound:
-            raise InvalidContributionError(
-                f"client {client}: an entry of magnitude {peak:.6g} exceeds the declared public bound {bound:.6g}"
-            )
-        lengths.add(vector.shape[0])
+        check_vector(vector, bound, f"client {client}")
+    lengths = {vector.shape[0] for vector in contributions.values()}
     if len(lengths) != 1:
         raise InvalidContributionError(f"clients sent vectors of different lengths {sorted(lengths)}")
     return lengths.pop()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocols.errors import EncodingError, InvalidContributionError
+from protocols.base import check_vector
+from protocols.errors import EncodingError
 
 WORD_BITS = 64
 SIGNED_LIMIT = 1 << (WORD_BITS - 1)  # the sum must stay strictly inside ±2^63
@@ -89,22 +90,11 @@ class FixedPoint:
         """Largest difference between the decoded sum and the float sum, per entry: n · 2^-(f+1)."""
         return self.clients * math.ldexp(1.0, -(self.fraction_bits + 1))
 
-    def check(self, vector: np.ndarray) -> None:
-        """Refuse what cannot be encoded: wrong type, NaN/Inf, or any entry beyond the public bound."""
-        if not isinstance(vector, np.ndarray) or vector.dtype != np.float64 or vector.ndim != 1:
-            raise InvalidContributionError("a vector to encode must be a 1-D float64 numpy array")
-        if not np.isfinite(vector).all():
-            raise InvalidContributionError("the vector contains NaN or Inf; nothing was sent")
-        peak = float(np.max(np.abs(vector))) if vector.size else 0.0
-        if peak > self.bound:
-            raise InvalidContributionError(
-                f"an entry of magnitude {peak:.6g} exceeds the declared public bound {self.bound:.6g}; nothing was sent"
-            )
-
     def encode(self, vector: np.ndarray) -> np.ndarray:
-        """round(x · 2^f) as uint64 words (two's complement), after ``check``."""
-        self.check(vector)
-        scaled = np.rint(np.ldexp(vector, self.fraction_bits))
+        """round(x · 2^f) as uint64 words (two's complement); refuses NaN/Inf and anything beyond the bound."""
+        check_vector(vector, self.bound, "the vector to encode")
+        scaled = np.ldexp(vector, self.fraction_bits)
+        np.rint(scaled, out=scaled)
         return scaled.astype(np.int64).view(np.uint64)
 
     def decode(self, words: np.ndarray) -> np.ndarray:
@@ -113,7 +103,3 @@ class FixedPoint:
             raise EncodingError(f"encoded sums are uint64 words, got {words.dtype}")
         return np.ldexp(words.view(np.int64).astype(np.float64), -self.fraction_bits)
 
-
-def add_words(total: np.ndarray, words: np.ndarray) -> None:
-    """total += words modulo 2^64, in place."""
-    np.add(total, words, out=total)

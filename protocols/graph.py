@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from protocols.errors import ParameterError
@@ -136,21 +137,42 @@ def _uniform_below(stream: bytes, position: int, bound: int) -> tuple[int, int]:
             return word % bound, position
 
 
-def neighbour_graph(ids: list[int], neighbours: int, session: bytes) -> dict[int, frozenset[int]]:
+class NeighbourGraph(Mapping[int, frozenset[int]]):
+    """client → its neighbours; a client asks only for its own, so neighbourhoods are built on demand."""
+
+    def __init__(self, order: list[int], neighbours: int):
+        self._order = order
+        self._place = {client: place for place, client in enumerate(order)}
+        self._half = neighbours // 2
+        self._complete = neighbours >= len(order) - 1
+        self._cache: dict[int, frozenset[int]] = {}
+
+    def __getitem__(self, client: int) -> frozenset[int]:
+        if client not in self._cache:
+            place, n = self._place[client], len(self._order)  # KeyError for strangers, as a dict would
+            if self._complete:
+                self._cache[client] = frozenset(self._order[:place] + self._order[place + 1 :])
+            else:
+                steps = (s for s in range(-self._half, self._half + 1) if s)
+                self._cache[client] = frozenset(self._order[(place + s) % n] for s in steps)
+        return self._cache[client]
+
+    def __iter__(self):
+        return iter(sorted(self._place))
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+def neighbour_graph(ids: list[int], neighbours: int, session: bytes) -> NeighbourGraph:
     """Each client's neighbours: complete, or a ring lattice over a relabelling drawn from the session id."""
-    ids = sorted(ids)
-    n = len(ids)
-    if neighbours >= n - 1:
-        everyone = frozenset(ids)
-        return {i: everyone - {i} for i in ids}
-    seed = hashlib.sha256(b"secure-afl/neighbour-graph" + session).digest()
-    stream = keystream(seed, bytes(16), 16 * n + 64)  # twice the words a Fisher–Yates shuffle needs on average
-    order, position = list(ids), 0
-    for i in range(n - 1, 0, -1):
-        j, position = _uniform_below(stream, position, i + 1)
-        order[i], order[j] = order[j], order[i]
-    half = neighbours // 2
-    graph = {}
-    for place, client in enumerate(order):
-        graph[client] = frozenset(order[(place + step) % n] for step in range(-half, half + 1) if step)
-    return graph
+    order = sorted(ids)
+    n = len(order)
+    if neighbours < n - 1:
+        seed = hashlib.sha256(b"secure-afl/neighbour-graph" + session).digest()
+        stream = keystream(seed, bytes(16), 16 * n + 64)  # twice the words a Fisher–Yates shuffle needs on average
+        position = 0
+        for i in range(n - 1, 0, -1):
+            j, position = _uniform_below(stream, position, i + 1)
+            order[i], order[j] = order[j], order[i]
+    return NeighbourGraph(order, neighbours)

@@ -8,6 +8,7 @@ Share x-coordinates are the holders' client ids + 1 (never 0, where the secret s
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Iterable
 
@@ -58,16 +59,20 @@ class Reconstructor:
         self._coefficients: dict[tuple[int, ...], list[int]] = {}
 
     def _lagrange(self, holders: tuple[int, ...]) -> list[int]:
+        """λ_i = Π_j x_j / (x_i · Π_{j≠i} (x_j − x_i)); the x are small, so the products are plain
+        integers reduced once, and all t denominators are inverted together (Montgomery's trick)."""
         if holders not in self._coefficients:
             xs = [h + 1 for h in holders]
-            coefficients = []
-            for i, xi in enumerate(xs):
-                numerator, denominator = 1, 1
-                for j, xj in enumerate(xs):
-                    if j != i:
-                        numerator = numerator * xj % PRIME
-                        denominator = denominator * (xj - xi) % PRIME
-                coefficients.append(numerator * pow(denominator, -1, PRIME) % PRIME)
+            numerator = math.prod(xs) % PRIME
+            denominators = [xi * math.prod(xj - xi for xj in xs if xj != xi) % PRIME for xi in xs]
+            prefix = [1]
+            for d in denominators:
+                prefix.append(prefix[-1] * d % PRIME)
+            inverse = pow(prefix[-1], -1, PRIME)
+            coefficients = [0] * len(xs)
+            for i in range(len(xs) - 1, -1, -1):
+                coefficients[i] = numerator * inverse * prefix[i] % PRIME
+                inverse = inverse * denominators[i] % PRIME
             self._coefficients[holders] = coefficients
         return self._coefficients[holders]
 

@@ -17,6 +17,7 @@ from protocols.errors import MalformedMessageError
 MAGIC = b"SAFL"
 VERSION = 1
 WORD = np.dtype("<u8")
+_U32 = struct.Struct(">I")
 
 
 class Writer:
@@ -61,10 +62,10 @@ class Writer:
 
 class Reader:
     def __init__(self, data: bytes, kind: int, name: str):
-        self._data = memoryview(data)
+        self._data = bytes(data)
         self._pos = 0
         self._name = name
-        if bytes(self._take(len(MAGIC))) != MAGIC:
+        if self._take(len(MAGIC)) != MAGIC:
             raise MalformedMessageError(f"{name}: not a secure-afl protocol message")
         version, found = self._take(2)
         if version != VERSION:
@@ -72,11 +73,12 @@ class Reader:
         if found != kind:
             raise MalformedMessageError(f"{name}: expected message kind {kind}, got {found}")
 
-    def _take(self, size: int) -> memoryview:
-        if size < 0 or self._pos + size > len(self._data):
+    def _take(self, size: int) -> bytes:
+        end = self._pos + size
+        if end > len(self._data):
             raise MalformedMessageError(f"{self._name}: truncated message")
-        chunk = self._data[self._pos : self._pos + size]
-        self._pos += size
+        chunk = self._data[self._pos : end]
+        self._pos = end
         return chunk
 
     def remaining(self) -> int:
@@ -86,13 +88,17 @@ class Reader:
         return self._take(1)[0]
 
     def u32(self) -> int:
-        return struct.unpack(">I", self._take(4))[0]
+        if self._pos + 4 > len(self._data):
+            raise MalformedMessageError(f"{self._name}: truncated message")
+        value = _U32.unpack_from(self._data, self._pos)[0]
+        self._pos += 4
+        return value
 
     def f64(self) -> float:
         return struct.unpack(">d", self._take(8))[0]
 
     def blob(self) -> bytes:
-        return bytes(self._take(self.u32()))
+        return self._take(self.u32())
 
     def text(self) -> str:
         try:
@@ -104,12 +110,18 @@ class Reader:
         count = self.u32()
         if 4 * count > self.remaining():
             raise MalformedMessageError(f"{self._name}: truncated message")
-        return [self.u32() for _ in range(count)]
+        values = list(struct.unpack_from(f">{count}I", self._data, self._pos))
+        self._pos += 4 * count
+        return values
 
     def words(self) -> np.ndarray:
         """A read-only view into the message (no copy): received vectors are summed, never modified."""
         count = self.u32()
-        return np.frombuffer(self._take(8 * count), dtype=WORD)
+        if 8 * count > self.remaining():
+            raise MalformedMessageError(f"{self._name}: truncated message")
+        words = np.frombuffer(self._data, dtype=WORD, count=count, offset=self._pos)
+        self._pos += 8 * count
+        return words
 
     def end(self) -> None:
         if self.remaining():

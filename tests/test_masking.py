@@ -146,3 +146,13 @@ def test_dropout_draws_are_seeded_and_respect_fractions():
         MaskingProtocol(dropout={"later": 0.1})
     with pytest.raises(ParameterError, match="every client"):
         MaskingProtocol(dropout={"share": 0.6, "input": 0.5})
+
+
+def test_the_same_input_is_masked_afresh_in_every_round():
+    vs = vectors(4, length=512)
+    protocol = MaskingProtocol()
+    protocol.aggregate("r1", vs, bound=4.0)
+    protocol.aggregate("r2", vs, bound=4.0)
+    first, second = (protocol.transcript.round(r).received[0] for r in ("r1", "r2"))
+    assert np.mean(first == second) < 0.01
+    np.testing.assert_array_equal(protocol.transcript.round("r1").total, protocol.transcript.round("r2").total)

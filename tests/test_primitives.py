@@ -20,12 +20,15 @@ def test_aes256_ctr_keystream_matches_nist_sp800_38a_f55():
     assert bytes(a ^ b for a, b in zip(stream, plaintext)) == ciphertext
 
 
-def test_mask_words_are_the_little_endian_keystream_and_chunking_does_not_change_them():
+def test_mask_words_are_the_little_endian_keystream_and_chunks_or_threads_do_not_change_them():
     seed = bytes(range(32))
     raw = keystream(seed, bytes(16), 8 * 1000)
     expected = np.array([int.from_bytes(raw[8 * i : 8 * i + 8], "little") for i in range(1000)], dtype=np.uint64)
     assert np.array_equal(MaskExpander(1000).expand(seed), expected)
-    assert np.array_equal(MaskExpander(1000, chunk_words=7).expand(seed), expected)
+    for chunk, threads in [(7, 1), (64, 3), (1 << 14, 4), (2, 5)]:
+        assert np.array_equal(MaskExpander(1000, chunk_words=chunk, threads=threads).expand(seed), expected)
+    odd = MaskExpander(999, chunk_words=10, threads=4).expand(seed)
+    assert np.array_equal(odd, expected[:999])
 
 
 def test_apply_adds_and_subtracts_modulo_2_64():
@@ -121,3 +124,46 @@ def test_truncated_or_padded_messages_are_refused_cleanly(message):
         (KeyList if cls is not KeyList else MaskedInput).from_bytes(message)
     with pytest.raises(MalformedMessageError, match="version"):
         cls.from_bytes(message[:4] + b"\x09" + message[5:])
+
+
+def _hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """RFC 5869 written out with hmac, to check our wrapper independently of `cryptography`."""
+    import hashlib
+    import hmac
+
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    out, block, counter = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        out, counter = out + block, counter + 1
+    return out[:length]
+
+
+def test_reference_hkdf_matches_rfc5869_case_1():
+    okm = _hkdf_sha256(bytes.fromhex("0b" * 22), bytes.fromhex("000102030405060708090a0b0c"),
+                       bytes.fromhex("f0f1f2f3f4f5f6f7f8f9"), 42)
+    assert okm.hex() == ("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+                         "34007208d5b887185865")
+
+
+def test_pair_keys_follow_rfc7748_agreement_and_hkdf_and_are_symmetric():
+    from protocols.keys import MASK_PURPOSE, SHARE_PURPOSE, KeyPair, derive
+
+    alice = KeyPair.from_private_bytes(bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"))
+    bob = KeyPair.from_private_bytes(bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"))
+    assert alice.public.hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    shared = bytes.fromhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+    session = b"\x11" * 32
+    key = derive(alice, bob.public, session, MASK_PURPOSE, 7, 3)
+    assert key == derive(bob, alice.public, session, MASK_PURPOSE, 3, 7)
+    info = MASK_PURPOSE + (3).to_bytes(4, "big") + (7).to_bytes(4, "big")
+    assert key == _hkdf_sha256(shared, session, info, 32)
+    assert key != derive(alice, bob.public, session, SHARE_PURPOSE, 7, 3)
+    assert key != derive(alice, bob.public, b"\x12" * 32, MASK_PURPOSE, 7, 3)
+
+
+def test_low_order_peer_key_is_refused():
+    from protocols.keys import MASK_PURPOSE, KeyPair, derive
+
+    with pytest.raises(ProtocolAbort, match="key agreement"):
+        derive(KeyPair.generate(), bytes(32), b"s" * 32, MASK_PURPOSE, 1, 2)

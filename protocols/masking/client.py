@@ -20,7 +20,7 @@ from protocols.envelope import open_sealed, seal
 from protocols.errors import EncodingError, MalformedMessageError, ProtocolAbort
 from protocols.keys import MASK_PURPOSE, SHARE_PURPOSE, KeyPair, derive
 from protocols.masking.messages import (
-    MASK_KEY_SHARE, SELF_MASK_SHARE, KeyAdvert, KeyList, MaskedInput, RoundSetup, ShareBundle, ShareDelivery,
+    MASK_KEY_SHARE, SELF_MASK_SHARE, KeyAdvert, MaskedInput, RoundSetup, ShareBundle, ShareDelivery,
     UnmaskRequest, UnmaskResponse,
 )
 from protocols.masking.session import Session, check_setup
@@ -44,6 +44,7 @@ class MaskingClient:
         self._vector = vector
         self.state = State.NEW
         self._setup: RoundSetup | None = None
+        self._setup_bytes = b""
         self._session: Session | None = None
         self._encoded: np.ndarray | None = None
         self._mask_keys: KeyPair | None = None
@@ -51,6 +52,7 @@ class MaskingClient:
         self._self_seed = b""
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner → (share of b_owner, share of owner's mask key)
         self._key_sharers: frozenset[int] = frozenset()
+        self._envelope_keys: dict[int, bytes] = {}  # neighbour → the key that seals shares between us
 
     # -- stage 1 ---------------------------------------------------------------------------
     def advertise(self, setup_bytes: bytes) -> bytes:
@@ -66,7 +68,7 @@ class MaskingClient:
             except EncodingError as exc:
                 raise ProtocolAbort(f"the round's encoding would overflow: {exc}") from exc
             self._encoded = encoding.encode(self._vector)  # refuses NaN/Inf/out-of-bound before anything is sent
-            self._setup = setup
+            self._setup, self._setup_bytes = setup, setup_bytes
             self._mask_keys, self._share_keys = KeyPair.generate(), KeyPair.generate()
             return KeyAdvert(setup.round_id, self.id, self._mask_keys.public, self._share_keys.public).to_bytes()
 
@@ -75,7 +77,7 @@ class MaskingClient:
     # -- stage 2 ---------------------------------------------------------------------------
     def share_keys(self, key_list_bytes: bytes) -> bytes:
         def step():
-            session = Session.derive(self._setup, KeyList.from_bytes(key_list_bytes))
+            session = Session.derive(self._setup_bytes, key_list_bytes)
             own = session.adverts.get(self.id)
             if own is None or (own.mask_key, own.share_key) != (self._mask_keys.public, self._share_keys.public):
                 raise ProtocolAbort("the key list does not carry this client's own keys")
@@ -91,6 +93,7 @@ class MaskingClient:
             envelopes = []
             for peer in sorted(session.graph[self.id]):
                 key = derive(self._share_keys, session.adverts[peer].share_key, session.session_id, SHARE_PURPOSE, self.id, peer)
+                self._envelope_keys[peer] = key
                 sealed = seal(key, seed_shares[peer] + key_shares[peer], session.session_id, self._setup.round_id, self.id, peer)
                 envelopes.append((peer, sealed))
             return ShareBundle(session.session_id, self.id, tuple(envelopes)).to_bytes()
@@ -115,8 +118,7 @@ class MaskingClient:
             if len(expected) + 1 < self._setup.threshold:
                 raise ProtocolAbort(f"only {len(expected)} neighbours shared keys; the threshold is {self._setup.threshold}")
             for sender, sealed in delivery.envelopes:
-                key = derive(self._share_keys, session.adverts[sender].share_key, session.session_id, SHARE_PURPOSE, self.id, sender)
-                plain = open_sealed(key, sealed, session.session_id, self._setup.round_id, sender, self.id)
+                plain = open_sealed(self._envelope_keys[sender], sealed, session.session_id, self._setup.round_id, sender, self.id)
                 if len(plain) != SHARE_PLAINTEXT:
                     raise ProtocolAbort(f"the envelope from client {sender} holds {len(plain)} bytes, not two shares")
                 self._held[sender] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
@@ -183,6 +185,7 @@ class MaskingClient:
     def _abort(self) -> None:
         self.state = State.ABORTED
         self._held.clear()
+        self._envelope_keys.clear()
         self._encoded = None
         self._self_seed = b""
 

@@ -30,6 +30,7 @@ class MaskingServer:
         self.setup = RoundSetup(round_id, length, encoding.bound, encoding.fraction_bits, parameters.neighbours,
                                 parameters.threshold, tuple(sorted(participants)))
         check_parameters_fit(self.setup)
+        self._setup_bytes = self.setup.to_bytes()
         self.encoding = encoding
         self.received: dict[str, dict[int, bytes]] = {stage: {} for stage in STAGES}
         self.session: Session | None = None
@@ -44,7 +45,7 @@ class MaskingServer:
         return self.setup.threshold
 
     def setup_message(self) -> bytes:
-        return self.setup.to_bytes()
+        return self._setup_bytes
 
     # -- stage 1 ---------------------------------------------------------------------------
     def receive_advert(self, data: bytes) -> None:
@@ -57,9 +58,9 @@ class MaskingServer:
     def key_list(self) -> bytes:
         """Broadcast of every advertised key; fixes the session."""
         self._require(len(self._adverts), "advertised keys")
-        key_list = KeyList(self.setup.round_id, tuple(self._adverts[c] for c in sorted(self._adverts)))
-        self.session = Session.derive(self.setup, key_list)
-        return key_list.to_bytes()
+        key_list = KeyList(self.setup.round_id, tuple(self._adverts[c] for c in sorted(self._adverts))).to_bytes()
+        self.session = Session.derive(self.setup_message(), key_list)
+        return key_list
 
     # -- stage 2 ---------------------------------------------------------------------------
     def receive_shares(self, data: bytes) -> None:

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 
 from protocols.errors import ParameterError, ProtocolAbort
-from protocols.graph import minimum_threshold, neighbour_graph
+from protocols.graph import NeighbourGraph, minimum_threshold, neighbour_graph
 from protocols.keys import KEY_BYTES
 from protocols.masking.messages import KeyAdvert, KeyList, RoundSetup
 
@@ -43,10 +43,13 @@ class Session:
     setup: RoundSetup
     adverts: dict[int, KeyAdvert]
     session_id: bytes
-    graph: dict[int, frozenset[int]]
+    graph: NeighbourGraph
 
     @classmethod
-    def derive(cls, setup: RoundSetup, key_list: KeyList) -> Session:
+    def derive(cls, setup_bytes: bytes, key_list_bytes: bytes) -> Session:
+        """The session of a setup and key list, from their wire bytes (the format is canonical:
+        one byte string per message, so hashing the bytes received equals hashing the message)."""
+        setup, key_list = RoundSetup.from_bytes(setup_bytes), KeyList.from_bytes(key_list_bytes)
         if key_list.round_id != setup.round_id:
             raise ProtocolAbort(f"the key list is for round {key_list.round_id!r}, not {setup.round_id!r}")
         senders = [a.sender for a in key_list.adverts]
@@ -62,7 +65,7 @@ class Session:
             raise ProtocolAbort("the key list repeats a public key")
         if len(senders) < setup.threshold:
             raise ProtocolAbort(f"only {len(senders)} clients advertised keys, fewer than the threshold {setup.threshold}")
-        session_id = hashlib.sha256(DOMAIN + setup.to_bytes() + key_list.to_bytes()).digest()
+        session_id = hashlib.sha256(DOMAIN + setup_bytes + key_list_bytes).digest()
         graph = neighbour_graph(senders, setup.neighbours, session_id)
         return cls(setup, {a.sender: a for a in key_list.adverts}, session_id, graph)
 
