@@ -9,13 +9,14 @@ from protocols.errors import (
     ThresholdError, UnknownProtocolError,
 )
 from protocols.graph import GraphParameters, Targets, choose_parameters
+from protocols.he import ApproximateCKKSProtocol, BFVProtocol, CKKSProtocol
 from protocols.masking import MaskingProtocol
 from protocols.plaintext import PlaintextProtocol
 from protocols.transcript import RoundView, Transcript
 
 PROTOCOLS: dict[str, type[AggregationProtocol]] = {
-    MaskingProtocol.name: MaskingProtocol,
-    PlaintextProtocol.name: PlaintextProtocol,
+    protocol.name: protocol
+    for protocol in (MaskingProtocol, BFVProtocol, CKKSProtocol, ApproximateCKKSProtocol, PlaintextProtocol)
 }
 
 

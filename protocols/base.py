@@ -61,6 +61,7 @@ class AggregationProtocol(ABC):
 
     name: ClassVar[str]
     secure: ClassVar[bool]  # False: the server sees individual contributions
+    exact: ClassVar[bool] = True  # False: the sum carries an approximation error beyond the fixed-point bound
 
     def __init__(self, keep_transcript: bool = True):
         self.keep_transcript = keep_transcript

@@ -106,6 +106,13 @@ class Reader:
         except UnicodeDecodeError as exc:
             raise MalformedMessageError(f"{self._name}: a text field is not UTF-8") from exc
 
+    def count(self, min_entry_bytes: int) -> int:
+        """An entry count, refused when the rest of the message cannot possibly hold that many entries."""
+        count = self.u32()
+        if count * min_entry_bytes > self.remaining():
+            raise MalformedMessageError(f"{self._name}: truncated message")
+        return count
+
     def ids(self) -> list[int]:
         count = self.u32()
         if 4 * count > self.remaining():

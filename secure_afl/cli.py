@@ -26,7 +26,8 @@ def _run_parser(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--algorithm", choices=ALGORITHMS, default=defaults.algorithm)
     p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=defaults.protocol,
-                   help="mask: pairwise masking (SecAgg/SecAgg+); plaintext: the server sees every client's statistics")
+                   help="mask: pairwise masking (SecAgg/SecAgg+); he-bfv / he-ckks: exact homomorphic sums; "
+                        "he-ckks-approx: approximate; plaintext: the server sees every client's statistics")
     masking = p.add_argument_group("masking protocol")
     masking.add_argument("--threshold", type=int, default=None,
                          help="shares needed to unmask (default ⌊2(k+1)/3⌋+1 for k neighbours)")
@@ -34,9 +35,14 @@ def _run_parser(sub) -> None:
                          help="neighbours per client: n-1 is the complete graph, an even k < n-1 a k-regular graph "
                               "(default: the smallest k meeting 2^-40 security and 2^-20 failure at 5%% corrupt, 10%% dropouts)")
     masking.add_argument("--fraction-bits", type=int, default=None,
-                         help="fixed-point precision (default: the largest the overflow budget allows)")
+                         help="fixed-point precision, mask and he-bfv/he-ckks (default: the largest the protocol's range allows)")
     masking.add_argument("--dropout", action="append", type=_dropout, default=[], metavar="STAGE=FRACTION",
                          help=f"simulate clients dropping at a stage ({', '.join(STAGES)}); repeatable")
+    he = p.add_argument_group("homomorphic protocols (he-bfv, he-ckks exact; he-ckks-approx approximate)")
+    he.add_argument("--limbs", type=int, default=None,
+                    help="limbs per value (default 1 for he-bfv, 2 for he-ckks); more limbs carry more fraction bits")
+    he.add_argument("--key-holder", type=int, default=None,
+                    help="the client that creates and holds the secret key (default: the lowest id)")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=defaults.dataset, help=f"one of {', '.join(DATASETS)}")
     data.add_argument("--data-dir", default=None, help="root of an on-disk dataset (cifar10, cifar100, imagefolder)")

@@ -14,6 +14,13 @@ from secure_afl.features.backbone import DEFAULT_BACKBONE
 from secure_afl.features.extract import check_precision
 
 ALGORITHMS = ("afl",)
+PROTOCOL_OPTIONS = {
+    "mask": ("threshold", "neighbours", "fraction_bits", "dropout"),
+    "he-bfv": ("limbs", "fraction_bits", "key_holder"),
+    "he-ckks": ("limbs", "fraction_bits", "key_holder"),
+    "he-ckks-approx": ("key_holder",),
+}
+ALL_PROTOCOL_OPTIONS = ("threshold", "neighbours", "fraction_bits", "dropout", "limbs", "key_holder")
 
 
 @dataclass(frozen=True)
@@ -48,20 +55,22 @@ class RunConfig:
     restore: bool = False
     threshold: int | None = None  # masking: shares needed to reconstruct (default from the neighbour count)
     neighbours: int | None = None  # masking: k neighbours per client (default from n and the targets)
-    fraction_bits: int | None = None  # fixed-point precision (default: the largest the overflow budget allows)
+    fraction_bits: int | None = None  # fixed-point precision (default: the largest the protocol's range allows)
     dropout: dict[str, float] = field(default_factory=dict)  # masking: simulated dropout fraction per stage
+    limbs: int | None = None  # he-bfv / he-ckks: limbs per value (default 1 for BFV, 2 for integer CKKS)
+    key_holder: int | None = None  # he-*: the client that holds the secret key (default: the lowest id)
 
     def protocol_options(self) -> dict:
         """Options passed to the chosen protocol; options of another protocol are refused, not ignored."""
-        masking = {"threshold": self.threshold, "neighbours": self.neighbours, "dropout": self.dropout}
-        if self.protocol == "mask":
-            return {**masking, "fraction_bits": self.fraction_bits, "dropout_seed": self.seed}
-        stray = [name for name, value in masking.items() if value]
+        accepted = PROTOCOL_OPTIONS.get(self.protocol, ())
+        given = {name: getattr(self, name) for name in ALL_PROTOCOL_OPTIONS if getattr(self, name) not in (None, {})}
+        stray = sorted(set(given) - set(accepted))
         if stray:
-            raise ConfigError(f"{', '.join(stray)} only apply to --protocol mask, not {self.protocol!r}")
-        if self.fraction_bits is not None:
-            raise ConfigError(f"fraction_bits does not apply to --protocol {self.protocol!r}")
-        return {}
+            raise ConfigError(f"{', '.join(stray)} do not apply to --protocol {self.protocol}")
+        options = dict(given)
+        if self.protocol == "mask":
+            options["dropout_seed"] = self.seed
+        return options
 
     def validate(self) -> None:
         """Refuse values no run can use; names are checked against the registries they select from."""

@@ -36,6 +36,10 @@ class PlaintextAggregationWarning(UserWarning):
     """The chosen protocol lets the server read every client's statistics."""
 
 
+class ApproximateAggregationWarning(UserWarning):
+    """The chosen protocol's sums are approximate, so the model is not exactly the centralized one."""
+
+
 @dataclass
 class Timer:
     seconds: dict[str, float] = field(default_factory=dict)
@@ -155,6 +159,8 @@ def run(config: RunConfig, progress: bool = False) -> dict:
             PlaintextAggregationWarning,
             stacklevel=2,
         )
+    if not protocol.exact:
+        warnings.warn(f"protocol {protocol.name!r}: sums are approximate", ApproximateAggregationWarning, stacklevel=2)
     train_y, test_y = dataset.labels(dataset.train), dataset.labels(dataset.test)
     client_indices = partition(  # before the slow feature extraction, so an impossible split fails at once
         train_y, config.clients, config.partition, alpha=config.alpha,

@@ -110,7 +110,10 @@ def test_results_are_the_same_for_every_partition(tmp_path, capsys):
         (["--neighbours", "5"], "neighbours must be even"),
         (["--fraction-bits", "60"], "overflows"),
         (["--dropout", "share=1.0"], "must be in [0, 1)"),
-        (["--protocol", "plaintext", "--threshold", "7"], "only apply to --protocol mask"),
+        (["--protocol", "plaintext", "--threshold", "7"], "threshold do not apply to --protocol plaintext"),
+        (["--protocol", "he-bfv", "--neighbours", "4"], "neighbours do not apply to --protocol he-bfv"),
+        (["--protocol", "he-bfv", "--fraction-bits", "60"], "cannot carry"),
+        (["--protocol", "he-ckks", "--limbs", "0"], "limbs must be at least 1"),
         (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
     ],
 )
@@ -153,3 +156,20 @@ def test_default_job_reaches_the_target_accuracy(tmp_path, capsys):
     assert results["config"]["protocol"] == "mask"
     assert results["metrics"]["accuracy"] >= 0.92
     assert results["metrics"]["max_rel_diff_to_centralized"] <= 1e-8
+
+
+@pytest.mark.parametrize("protocol, limit", [("he-bfv", 1e-8), ("he-ckks", 1e-8), ("he-ckks-approx", 1e-4)])
+def test_homomorphic_runs_match_centralized_training(tmp_path, capsys, protocol, limit):
+    """Small features (a 64-wide buffer) keep the ciphertext count low; the bound is what each mode states."""
+    out = tmp_path / f"{protocol}.json"
+    code, _, err = run_cli([*QUICK, "--buffer-width", "64", "--protocol", protocol, "--out", str(out)], capsys)
+    assert code == 0
+    assert ("sums are approximate" in err) == (protocol == "he-ckks-approx")
+    results = json.loads(out.read_text())
+    assert results["metrics"]["max_rel_diff_to_centralized"] <= limit
+    details = results["bytes"]["per_round"][0]["protocol"]
+    assert details["exact"] == (protocol != "he-ckks-approx") and details["key_holder"] == 0
+    length = results["bytes"]["per_round"][0]["length"]
+    ciphertexts = details["ciphertexts_per_client"]
+    assert ciphertexts == details["limbs"] * -(-(length + 1) // details["slots"])
+    assert results["bytes"]["per_client_download_max"] >= details["public_context_bytes"]

@@ -78,7 +78,7 @@ class KeyList:
     def from_bytes(cls, data: bytes) -> KeyList:
         r = Reader(data, cls.KIND, "key list")
         round_id = r.text()
-        adverts = tuple(KeyAdvert(round_id, r.u32(), r.blob(), r.blob()) for _ in range(_count(r, 12, "key list")))
+        adverts = tuple(KeyAdvert(round_id, r.u32(), r.blob(), r.blob()) for _ in range(r.count(12)))
         r.end()
         return cls(round_id, adverts)
 
@@ -96,7 +96,7 @@ class ShareBundle:
     @classmethod
     def from_bytes(cls, data: bytes) -> ShareBundle:
         r = Reader(data, cls.KIND, "share bundle")
-        msg = cls(r.blob(), r.u32(), _read_envelopes(r, "share bundle"))
+        msg = cls(r.blob(), r.u32(), _read_envelopes(r))
         r.end()
         return msg
 
@@ -116,7 +116,7 @@ class ShareDelivery:
     @classmethod
     def from_bytes(cls, data: bytes) -> ShareDelivery:
         r = Reader(data, cls.KIND, "share delivery")
-        msg = cls(r.blob(), r.u32(), tuple(r.ids()), _read_envelopes(r, "share delivery"))
+        msg = cls(r.blob(), r.u32(), tuple(r.ids()), _read_envelopes(r))
         r.end()
         return msg
 
@@ -174,19 +174,11 @@ class UnmaskResponse:
     def from_bytes(cls, data: bytes) -> UnmaskResponse:
         r = Reader(data, cls.KIND, "unmask response")
         session, sender = r.blob(), r.u32()
-        shares = tuple((r.u32(), r.u8(), r.blob()) for _ in range(_count(r, 9, "unmask response")))
+        shares = tuple((r.u32(), r.u8(), r.blob()) for _ in range(r.count(9)))
         r.end()
         if any(kind not in (SELF_MASK_SHARE, MASK_KEY_SHARE) for _, kind, _ in shares):
             raise MalformedMessageError("unmask response: unknown share kind")
         return cls(session, sender, shares)
-
-
-def _count(r: Reader, min_entry_bytes: int, name: str) -> int:
-    """An entry count, refused when the rest of the message cannot possibly hold that many entries."""
-    count = r.u32()
-    if count * min_entry_bytes > r.remaining():
-        raise MalformedMessageError(f"{name}: truncated message")
-    return count
 
 
 def _envelopes(w: Writer, envelopes) -> Writer:
@@ -196,5 +188,5 @@ def _envelopes(w: Writer, envelopes) -> Writer:
     return w
 
 
-def _read_envelopes(r: Reader, name: str) -> tuple[tuple[int, bytes], ...]:
-    return tuple((r.u32(), r.blob()) for _ in range(_count(r, 8, name)))
+def _read_envelopes(r: Reader) -> tuple[tuple[int, bytes], ...]:
+    return tuple((r.u32(), r.blob()) for _ in range(r.count(8)))
