@@ -28,3 +28,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/gamma_selection.py
 	$(BIN)/python benchmarks/extraction_throughput.py
 	$(BIN)/python benchmarks/masking_cost.py
+	$(BIN)/python benchmarks/he_cost.py

@@ -130,6 +130,12 @@ class HEServer:
         self._context = None
         self.fingerprint = b""
         self.received: dict[str, dict[int, bytes]] = {"context": {}, "input": {}, "decrypted": {}}
+        self.setup_message = b""
+        self.session = b""
+        self._setup: HERoundSetup | None = None
+        self._expected = 0
+        self._total: list[AddOnly] | None = None
+        self._included: list[int] = []
 
     def receive_context(self, context_bytes: bytes, holder: int) -> None:
         message = PublicContext.from_bytes(context_bytes)
@@ -157,7 +163,7 @@ class HEServer:
 
     def receive_input(self, data: bytes) -> None:
         message = EncryptedInput.from_bytes(data)
-        if message.session != self.session:
+        if self._setup is None or message.session != self.session:
             raise ProtocolError("an encrypted input for another session or round was refused")
         if message.sender not in self._setup.participants:
             raise ProtocolError(f"an encrypted input from client {message.sender}, which is not in the round")
