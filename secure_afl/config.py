@@ -13,13 +13,14 @@ from secure_afl.errors import ConfigError
 from secure_afl.features.backbone import DEFAULT_BACKBONE
 from secure_afl.features.extract import check_precision
 
-ALGORITHMS = ("afl",)
+ALGORITHMS = ("afl", "apfl")
 PROTOCOL_OPTIONS = {
     "mask": ("threshold", "neighbours", "fraction_bits", "dropout"),
     "he-bfv": ("limbs", "fraction_bits", "key_holder"),
     "he-ckks": ("limbs", "fraction_bits", "key_holder"),
     "he-ckks-approx": ("key_holder",),
 }
+APFL_OPTIONS = ("refine_width", "refine_activation", "refine_seed", "lam", "beta")
 ALL_PROTOCOL_OPTIONS = ("threshold", "neighbours", "fraction_bits", "dropout", "limbs", "key_holder")
 
 
@@ -53,6 +54,11 @@ class RunConfig:
     max_norm: float = 1.0
     gamma: float = 0.1
     restore: bool = False
+    refine_width: int = 2048  # APFL: refinement-stream buffer width
+    refine_activation: str = "tanh"  # APFL: refinement-stream activation
+    refine_seed: int = 1  # APFL: refinement-stream buffer seed (public, distinct from buffer_seed)
+    lam: float = 1.0  # APFL: refinement ridge λ
+    beta: float = 0.5  # APFL: weight β of the refinement stream
     threshold: int | None = None  # masking: shares needed to reconstruct (default from the neighbour count)
     neighbours: int | None = None  # masking: k neighbours per client (default from n and the targets)
     fraction_bits: int | None = None  # fixed-point precision (default: the largest the protocol's range allows)
@@ -95,3 +101,8 @@ class RunConfig:
             raise ConfigError(f"buffer_width must be ≥ 0 (0 disables the buffer), got {self.buffer_width}")
         if self.partition == "dirichlet" and not self.alpha > 0:
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
+        if self.algorithm != "apfl":
+            defaults = RunConfig()
+            changed = [name for name in APFL_OPTIONS if getattr(self, name) != getattr(defaults, name)]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)} only apply to --algorithm apfl")

@@ -18,6 +18,7 @@ import torch
 
 from protocols import make_protocol
 from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, ridge_solve, statistics_bound
+from secure_afl.algorithms.apfl import APFLClient, APFLConfig
 from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import Dataset, load_dataset
@@ -64,12 +65,22 @@ class FederatedData:
     client_indices: list[np.ndarray]  # into train
     held_out_indices: list[np.ndarray]  # into test
     num_classes: int
+    refine_train_x: torch.Tensor | None = None  # APFL's refinement-stream features; never leave a client
+    refine_test_x: torch.Tensor | None = None
 
 
 def build_feature_map(config: RunConfig) -> FeatureMap:
     buffer = None
     if config.buffer_width > 0:
         buffer = RandomBuffer(config.buffer_width, config.buffer_activation, config.buffer_seed, config.buffer_bias)
+    return FeatureMap(buffer, config.feature_norm, config.max_norm)
+
+
+def build_refinement_map(config: RunConfig) -> FeatureMap | None:
+    """APFL's second public map (its own seed and activation); None for the other algorithms."""
+    if config.algorithm != "apfl":
+        return None
+    buffer = RandomBuffer(config.refine_width, config.refine_activation, config.refine_seed)
     return FeatureMap(buffer, config.feature_norm, config.max_norm)
 
 
@@ -90,12 +101,18 @@ def backbone_features(config: RunConfig, dataset: Dataset, device: torch.device,
 
 
 def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_samples: int):
-    """The server and the clients; the public bound follows from the feature norm bound and client size."""
+    """The server and the clients; the public bound follows from the feature norm bound and client size.
+
+    APFL's server is AFL's (its primary stream is AFL); its clients also hold refinement features.
+    """
     dim = data.train_x.shape[1]
     server = AFLServer(dim, data.num_classes, afl, statistics_bound(max_samples, max_norm))
-    clients = {
-        k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes) for k, idx in enumerate(data.client_indices)
-    }
+    if data.refine_train_x is None:
+        clients = {k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes)
+                   for k, idx in enumerate(data.client_indices)}
+    else:
+        clients = {k: APFLClient(data.train_x[idx], data.refine_train_x[idx], data.train_y[idx], data.num_classes)
+                   for k, idx in enumerate(data.client_indices)}
     return server, clients
 
 
@@ -149,7 +166,9 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     """Run one simulated federation and return the results document (see results.py)."""
     config.validate()
     afl_config = AFLConfig(config.gamma, config.restore)
+    apfl_config = APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None
     feature_map = build_feature_map(config)
+    refinement_map = build_refinement_map(config)
     protocol = make_protocol(config.protocol, **config.protocol_options())
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir, config.download)
@@ -175,12 +194,18 @@ def run(config: RunConfig, progress: bool = False) -> dict:
         with timer.phase("feature_map"):
             train_x, changed = feature_map.apply(torch.from_numpy(train_raw).to(device))
             test_x, _ = feature_map.apply(torch.from_numpy(test_raw).to(device))
-        data = FederatedData(train_x, train_y, test_x, test_y, client_indices, held_out, dataset.num_classes)
+            refine = [refinement_map.apply(torch.from_numpy(raw).to(device))[0] for raw in (train_raw, test_raw)] \
+                if refinement_map else [None, None]
+        data = FederatedData(train_x, train_y, test_x, test_y, client_indices, held_out, dataset.num_classes, *refine)
         with timer.phase("local"):
             server, clients = make_algorithm(afl_config, config.max_norm, data, max_samples=len(train_y))
         bytes_report = federate(server, clients, protocol, timer)
+        personal = None
+        if apfl_config is not None:
+            with timer.phase("personalization"):  # local only: nothing is sent
+                personal = {k: client.personalize(server.model().weights, apfl_config) for k, client in clients.items()}
         with timer.phase("evaluation"):
-            metrics = evaluate(server, data, afl_config, bytes_report["included_clients"])
+            metrics = evaluate(server, data, afl_config, bytes_report["included_clients"], personal)
     metrics["rows_changed_by_norm_bound"] = changed
     return {
         "schema_version": SCHEMA_VERSION,
@@ -197,22 +222,32 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     }
 
 
-def evaluate(server: AlgorithmServer, data: FederatedData, afl_config: AFLConfig, included: list[int]) -> dict:
-    """Global accuracy, the centralized reference on the included clients' pooled data, per-client accuracy."""
+def evaluate(server: AlgorithmServer, data: FederatedData, afl_config: AFLConfig, included: list[int],
+             personal: dict | None = None) -> dict:
+    """Global accuracy, the centralized reference on the included clients' pooled data, and the paper's
+    personalized metric: the mean over clients of the accuracy, on each client's held-out split, of
+    the model that client uses (the global model, or its own under APFL)."""
     model = server.model()
     train_x = data.train_x.cpu().numpy()
     test_x = data.test_x.cpu().numpy()
     pooled = np.concatenate([data.client_indices[k] for k in included])
     central = ridge_solve(compute_statistics(data.train_x[pooled], data.train_y[pooled], data.num_classes), afl_config)
     central_model = type(model)(central)
-    per_client = [model.accuracy(test_x[idx], data.test_y[idx]) for idx in data.held_out_indices]
+    global_per_client = [model.accuracy(test_x[idx], data.test_y[idx]) for idx in data.held_out_indices]
+    per_client = global_per_client
+    if personal is not None:
+        refine_x = data.refine_test_x.cpu().numpy()
+        per_client = [personal[k].accuracy(test_x[idx], refine_x[idx], data.test_y[idx])
+                      for k, idx in enumerate(data.held_out_indices)]
     evaluated = [acc for acc in per_client if not np.isnan(acc)]
+    global_evaluated = [acc for acc in global_per_client if not np.isnan(acc)]
     return {
         "accuracy": model.accuracy(test_x, data.test_y),
         "train_accuracy": model.accuracy(train_x, data.train_y),
         "centralized_accuracy": central_model.accuracy(test_x, data.test_y),
         "max_rel_diff_to_centralized": float(np.max(np.abs(model.weights - central)) / np.max(np.abs(central))),
         "personalized_accuracy": float(np.mean(evaluated)) if evaluated else None,
+        "global_model_personalized_accuracy": float(np.mean(global_evaluated)) if global_evaluated else None,
         "per_client_accuracy": [None if np.isnan(a) else a for a in per_client],
         "clients_included": len(included),
     }

@@ -1,0 +1,75 @@
+"""APFL (spec §4): AFL's primary stream, summed once through the protocol, plus a refinement
+stream that each client solves on its own data and never sends.
+
+The primary stream is exactly AFL on the primary features (the same server, the same round), so
+it equals centralized ridge. Client k then fits the residual of the primary stream on its own
+refinement features, W_r,k = (X_rᵀX_r + λI)⁻¹ X_rᵀ(Y − X_p W_p), and predicts with
+x_p W_p + β x_r W_r,k. Its model therefore depends only on the pooled data (through W_p) and its
+own data: how the other clients' data are split among them changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from secure_afl.algorithms.afl import AFLClient
+from secure_afl.errors import ConfigError
+from secure_afl.linalg import solve_spd
+
+
+@dataclass(frozen=True)
+class APFLConfig:
+    lam: float = 1.0  # λ: ridge of the refinement stream
+    beta: float = 0.5  # β: weight of the refinement stream in the personalized prediction
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.lam) and self.lam > 0):
+            raise ConfigError(f"lam (the refinement ridge λ) must be a positive finite number, got {self.lam}")
+        if not 0 <= self.beta <= 1:
+            raise ConfigError(f"beta must lie in [0, 1], got {self.beta}")
+
+
+@dataclass(frozen=True)
+class PersonalizedModel:
+    """Scores = x_p W_p + β x_r W_r,k."""
+
+    primary: np.ndarray  # (d_p, C), shared
+    refinement: np.ndarray  # (d_r, C), this client's own
+    beta: float
+
+    def predict(self, primary_x: np.ndarray, refine_x: np.ndarray) -> np.ndarray:
+        scores = np.asarray(primary_x, dtype=np.float64) @ self.primary
+        if self.beta:
+            scores = scores + self.beta * (np.asarray(refine_x, dtype=np.float64) @ self.refinement)
+        return np.argmax(scores, axis=1)
+
+    def accuracy(self, primary_x: np.ndarray, refine_x: np.ndarray, labels: np.ndarray) -> float:
+        if len(labels) == 0:
+            return float("nan")
+        return float(np.mean(self.predict(primary_x, refine_x) == np.asarray(labels)))
+
+
+class APFLClient(AFLClient):
+    """Contributes its primary-stream statistics like an AFL client; keeps its refinement features."""
+
+    def __init__(self, primary_x: torch.Tensor | np.ndarray, refine_x: torch.Tensor | np.ndarray,
+                 labels: np.ndarray, num_classes: int):
+        super().__init__(primary_x, labels, num_classes)
+        self._primary_x = torch.as_tensor(primary_x)
+        self._refine_x = torch.as_tensor(refine_x)
+        self._labels = np.asarray(labels)
+        self._num_classes = num_classes
+
+    def personalize(self, primary_weights: np.ndarray, config: APFLConfig) -> PersonalizedModel:
+        """The refinement stream on this client's data, in float64 on its features' device."""
+        device = self._refine_x.device
+        xp = self._primary_x.to(torch.float64)
+        xr = self._refine_x.to(torch.float64)
+        targets = torch.nn.functional.one_hot(torch.as_tensor(self._labels, device=device), self._num_classes)
+        residual = targets.to(torch.float64) - xp @ torch.as_tensor(primary_weights, device=device)
+        gram = (xr.T @ xr).cpu().numpy() + config.lam * np.eye(xr.shape[1])
+        refinement = solve_spd(gram, (xr.T @ residual).cpu().numpy(), what="the refinement stream's X_rᵀX_r + λI")
+        return PersonalizedModel(np.asarray(primary_weights), refinement, config.beta)
