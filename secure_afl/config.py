@@ -13,14 +13,17 @@ from secure_afl.errors import ConfigError
 from secure_afl.features.backbone import DEFAULT_BACKBONE
 from secure_afl.features.extract import check_precision
 
-ALGORITHMS = ("afl", "apfl")
+ALGORITHMS = ("afl", "apfl", "deepafl")
 PROTOCOL_OPTIONS = {
     "mask": ("threshold", "neighbours", "fraction_bits", "dropout"),
     "he-bfv": ("limbs", "fraction_bits", "key_holder"),
     "he-ckks": ("limbs", "fraction_bits", "key_holder"),
     "he-ckks-approx": ("key_holder",),
 }
-APFL_OPTIONS = ("refine_width", "refine_activation", "refine_seed", "lam", "beta")
+ALGORITHM_OPTIONS = {
+    "apfl": ("refine_width", "refine_activation", "refine_seed", "lam", "beta"),
+    "deepafl": ("depth", "deep_width", "residual_width", "deep_lam", "deep_gamma", "deep_activation", "deep_seed"),
+}
 ALL_PROTOCOL_OPTIONS = ("threshold", "neighbours", "fraction_bits", "dropout", "limbs", "key_holder")
 
 
@@ -59,6 +62,13 @@ class RunConfig:
     refine_seed: int = 1  # APFL: refinement-stream buffer seed (public, distinct from buffer_seed)
     lam: float = 1.0  # APFL: refinement ridge λ
     beta: float = 0.5  # APFL: weight β of the refinement stream
+    depth: int = 20  # DeepAFL: T residual blocks (2T + 1 rounds)
+    deep_width: int = 1024  # DeepAFL: d_Φ
+    residual_width: int = 1024  # DeepAFL: d_F
+    deep_lam: float = 1.0  # DeepAFL: λ of the classifier solves
+    deep_gamma: float = 0.05  # DeepAFL: γ of the sandwiched solves
+    deep_activation: str = "gelu"
+    deep_seed: int = 0
     threshold: int | None = None  # masking: shares needed to reconstruct (default from the neighbour count)
     neighbours: int | None = None  # masking: k neighbours per client (default from n and the targets)
     fraction_bits: int | None = None  # fixed-point precision (default: the largest the protocol's range allows)
@@ -101,8 +111,8 @@ class RunConfig:
             raise ConfigError(f"buffer_width must be ≥ 0 (0 disables the buffer), got {self.buffer_width}")
         if self.partition == "dirichlet" and not self.alpha > 0:
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
-        if self.algorithm != "apfl":
-            defaults = RunConfig()
-            changed = [name for name in APFL_OPTIONS if getattr(self, name) != getattr(defaults, name)]
-            if changed:
-                raise ConfigError(f"{', '.join(changed)} only apply to --algorithm apfl")
+        defaults = RunConfig()
+        for algorithm, names in ALGORITHM_OPTIONS.items():
+            changed = [name for name in names if getattr(self, name) != getattr(defaults, name)]
+            if changed and self.algorithm != algorithm:
+                raise ConfigError(f"{', '.join(changed)} only apply to --algorithm {algorithm}")

@@ -19,7 +19,9 @@ import torch
 from protocols import make_protocol
 from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, ridge_solve, statistics_bound
 from secure_afl.algorithms.apfl import APFLClient, APFLConfig
-from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer
+from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel
+from secure_afl.algorithms.deepafl import DeepAFLClient, DeepAFLConfig, DeepAFLServer
+from secure_afl.algorithms.deepafl import centralized as deepafl_centralized
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import Dataset, load_dataset
 from secure_afl.data.partition import allocate_held_out, partition
@@ -100,12 +102,18 @@ def backbone_features(config: RunConfig, dataset: Dataset, device: torch.device,
     return train, test, {"pools": len(per_pool), "cache_hits": hits, "feature_dim": backbone.feature_dim}
 
 
-def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_samples: int):
-    """The server and the clients; the public bound follows from the feature norm bound and client size.
+def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_samples: int,
+                   deep: DeepAFLConfig | None = None):
+    """The server and the clients; the public bounds follow from the feature norm bound and client size.
 
     APFL's server is AFL's (its primary stream is AFL); its clients also hold refinement features.
     """
     dim = data.train_x.shape[1]
+    if deep is not None:
+        server = DeepAFLServer(dim, data.num_classes, deep, max_samples, max_norm)
+        clients = {k: DeepAFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, deep)
+                   for k, idx in enumerate(data.client_indices)}
+        return server, clients
     server = AFLServer(dim, data.num_classes, afl, statistics_bound(max_samples, max_norm))
     if data.refine_train_x is None:
         clients = {k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes)
@@ -167,6 +175,7 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     config.validate()
     afl_config = AFLConfig(config.gamma, config.restore)
     apfl_config = APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None
+    deep_config = deepafl_config(config) if config.algorithm == "deepafl" else None
     feature_map = build_feature_map(config)
     refinement_map = build_refinement_map(config)
     protocol = make_protocol(config.protocol, **config.protocol_options())
@@ -198,14 +207,16 @@ def run(config: RunConfig, progress: bool = False) -> dict:
                 if refinement_map else [None, None]
         data = FederatedData(train_x, train_y, test_x, test_y, client_indices, held_out, dataset.num_classes, *refine)
         with timer.phase("local"):
-            server, clients = make_algorithm(afl_config, config.max_norm, data, max_samples=len(train_y))
+            server, clients = make_algorithm(afl_config, config.max_norm, data, len(train_y), deep_config)
         bytes_report = federate(server, clients, protocol, timer)
         personal = None
         if apfl_config is not None:
             with timer.phase("personalization"):  # local only: nothing is sent
                 personal = {k: client.personalize(server.model().weights, apfl_config) for k, client in clients.items()}
         with timer.phase("evaluation"):
-            metrics = evaluate(server, data, afl_config, bytes_report["included_clients"], personal)
+            included = bytes_report["included_clients"]
+            central = reference_model(data, included, afl_config, deep_config, config.max_norm)
+            metrics = evaluate(server.model(), central, data, included, personal)
     metrics["rows_changed_by_norm_bound"] = changed
     return {
         "schema_version": SCHEMA_VERSION,
@@ -222,17 +233,28 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     }
 
 
-def evaluate(server: AlgorithmServer, data: FederatedData, afl_config: AFLConfig, included: list[int],
-             personal: dict | None = None) -> dict:
+def deepafl_config(config: RunConfig) -> DeepAFLConfig:
+    return DeepAFLConfig(config.deep_width, config.residual_width, config.depth, config.deep_lam, config.deep_gamma,
+                         config.deep_activation, config.deep_seed)
+
+
+def reference_model(data: FederatedData, included: list[int], afl_config: AFLConfig,
+                    deep_config: DeepAFLConfig | None, max_norm: float):
+    """The same algorithm trained centrally on the included clients' pooled data."""
+    pooled = np.concatenate([data.client_indices[k] for k in included])
+    x, y = data.train_x[pooled], data.train_y[pooled]
+    if deep_config is not None:
+        return deepafl_centralized(x, y, data.num_classes, deep_config, max_norm)
+    return LinearModel(ridge_solve(compute_statistics(x, y, data.num_classes), afl_config))
+
+
+def evaluate(model, central, data: FederatedData, included: list[int], personal: dict | None = None) -> dict:
     """Global accuracy, the centralized reference on the included clients' pooled data, and the paper's
     personalized metric: the mean over clients of the accuracy, on each client's held-out split, of
     the model that client uses (the global model, or its own under APFL)."""
-    model = server.model()
     train_x = data.train_x.cpu().numpy()
     test_x = data.test_x.cpu().numpy()
-    pooled = np.concatenate([data.client_indices[k] for k in included])
-    central = ridge_solve(compute_statistics(data.train_x[pooled], data.train_y[pooled], data.num_classes), afl_config)
-    central_model = type(model)(central)
+    central_model = central
     global_per_client = [model.accuracy(test_x[idx], data.test_y[idx]) for idx in data.held_out_indices]
     per_client = global_per_client
     if personal is not None:
@@ -245,9 +267,11 @@ def evaluate(server: AlgorithmServer, data: FederatedData, afl_config: AFLConfig
         "accuracy": model.accuracy(test_x, data.test_y),
         "train_accuracy": model.accuracy(train_x, data.train_y),
         "centralized_accuracy": central_model.accuracy(test_x, data.test_y),
-        "max_rel_diff_to_centralized": float(np.max(np.abs(model.weights - central)) / np.max(np.abs(central))),
+        "max_rel_diff_to_centralized": model.relative_difference(central),
         "personalized_accuracy": float(np.mean(evaluated)) if evaluated else None,
         "global_model_personalized_accuracy": float(np.mean(global_evaluated)) if global_evaluated else None,
         "per_client_accuracy": [None if np.isnan(a) else a for a in per_client],
         "clients_included": len(included),
+        **({"layer_accuracy": model.layer_accuracy(test_x, data.test_y),
+            "layer_train_accuracy": model.layer_accuracy(train_x, data.train_y)} if hasattr(model, "layer_accuracy") else {}),
     }

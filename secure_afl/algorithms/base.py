@@ -65,3 +65,6 @@ class LinearModel:
         if len(labels) == 0:
             return float("nan")
         return float(np.mean(self.predict(features) == np.asarray(labels)))
+
+    def relative_difference(self, other: LinearModel) -> float:
+        return float(np.max(np.abs(self.weights - other.weights)) / np.max(np.abs(other.weights)))

@@ -1,0 +1,265 @@
+"""DeepAFL (spec §5): layer-wise analytic residual blocks, 2T+1 aggregation rounds of statistics.
+
+Layer 0 is Φ_0 = σ(X A). Round 2t (classifier): clients send the statistics of (Φ_t, Y); the
+server solves W_t = (ΣΦᵀΦ + λI)⁻¹ ΣΦᵀY. Round 2t+1 (residual, t < T): clients send
+(F_tᵀF_t, F_tᵀR_t) with F_t = σ(Φ_t B_t) and R_t = Y − Φ_t W_t; the server solves the sandwiched
+ridge problem Ω_t = argmin Σ‖R_t − F_t Ω W_t‖² + γ‖Ω‖² by two eigendecompositions, and every
+client moves to Φ_{t+1} = Φ_t + F_t Ω_t. A, B_t come from public seeds; W_t and Ω_t are
+broadcast. Every round is a sum, so secure aggregation covers all of them, and every W_t and Ω_t
+equals the centralized solution whatever the partition.
+
+Public bounds. The protocols need a bound on every entry of every client's vector before a round
+starts, declared by the server from what it legitimately knows, never from one client's data.
+Round 0: feature rows have norm ≤ R and |σ(z)| ≤ |z| (relu, gelu, tanh, hardswish, identity;
+sigmoid adds ≤ ½ per coordinate), so ‖φ_0‖ ≤ R‖A‖₂. Later rounds use the sums already received:
+a client's Gram matrix is PSD with entries ≤ its largest diagonal entry, and each diagonal entry
+is at most the total's. So the residual round's bound follows from ΣΦᵀΦ (diag FᵀF ≤ diag BᵀΦᵀΦB)
+and the total residual energy diag RᵀR = counts − 2 diag WᵀΣΦᵀY + diag WᵀΣΦᵀΦW; the next
+classifier round's from diag Φ'ᵀΦ' ≤ 2 diag ΦᵀΦ + 2 diag ΩᵀFᵀFΩ. Cross terms follow by
+Cauchy–Schwarz. (Spectral-norm products instead lost 4–10 fixed-point bits per layer.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSpec
+from secure_afl.errors import ConfigError
+from secure_afl.features.buffer import ACTIVATIONS, RandomBuffer
+from secure_afl.linalg import solve_spd
+from secure_afl.statistics import Statistics, StatisticsLayout, validate_features
+
+CLASSIFIER, RESIDUAL = "deepafl/classifier", "deepafl/residual"
+BOUND_SLACK = 1.0 + 1e-3
+
+
+@dataclass(frozen=True)
+class DeepAFLConfig:
+    width: int = 1024  # d_Φ
+    residual_width: int = 1024  # d_F
+    layers: int = 20  # T: residual blocks (2T + 1 rounds)
+    lam: float = 1.0  # λ of every classifier solve
+    gamma: float = 0.05  # γ of every sandwiched solve
+    activation: str = "gelu"
+    seed: int = 0  # A uses this seed, B_t uses seed + 1 + t
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.residual_width < 1:
+            raise ConfigError("DeepAFL widths must be at least 1")
+        if self.layers < 0:
+            raise ConfigError(f"layers (T) must be ≥ 0, got {self.layers}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        for name in ("lam", "gamma"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number ≥ 0, got {value}")
+
+    def expansion(self) -> RandomBuffer:
+        return RandomBuffer(self.width, self.activation, self.seed)
+
+    def residual_map(self, layer: int) -> RandomBuffer:
+        return RandomBuffer(self.residual_width, self.activation, self.seed + 1 + layer)
+
+
+def mapped(buffer: RandomBuffer, x: torch.Tensor) -> torch.Tensor:
+    """σ(x P) in float64 (the buffer's own apply works in float32, too coarse for exact layers)."""
+    projection, _ = buffer.parameters(x.shape[1])
+    return ACTIVATIONS[buffer.activation](x @ projection.to(device=x.device, dtype=torch.float64))
+
+
+def activation_bound(norm: float, width: int, activation: str) -> float:
+    """A bound on ‖σ(z)‖ given ‖z‖ ≤ norm."""
+    return norm + (0.5 * math.sqrt(width) if activation == "sigmoid" else 0.0)
+
+
+def spectral_norm(matrix: np.ndarray | torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(torch.as_tensor(matrix, dtype=torch.float64), ord=2))
+
+
+def classifier_solve(stats: Statistics, lam: float) -> np.ndarray:
+    """W = (ΣΦᵀΦ + λI)⁻¹ ΣΦᵀY by Cholesky (λ = 0: plain least squares, refused when singular)."""
+    return solve_spd(stats.gram + lam * np.eye(stats.dim), stats.cross, what="ΣΦᵀΦ + λI")
+
+
+def sandwiched_solve(gram: np.ndarray, cross: np.ndarray, weights: np.ndarray, gamma: float) -> np.ndarray:
+    """Ω = argmin ‖R − F Ω W‖² + γ‖Ω‖² from S = FᵀF and C = FᵀR.
+
+    The normal equations S Ω (WWᵀ) + γΩ = C Wᵀ diagonalise in the eigenbases S = V diag(μ) Vᵀ and
+    WWᵀ = U diag(ν) Uᵀ: Ω = V [(Vᵀ C Wᵀ U) ⊘ (γ + μνᵀ)] Uᵀ. Where γ + μν vanishes (γ = 0 and a
+    null direction) the numerator vanishes too and the minimum-norm solution puts 0 there.
+    """
+    mu, v = np.linalg.eigh(gram)
+    nu, u = np.linalg.eigh(weights @ weights.T)
+    mu, nu = np.clip(mu, 0.0, None), np.clip(nu, 0.0, None)  # PSD: round-off negatives are zero
+    numerator = v.T @ cross @ weights.T @ u
+    denominator = gamma + np.outer(mu, nu)
+    tiny = np.finfo(np.float64).eps * max(float(denominator.max()), 1.0)
+    inner = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > tiny)
+    return v @ inner @ u.T
+
+
+@dataclass(frozen=True)
+class DeepAFLModel:
+    config: DeepAFLConfig
+    classifiers: list[np.ndarray]  # W_0 … W_T
+    residuals: list[np.ndarray]  # Ω_0 … Ω_{T−1}
+    weights: np.ndarray = field(init=False)  # W_T, the final classifier (what is broadcast last)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", self.classifiers[-1])
+
+    def layer_scores(self, features):
+        """Scores Φ_t W_t after every layer t = 0 … T."""
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+        phi = mapped(self.config.expansion(), x)
+        for t, w in enumerate(self.classifiers):
+            yield (phi @ torch.as_tensor(w)).numpy()
+            if t < len(self.residuals):
+                phi = phi + mapped(self.config.residual_map(t), phi) @ torch.as_tensor(self.residuals[t])
+
+    def predict(self, features) -> np.ndarray:
+        *_, last = self.layer_scores(features)
+        return np.argmax(last, axis=1)
+
+    def accuracy(self, features, labels) -> float:
+        if len(labels) == 0:
+            return float("nan")
+        return float(np.mean(self.predict(features) == np.asarray(labels)))
+
+    def layer_accuracy(self, features, labels) -> list[float]:
+        return [float(np.mean(np.argmax(s, axis=1) == np.asarray(labels))) for s in self.layer_scores(features)]
+
+    def relative_difference(self, other: DeepAFLModel) -> float:
+        """The largest relative difference of any W_t or Ω_t."""
+        pairs = list(zip(self.classifiers, other.classifiers)) + list(zip(self.residuals, other.residuals))
+        return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in pairs)
+
+
+def _round(kind: str, layer: int) -> str:
+    return f"{kind}/{layer}"
+
+
+def _parse(name: str) -> tuple[str, int]:
+    kind, _, layer = name.rpartition("/")
+    if kind not in (CLASSIFIER, RESIDUAL) or not layer.isdigit():
+        raise ConfigError(f"a DeepAFL client cannot answer round {name!r}")
+    return kind, int(layer)
+
+
+class DeepAFLClient(AlgorithmClient):
+    """Keeps Φ_t (float64, on the features' device) and the last F_t; sends only statistics."""
+
+    def __init__(self, features: torch.Tensor | np.ndarray, labels: np.ndarray, num_classes: int, config: DeepAFLConfig):
+        validate_features(features, labels, num_classes)
+        x = torch.as_tensor(features).to(torch.float64)
+        self.config = config
+        self._labels = np.asarray(labels)
+        self._targets = torch.nn.functional.one_hot(torch.as_tensor(self._labels, device=x.device), num_classes).to(torch.float64)
+        self._phi = mapped(config.expansion(), x)
+        self._residual_features: torch.Tensor | None = None
+        self._layer = 0
+        self._num_classes = num_classes
+
+    def contribute(self, spec: RoundSpec) -> np.ndarray:
+        kind, layer = _parse(spec.name)
+        if kind == CLASSIFIER:
+            if layer != self._layer:
+                if layer != self._layer + 1 or self._residual_features is None or "omega" not in spec.broadcast:
+                    raise ConfigError(f"round {spec.name!r} arrived out of order")
+                omega = torch.as_tensor(spec.broadcast["omega"], device=self._phi.device)
+                self._phi = self._phi + self._residual_features @ omega
+                self._residual_features, self._layer = None, layer
+            return self._pack(self._phi, self._targets, self.config.width, with_counts=True)
+        if layer != self._layer:
+            raise ConfigError(f"round {spec.name!r} arrived out of order")
+        weights = torch.as_tensor(spec.broadcast["weights"], device=self._phi.device)
+        self._residual_features = mapped(self.config.residual_map(layer), self._phi)
+        residual = self._targets - self._phi @ weights
+        return self._pack(self._residual_features, residual, self.config.residual_width, with_counts=False)
+
+    def _pack(self, left: torch.Tensor, right: torch.Tensor, dim: int, with_counts: bool) -> np.ndarray:
+        gram = left.T @ left
+        gram = 0.5 * (gram + gram.T)
+        counts = np.bincount(self._labels, minlength=self._num_classes) if with_counts else np.zeros(self._num_classes)
+        stats = Statistics(gram.cpu().numpy(), (left.T @ right).cpu().numpy(), left.shape[0], counts.astype(np.int64))
+        return StatisticsLayout(dim, self._num_classes).pack(stats)
+
+
+class DeepAFLServer(AlgorithmServer):
+    def __init__(self, in_dim: int, num_classes: int, config: DeepAFLConfig, max_samples: int, max_norm: float):
+        self.config = config
+        self.num_classes = num_classes
+        self.max_samples = max_samples
+        self.classifiers: list[np.ndarray] = []
+        self.residuals: list[np.ndarray] = []
+        expansion, _ = config.expansion().parameters(in_dim)
+        row = activation_bound(max_norm * spectral_norm(expansion), config.width, config.activation)
+        self._bound = self._declare(max_samples * row * row, max_samples * row)
+        self._phi_total: Statistics | None = None
+        self._next = (CLASSIFIER, 0)
+
+    def _declare(self, gram: float, cross: float) -> float:
+        """One bound for the whole packed vector: Gram entries, cross entries, and counts ≤ n."""
+        return max(gram, cross, float(self.max_samples)) * BOUND_SLACK
+
+    def next_round(self) -> RoundSpec | None:
+        if self._next is None:
+            return None
+        kind, layer = self._next
+        if kind == CLASSIFIER:
+            layout = StatisticsLayout(self.config.width, self.num_classes)
+            broadcast = {"omega": self.residuals[-1]} if layer else {}
+            return RoundSpec(_round(kind, layer), layout.length, self._bound, broadcast)
+        layout = StatisticsLayout(self.config.residual_width, self.num_classes)
+        return RoundSpec(_round(kind, layer), layout.length, self._bound, {"weights": self.classifiers[-1]})
+
+    def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
+        kind, layer = _parse(spec.name)
+        if kind == CLASSIFIER:
+            stats = StatisticsLayout(self.config.width, self.num_classes).unpack(total)
+            weights = classifier_solve(stats, self.config.lam)
+            self.classifiers.append(weights)
+            self._phi_total = stats
+            if layer < self.config.layers:
+                self._next = (RESIDUAL, layer)
+                self._bound = self._residual_round_bound(stats, weights, layer)
+            else:
+                self._next = None
+            return
+        stats = StatisticsLayout(self.config.residual_width, self.num_classes).unpack(total)
+        omega = sandwiched_solve(stats.gram, stats.cross, self.classifiers[-1], self.config.gamma)
+        self.residuals.append(omega)
+        self._next = (CLASSIFIER, layer + 1)
+        phi_diag = np.diag(self._phi_total.gram) + np.einsum("fi,fg,gi->i", omega, stats.gram, omega)
+        gram = 2.0 * float(phi_diag.max())
+        self._bound = self._declare(gram, math.sqrt(gram * self.max_samples))
+
+    def _residual_round_bound(self, phi: Statistics, weights: np.ndarray, layer: int) -> float:
+        projection, _ = self.config.residual_map(layer).parameters(self.config.width)
+        b = projection.to(torch.float64).numpy()
+        feature_diag = np.einsum("pi,pq,qi->i", b, phi.gram, b)
+        if self.config.activation == "sigmoid":  # σ(z)² ≤ 2z² + ½
+            feature_diag = 2.0 * feature_diag + 0.5 * phi.count
+        energy = phi.class_counts - 2.0 * np.einsum("pc,pc->c", weights, phi.cross) \
+            + np.einsum("pc,pq,qc->c", weights, phi.gram, weights)
+        gram = float(feature_diag.max())
+        return self._declare(gram, math.sqrt(gram * max(float(energy.max()), 0.0)))
+
+    def model(self) -> DeepAFLModel:
+        if self._next is not None:
+            raise ConfigError("DeepAFL has not finished its rounds yet")
+        return DeepAFLModel(self.config, list(self.classifiers), list(self.residuals))
+
+
+def centralized(features, labels: np.ndarray, num_classes: int, config: DeepAFLConfig, max_norm: float) -> DeepAFLModel:
+    """DeepAFL on pooled data: one client, sums taken as they are (the reference every run must equal)."""
+    server = DeepAFLServer(features.shape[1], num_classes, config, len(labels), max_norm)
+    client = DeepAFLClient(features, labels, num_classes, config)
+    while (spec := server.next_round()) is not None:
+        server.receive(spec, client.contribute(spec))
+    return server.model()
