@@ -9,6 +9,7 @@ from dataclasses import fields
 
 from protocols import PROTOCOLS, ProtocolError
 from protocols.masking import STAGES
+from secure_afl.algorithms.fedavg import ACCOUNTANTS, HEADS
 from secure_afl.config import ALGORITHMS, RunConfig
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
@@ -84,6 +85,22 @@ def _run_parser(sub) -> None:
     deep.add_argument("--deep-gamma", type=float, default=defaults.deep_gamma, help="γ of the sandwiched solves")
     deep.add_argument("--deep-activation", choices=tuple(ACTIVATIONS), default=defaults.deep_activation)
     deep.add_argument("--deep-seed", type=int, default=defaults.deep_seed, help="public seed of A and the B_t")
+    grad = p.add_argument_group("FedAvg / FedProx (--algorithm fedavg | fedprox)")
+    grad.add_argument("--rounds", type=int, default=defaults.rounds)
+    grad.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    grad.add_argument("--lr", type=float, default=defaults.lr)
+    grad.add_argument("--local-batch", type=int, default=defaults.local_batch)
+    grad.add_argument("--client-fraction", type=float, default=defaults.client_fraction, help="clients sampled per round")
+    grad.add_argument("--mu", type=float, default=defaults.mu, help="FedProx proximal weight")
+    grad.add_argument("--head", choices=HEADS, default=defaults.head)
+    grad.add_argument("--hidden", type=int, default=defaults.hidden, help="MLP head width")
+    grad.add_argument("--param-bound", type=float, default=defaults.param_bound,
+                      help="public box |θ_i| ≤ bound on what a client sends (the protocols' declared bound)")
+    grad.add_argument("--dp-noise", type=float, default=None, help="DP-SGD noise multiplier (Opacus)")
+    grad.add_argument("--dp-epsilon", type=float, default=None, help="DP-SGD target ε for the whole run")
+    grad.add_argument("--dp-delta", type=float, default=defaults.dp_delta)
+    grad.add_argument("--dp-clip", type=float, default=defaults.dp_clip, help="per-sample gradient norm bound")
+    grad.add_argument("--dp-accountant", choices=ACCOUNTANTS, default=defaults.dp_accountant)
     solve = p.add_argument_group("solve")
     solve.add_argument("--gamma", type=float, default=defaults.gamma, help="ridge regularisation, added once")
     solve.add_argument("--restore", action="store_true", help="plain least squares (the paper's restored result)")

@@ -13,16 +13,21 @@ from secure_afl.errors import ConfigError
 from secure_afl.features.backbone import DEFAULT_BACKBONE
 from secure_afl.features.extract import check_precision
 
-ALGORITHMS = ("afl", "apfl", "deepafl")
+ALGORITHMS = ("afl", "apfl", "deepafl", "fedavg", "fedprox")
 PROTOCOL_OPTIONS = {
     "mask": ("threshold", "neighbours", "fraction_bits", "dropout"),
     "he-bfv": ("limbs", "fraction_bits", "key_holder"),
     "he-ckks": ("limbs", "fraction_bits", "key_holder"),
     "he-ckks-approx": ("key_holder",),
 }
-ALGORITHM_OPTIONS = {
-    "apfl": ("refine_width", "refine_activation", "refine_seed", "lam", "beta"),
-    "deepafl": ("depth", "deep_width", "residual_width", "deep_lam", "deep_gamma", "deep_activation", "deep_seed"),
+_GRADIENT = ("fedavg", "fedprox")
+OPTION_ALGORITHMS = {  # option → the algorithms it applies to; set for any other, it is refused
+    **dict.fromkeys(("refine_width", "refine_activation", "refine_seed", "lam", "beta"), ("apfl",)),
+    **dict.fromkeys(("depth", "deep_width", "residual_width", "deep_lam", "deep_gamma", "deep_activation", "deep_seed"),
+                    ("deepafl",)),
+    **dict.fromkeys(("rounds", "local_epochs", "lr", "local_batch", "client_fraction", "head", "hidden", "param_bound",
+                     "dp_noise", "dp_epsilon", "dp_delta", "dp_clip", "dp_accountant"), _GRADIENT),
+    "mu": ("fedprox",),
 }
 ALL_PROTOCOL_OPTIONS = ("threshold", "neighbours", "fraction_bits", "dropout", "limbs", "key_holder")
 
@@ -69,6 +74,20 @@ class RunConfig:
     deep_gamma: float = 0.05  # DeepAFL: γ of the sandwiched solves
     deep_activation: str = "gelu"
     deep_seed: int = 0
+    rounds: int = 100  # FedAvg/FedProx: communication rounds
+    local_epochs: int = 1
+    lr: float = 0.5
+    local_batch: int = 32
+    client_fraction: float = 1.0
+    mu: float = 0.01  # FedProx proximal weight
+    head: str = "linear"  # linear or mlp
+    hidden: int = 256  # MLP head width
+    param_bound: float = 100.0  # public box on every parameter a client sends
+    dp_noise: float | None = None  # DP-SGD noise multiplier σ (or give dp_epsilon)
+    dp_epsilon: float | None = None  # DP-SGD target ε over the whole run
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound
+    dp_accountant: str = "rdp"
     threshold: int | None = None  # masking: shares needed to reconstruct (default from the neighbour count)
     neighbours: int | None = None  # masking: k neighbours per client (default from n and the targets)
     fraction_bits: int | None = None  # fixed-point precision (default: the largest the protocol's range allows)
@@ -112,7 +131,8 @@ class RunConfig:
         if self.partition == "dirichlet" and not self.alpha > 0:
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
         defaults = RunConfig()
-        for algorithm, names in ALGORITHM_OPTIONS.items():
-            changed = [name for name in names if getattr(self, name) != getattr(defaults, name)]
-            if changed and self.algorithm != algorithm:
-                raise ConfigError(f"{', '.join(changed)} only apply to --algorithm {algorithm}")
+        stray = [name for name, algorithms in OPTION_ALGORITHMS.items()
+                 if getattr(self, name) != getattr(defaults, name) and self.algorithm not in algorithms]
+        if stray:
+            accepted = sorted({a for name in stray for a in OPTION_ALGORITHMS[name]})
+            raise ConfigError(f"{', '.join(stray)} only apply to --algorithm {' / '.join(accepted)}")

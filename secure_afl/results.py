@@ -76,8 +76,9 @@ def format_summary(results: dict) -> str:
                     f"{config['clients']} clients ({config['partition']}, alpha={config['alpha']})"),
         ("features", f"{config['backbone']} @ {config['resolution']}px, dim {results['features']['dim']}"),
         ("global accuracy", f"{metrics['accuracy']:.4f}"),
-        ("centralized accuracy", f"{metrics['centralized_accuracy']:.4f}"),
-        ("max rel diff to central", f"{metrics['max_rel_diff_to_centralized']:.2e}"),
+        ("centralized accuracy", _maybe(metrics["centralized_accuracy"])),
+        ("max rel diff to central", "n/a" if metrics["max_rel_diff_to_centralized"] is None
+         else f"{metrics['max_rel_diff_to_centralized']:.2e}"),
         ("personalized accuracy", _maybe(metrics["personalized_accuracy"])),
         ("upload per client", f"{sent['per_client_upload_max'] / 2**20:.2f} MiB"),
         ("time", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())),

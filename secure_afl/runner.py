@@ -22,6 +22,7 @@ from secure_afl.algorithms.apfl import APFLClient, APFLConfig
 from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel
 from secure_afl.algorithms.deepafl import DeepAFLClient, DeepAFLConfig, DeepAFLServer
 from secure_afl.algorithms.deepafl import centralized as deepafl_centralized
+from secure_afl.algorithms.fedavg import DPConfig, FedAvgClient, FedAvgConfig, FedAvgServer
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import Dataset, load_dataset
 from secure_afl.data.partition import allocate_held_out, partition
@@ -103,12 +104,18 @@ def backbone_features(config: RunConfig, dataset: Dataset, device: torch.device,
 
 
 def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_samples: int,
-                   deep: DeepAFLConfig | None = None):
+                   deep: DeepAFLConfig | None = None, gradient: FedAvgConfig | None = None):
     """The server and the clients; the public bounds follow from the feature norm bound and client size.
 
     APFL's server is AFL's (its primary stream is AFL); its clients also hold refinement features.
     """
     dim = data.train_x.shape[1]
+    if gradient is not None:
+        ids = list(range(len(data.client_indices)))
+        server = FedAvgServer(dim, data.num_classes, gradient, ids, max_samples)
+        clients = {k: FedAvgClient(k, data.train_x[idx], data.train_y[idx], data.num_classes, gradient, gradient.rounds)
+                   for k, idx in enumerate(data.client_indices)}
+        return server, clients
     if deep is not None:
         server = DeepAFLServer(dim, data.num_classes, deep, max_samples, max_norm)
         clients = {k: DeepAFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, deep)
@@ -124,33 +131,40 @@ def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_sam
     return server, clients
 
 
-def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], protocol, timer: Timer) -> dict:
+def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], protocol, timer: Timer,
+             observer=None) -> dict:
     """Drive every round: clients contribute, the protocol sums, the server consumes. Returns byte counts.
 
-    Clients that drop out of a round are left out of every later round too (``included`` in the
-    report), as a deployment would; the evaluation compares against centralized training on them.
+    A round asks the clients its spec names (all by default). Clients that drop out of a round are
+    left out of every later round too (``included`` in the report), as a deployment would; the
+    evaluation compares against centralized training on them. ``observer(spec, server)`` runs after
+    each round (the runner records per-round accuracy of iterative algorithms with it).
     """
     included = set(clients)
     upload = dict.fromkeys(clients, 0)
     download = dict.fromkeys(clients, 0)
     rounds = []
     while (spec := server.next_round()) is not None:
+        asked = included if spec.participants is None else included & spec.participants
         with timer.phase("local"):
-            vectors = {k: clients[k].contribute(spec) for k in sorted(included)}
+            vectors = {k: clients[k].contribute(spec) for k in sorted(asked)}
         with timer.phase("aggregation"):
             result = protocol.aggregate(spec.name, vectors, spec.bound)
         with timer.phase("solve"):
             server.receive(spec, result.total)
-        for k in vectors:
+        for k in result.upload_bytes:
             upload[k] += result.upload_bytes[k]
-            download[k] += result.download_bytes[k] + spec.broadcast_bytes
+            download[k] += result.download_bytes[k] + (spec.broadcast_bytes if k in vectors else 0)
         if result.included is not None:
-            included &= result.included
+            included -= set(vectors) - result.included
+        if observer is not None:
+            observer(spec, server)
         rounds.append({
             "round": spec.name,
             "length": spec.length,
             "upload_per_client_max": max(result.upload_bytes.values()),
             "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in vectors),
+            "clients_asked": len(vectors),
             "clients_included": len(included),
             "protocol": result.details,
         })
@@ -176,6 +190,7 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     afl_config = AFLConfig(config.gamma, config.restore)
     apfl_config = APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None
     deep_config = deepafl_config(config) if config.algorithm == "deepafl" else None
+    gradient_config = fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None
     feature_map = build_feature_map(config)
     refinement_map = build_refinement_map(config)
     protocol = make_protocol(config.protocol, **config.protocol_options())
@@ -207,16 +222,21 @@ def run(config: RunConfig, progress: bool = False) -> dict:
                 if refinement_map else [None, None]
         data = FederatedData(train_x, train_y, test_x, test_y, client_indices, held_out, dataset.num_classes, *refine)
         with timer.phase("local"):
-            server, clients = make_algorithm(afl_config, config.max_norm, data, len(train_y), deep_config)
-        bytes_report = federate(server, clients, protocol, timer)
+            server, clients = make_algorithm(afl_config, config.max_norm, data, len(train_y), deep_config,
+                                             gradient_config)
+        history = History(data, timer) if gradient_config is not None else None
+        bytes_report = federate(server, clients, protocol, timer, history)
         personal = None
         if apfl_config is not None:
             with timer.phase("personalization"):  # local only: nothing is sent
                 personal = {k: client.personalize(server.model().weights, apfl_config) for k, client in clients.items()}
         with timer.phase("evaluation"):
             included = bytes_report["included_clients"]
-            central = reference_model(data, included, afl_config, deep_config, config.max_norm)
+            central = None if gradient_config else reference_model(data, included, afl_config, deep_config, config.max_norm)
             metrics = evaluate(server.model(), central, data, included, personal)
+            if history is not None:
+                metrics["history"] = history.rows
+                metrics.update(gradient_report(clients, gradient_config))
     metrics["rows_changed_by_norm_bound"] = changed
     return {
         "schema_version": SCHEMA_VERSION,
@@ -231,6 +251,45 @@ def run(config: RunConfig, progress: bool = False) -> dict:
         "features": {**feature_info, "dim": int(train_x.shape[1]), "train": len(train_y), "test": len(test_y)},
         "environment": environment(device, config.seed),
     }
+
+
+class History:
+    """Per-round global test accuracy of an iterative algorithm, with the training time so far
+    (evaluation time excluded), for time-to-accuracy comparisons."""
+
+    def __init__(self, data: FederatedData, timer: Timer):
+        self.rows: list[dict] = []
+        self._test_x = data.test_x.cpu().numpy()
+        self._test_y = data.test_y
+        self._timer = timer
+
+    def __call__(self, spec, server) -> None:
+        spent = sum(self._timer.seconds.get(p, 0.0) for p in ("local", "aggregation", "solve"))
+        self.rows.append({"round": len(self.rows) + 1, "clients": len(spec.participants or ()),
+                          "accuracy": server.model().accuracy(self._test_x, self._test_y), "train_seconds": spent})
+
+
+def gradient_report(clients: dict, config: FedAvgConfig) -> dict:
+    report = {"parameters_clamped": sum(c.clamped for c in clients.values())}
+    if config.dp is not None:
+        report["dp"] = {
+            "epsilon": max(c.epsilon() for c in clients.values()),
+            "delta": config.dp.delta,
+            "noise_multiplier": max(c.noise_multiplier for c in clients.values()),
+            "clip": config.dp.clip,
+            "accountant": config.dp.accountant,
+            "noise_rng": "torch generator seeded from os.urandom per client and round (Opacus secure_mode unavailable)",
+        }
+    return report
+
+
+def fedavg_config(config: RunConfig) -> FedAvgConfig:
+    dp = None
+    if config.dp_noise is not None or config.dp_epsilon is not None:
+        dp = DPConfig(config.dp_clip, config.dp_noise, config.dp_epsilon, config.dp_delta, config.dp_accountant)
+    return FedAvgConfig(config.rounds, config.local_epochs, config.lr, config.local_batch, config.client_fraction,
+                        config.mu if config.algorithm == "fedprox" else 0.0, config.head, config.hidden,
+                        config.param_bound, config.seed, dp)
 
 
 def deepafl_config(config: RunConfig) -> DeepAFLConfig:
@@ -251,7 +310,8 @@ def reference_model(data: FederatedData, included: list[int], afl_config: AFLCon
 def evaluate(model, central, data: FederatedData, included: list[int], personal: dict | None = None) -> dict:
     """Global accuracy, the centralized reference on the included clients' pooled data, and the paper's
     personalized metric: the mean over clients of the accuracy, on each client's held-out split, of
-    the model that client uses (the global model, or its own under APFL)."""
+    the model that client uses (the global model, or its own under APFL). Gradient baselines have
+    no closed-form centralized reference (``central`` None): those two metrics are null."""
     train_x = data.train_x.cpu().numpy()
     test_x = data.test_x.cpu().numpy()
     central_model = central
@@ -266,8 +326,8 @@ def evaluate(model, central, data: FederatedData, included: list[int], personal:
     return {
         "accuracy": model.accuracy(test_x, data.test_y),
         "train_accuracy": model.accuracy(train_x, data.train_y),
-        "centralized_accuracy": central_model.accuracy(test_x, data.test_y),
-        "max_rel_diff_to_centralized": model.relative_difference(central),
+        "centralized_accuracy": None if central is None else central_model.accuracy(test_x, data.test_y),
+        "max_rel_diff_to_centralized": None if central is None else model.relative_difference(central),
         "personalized_accuracy": float(np.mean(evaluated)) if evaluated else None,
         "global_model_personalized_accuracy": float(np.mean(global_evaluated)) if global_evaluated else None,
         "per_client_accuracy": [None if np.isnan(a) else a for a in per_client],

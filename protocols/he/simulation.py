@@ -65,13 +65,11 @@ class HEProtocol(AggregationProtocol):
         if self._session is None:
             self._session = self._start_session(clients)
         holder, server, holder_id = self._session
-        if holder_id not in contributions:
-            raise ParameterError(f"the key holder {holder_id} left the federation; the session cannot decrypt")
         if len(clients) > getattr(server.scheme, "clients", len(clients)):
             raise ParameterError("more clients than the session's BFV parameters were chosen for")
         encoding, plan = self.plan(len(clients), bound)
-        upload = dict.fromkeys(clients, 0)
-        download = dict.fromkeys(clients, 0)
+        upload = dict.fromkeys(clients + [holder_id], 0)  # the key holder decrypts even in rounds it sits out
+        download = dict.fromkeys(clients + [holder_id], 0)
         seconds = {"encrypt": {}, "server_add": 0.0, "decrypt": 0.0}
         context_bytes = len(holder.public_context)
         upload[holder_id] += context_bytes if not self._clients_seen_context else 0

@@ -22,6 +22,7 @@ class RoundSpec:
     length: int
     bound: float  # public: every entry of every client's vector satisfies |v_i| ≤ bound
     broadcast: Mapping[str, np.ndarray] = field(default_factory=dict)
+    participants: frozenset[int] | None = None  # clients asked to contribute; None: every client
 
     @property
     def broadcast_bytes(self) -> int:

@@ -1,0 +1,245 @@
+"""FedAvg and FedProx (spec §7) on the same frozen features, with optional DP-SGD through Opacus.
+
+Each round the server broadcasts the global parameters θ; every sampled client trains locally
+(E epochs of SGD; FedProx follows every SGD step with the proximal step of μ/2‖θ − θ_global‖²,
+θ ← θ − lr·μ(θ − θ_global), which DP-SGD's per-sample machinery would otherwise drop) and
+contributes [n_k θ_k, n_k]. The weighted
+average Σ n_k θ_k / Σ n_k is a sum, so the run's protocol (masking, HE) covers these baselines
+too, and the server never sees one client's parameters.
+
+Public bound: a client projects its parameters onto the box |θ_i| ≤ ``param_bound`` before
+sending (counted in the history; with the defaults it never binds on normalised features), so
+every entry of [n_k θ_k, n_k] is at most n_max · max(param_bound, 1).
+
+DP-SGD: each client owns an Opacus PrivacyEngine for the whole run (its accountant sees every
+local step of every round), with per-sample clipping ``dp_clip`` and either a given noise
+multiplier or the one that reaches ``dp_epsilon`` at δ = ``dp_delta`` over the planned steps.
+The reported ε is the largest over clients (each client's data are protected by its own DP).
+Noise and sampling draw from a torch generator seeded by os.urandom, never from the public seed.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSpec
+from secure_afl.errors import ConfigError
+
+HEADS = ("linear", "mlp")
+ACCOUNTANTS = ("rdp", "prv", "gdp")
+BOUND_SLACK = 1.0 + 1e-6
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    clip: float = 1.0  # per-sample gradient norm bound
+    noise_multiplier: float | None = None  # σ; or derive it from the target ε
+    epsilon: float | None = None
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        if (self.noise_multiplier is None) == (self.epsilon is None):
+            raise ConfigError("DP-SGD needs exactly one of a noise multiplier (--dp-noise) or a target ε (--dp-epsilon)")
+        if not self.clip > 0:
+            raise ConfigError(f"the DP clipping bound must be positive, got {self.clip}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError(f"the noise multiplier must be positive, got {self.noise_multiplier}")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise ConfigError(f"the target ε must be positive, got {self.epsilon}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"δ must lie in (0, 1), got {self.delta}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"unknown accountant {self.accountant!r}; choose one of {', '.join(ACCOUNTANTS)}")
+
+
+@dataclass(frozen=True)
+class FedAvgConfig:
+    rounds: int = 100
+    local_epochs: int = 1
+    lr: float = 0.5
+    batch_size: int = 32
+    client_fraction: float = 1.0
+    mu: float = 0.0  # FedProx proximal weight; 0 is FedAvg
+    head: str = "linear"
+    hidden: int = 256
+    param_bound: float = 100.0
+    seed: int = 0
+    dp: DPConfig | None = None
+
+    def __post_init__(self) -> None:
+        positive = {"rounds": self.rounds, "local_epochs": self.local_epochs, "batch_size": self.batch_size,
+                    "hidden": self.hidden}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if not (self.lr > 0 and self.param_bound > 0):
+            raise ConfigError("lr and param_bound must be positive")
+        if not 0 < self.client_fraction <= 1:
+            raise ConfigError(f"client_fraction must lie in (0, 1], got {self.client_fraction}")
+        if self.mu < 0:
+            raise ConfigError(f"mu must be ≥ 0, got {self.mu}")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+
+
+def build_head(config: FedAvgConfig, dim: int, num_classes: int) -> nn.Module:
+    """The model every client trains, initialised identically from the public seed (PyTorch's default
+    U(±1/√fan_in) initialisation, drawn from a private generator rather than the global one)."""
+    if config.head == "linear":
+        module = nn.Linear(dim, num_classes)
+    else:
+        module = nn.Sequential(nn.Linear(dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, num_classes))
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return module
+
+
+def parameter_vector(module: nn.Module) -> np.ndarray:
+    return nn.utils.parameters_to_vector(module.parameters()).detach().to(torch.float64).cpu().numpy()
+
+
+def load_vector(module: nn.Module, vector: np.ndarray) -> nn.Module:
+    nn.utils.vector_to_parameters(torch.as_tensor(vector, dtype=torch.float32), module.parameters())
+    return module
+
+
+@dataclass
+class HeadModel:
+    """A trained head; ``predict`` takes the same mapped features the clients trained on."""
+
+    config: FedAvgConfig
+    dim: int
+    num_classes: int
+    weights: np.ndarray  # the flat parameter vector θ (what is broadcast)
+    _module: nn.Module | None = field(default=None, repr=False)
+
+    def predict(self, features) -> np.ndarray:
+        if self._module is None:
+            self._module = load_vector(build_head(self.config, self.dim, self.num_classes), self.weights).eval()
+        with torch.no_grad():
+            return self._module(torch.as_tensor(np.asarray(features), dtype=torch.float32)).argmax(dim=1).numpy()
+
+    def accuracy(self, features, labels) -> float:
+        if len(labels) == 0:
+            return float("nan")
+        return float(np.mean(self.predict(features) == np.asarray(labels)))
+
+
+class FedAvgClient(AlgorithmClient):
+    def __init__(self, client_id: int, features, labels: np.ndarray, num_classes: int, config: FedAvgConfig,
+                 planned_rounds: int):
+        self.id = client_id
+        self.config = config
+        self._x = torch.as_tensor(features).float().cpu()
+        self._y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self._dataset = torch.utils.data.TensorDataset(self._x, self._y)  # one object: Opacus accounts per dataset
+        self._num_classes = num_classes
+        self.clamped = 0
+        self._engine = None
+        self._noise = None
+        if config.dp is not None:
+            from opacus import PrivacyEngine
+
+            with warnings.catch_warnings():  # about secure_mode; our noise generator is seeded from os.urandom
+                warnings.filterwarnings("ignore", message="Secure RNG turned off")
+                self._engine = PrivacyEngine(accountant=config.dp.accountant)
+            self._noise = config.dp.noise_multiplier
+            if self._noise is None:
+                from opacus.accountants.utils import get_noise_multiplier
+
+                sample_rate = min(1.0, config.batch_size / len(self._y))
+                steps = planned_rounds * config.local_epochs * math.ceil(1 / sample_rate)
+                self._noise = get_noise_multiplier(target_epsilon=config.dp.epsilon, target_delta=config.dp.delta,
+                                                   sample_rate=sample_rate, steps=steps, accountant=config.dp.accountant)
+
+    @property
+    def noise_multiplier(self) -> float | None:
+        return self._noise
+
+    def epsilon(self) -> float | None:
+        if self._engine is None:
+            return None
+        return float(self._engine.get_epsilon(self.config.dp.delta))
+
+    def contribute(self, spec: RoundSpec) -> np.ndarray:
+        round_index = int(spec.name.rpartition("/")[2])
+        global_vector = spec.broadcast["params"]
+        model = load_vector(build_head(self.config, self._x.shape[1], self._num_classes), global_vector)
+        anchor = [p.detach().clone() for p in model.parameters()]
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.config.lr)
+        stream = np.random.SeedSequence([self.config.seed, self.id, round_index]).generate_state(1, np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(stream))
+        loader = torch.utils.data.DataLoader(self._dataset, batch_size=self.config.batch_size, shuffle=True,
+                                             generator=generator)
+        trained = model
+        if self._engine is not None:
+            # DP noise and Poisson sampling must be unpredictable: a generator derived from the public seed
+            # would let anyone regenerate and subtract the noise. Opacus's secure_mode needs torchcsprng,
+            # which is not available, so the generator is seeded from os.urandom (not reproducible, by design).
+            secret = torch.Generator().manual_seed(secrets.randbits(63))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Secure RNG turned off")
+                trained, optimizer, loader = self._engine.make_private(
+                    module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=self._noise,
+                    max_grad_norm=self.config.dp.clip, noise_generator=secret,
+                )
+        loss_fn = nn.CrossEntropyLoss()
+        trained.train()
+        pull = self.config.lr * self.config.mu
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus on a first layer
+            for _ in range(self.config.local_epochs):
+                for xb, yb in loader:
+                    if len(yb) == 0:  # Poisson sampling can draw an empty batch
+                        continue
+                    optimizer.zero_grad()
+                    loss_fn(trained(xb), yb).backward()
+                    optimizer.step()
+                    if pull:  # FedProx: a proximal step toward θ_global, data-independent so DP-SGD's noise is untouched
+                        with torch.no_grad():
+                            for p, a in zip(model.parameters(), anchor):
+                                p.sub_(pull * (p - a))
+        theta = parameter_vector(model)
+        bound = self.config.param_bound
+        self.clamped += int(np.count_nonzero(np.abs(theta) > bound))
+        theta = np.clip(theta, -bound, bound)
+        n = float(len(self._y))
+        return np.concatenate([n * theta, [n]])
+
+
+class FedAvgServer(AlgorithmServer):
+    def __init__(self, dim: int, num_classes: int, config: FedAvgConfig, clients: list[int], max_samples: int):
+        self.config = config
+        self.dim, self.num_classes = dim, num_classes
+        self.clients = sorted(clients)
+        self.theta = parameter_vector(build_head(config, dim, num_classes))
+        self.round = 0
+        self.bound = max_samples * max(config.param_bound, 1.0) * BOUND_SLACK
+        self._rng = np.random.default_rng(config.seed)  # client sampling is public, not secret
+
+    def next_round(self) -> RoundSpec | None:
+        if self.round == self.config.rounds:
+            return None
+        count = max(1, math.ceil(self.config.client_fraction * len(self.clients)))
+        chosen = frozenset(int(c) for c in self._rng.choice(self.clients, size=count, replace=False))
+        return RoundSpec(f"fedavg/{self.round}", self.theta.shape[0] + 1, self.bound, {"params": self.theta}, chosen)
+
+    def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
+        self.theta = total[:-1] / total[-1]
+        self.round += 1
+
+    def model(self) -> HeadModel:
+        return HeadModel(self.config, self.dim, self.num_classes, self.theta.copy())
