@@ -60,6 +60,17 @@ def test_a_clients_model_ignores_how_the_others_split_their_data(synthetic):
     assert rel_diff(models_a[0].refinement, reference) <= 1e-9
 
 
+def test_small_clients_use_the_dual_form_with_the_same_result(synthetic):
+    x, labels, classes = synthetic
+    xr = refinement_features(x, width=120)  # 120 features: clients below 120 samples take the n_k × n_k form
+    parts = partition(labels, 10, alpha=1.0, seed=4)
+    assert any(len(p) < 120 for p in parts) and any(len(p) >= 120 for p in parts)
+    primary, models = apfl(x, xr, labels, classes, parts)
+    for k, p in enumerate(parts):
+        primal = np.linalg.solve(xr[p].T @ xr[p] + 0.5 * np.eye(120), xr[p].T @ (np.eye(classes)[labels[p]] - x[p] @ primary))
+        assert rel_diff(models[k].refinement, primal) <= 1e-9
+
+
 def test_beta_zero_is_the_primary_stream(synthetic):
     x, labels, classes = synthetic
     xr = refinement_features(x)

@@ -64,12 +64,22 @@ class APFLClient(AFLClient):
         self._num_classes = num_classes
 
     def personalize(self, primary_weights: np.ndarray, config: APFLConfig) -> PersonalizedModel:
-        """The refinement stream on this client's data, in float64 on its features' device."""
+        """The refinement stream on this client's data, in float64 on its features' device.
+
+        A client usually has fewer samples n_k than refinement features d_r; then the identical
+        W_r = X_rᵀ(X_r X_rᵀ + λI)⁻¹ R solves an n_k × n_k system instead of a d_r × d_r one.
+        """
         device = self._refine_x.device
         xp = self._primary_x.to(torch.float64)
         xr = self._refine_x.to(torch.float64)
         targets = torch.nn.functional.one_hot(torch.as_tensor(self._labels, device=device), self._num_classes)
-        residual = targets.to(torch.float64) - xp @ torch.as_tensor(primary_weights, device=device)
-        gram = (xr.T @ xr).cpu().numpy() + config.lam * np.eye(xr.shape[1])
-        refinement = solve_spd(gram, (xr.T @ residual).cpu().numpy(), what="the refinement stream's X_rᵀX_r + λI")
+        residual = (targets.to(torch.float64) - xp @ torch.as_tensor(primary_weights, device=device)).cpu().numpy()
+        rows, width = xr.shape
+        what = "the refinement stream's system (λ > 0 keeps it positive definite)"
+        if rows < width:
+            kernel = (xr @ xr.T).cpu().numpy() + config.lam * np.eye(rows)
+            refinement = xr.cpu().numpy().T @ solve_spd(kernel, residual, what=what)
+        else:
+            gram = (xr.T @ xr).cpu().numpy() + config.lam * np.eye(width)
+            refinement = solve_spd(gram, xr.cpu().numpy().T @ residual, what=what)
         return PersonalizedModel(np.asarray(primary_weights), refinement, config.beta)

@@ -174,6 +174,13 @@ class FedAvgClient(AlgorithmClient):
             return None
         return float(self._engine.get_epsilon(self.config.dp.delta))
 
+    def _batches(self, generator: torch.Generator):
+        """Shuffled minibatches by slicing (a DataLoader's per-sample indexing cost more than the training)."""
+        order = torch.randperm(len(self._y), generator=generator)
+        for start in range(0, len(order), self.config.batch_size):
+            index = order[start : start + self.config.batch_size]
+            yield self._x[index], self._y[index]
+
     def contribute(self, spec: RoundSpec) -> np.ndarray:
         round_index = int(spec.name.rpartition("/")[2])
         global_vector = spec.broadcast["params"]
@@ -182,10 +189,10 @@ class FedAvgClient(AlgorithmClient):
         optimizer = torch.optim.SGD(model.parameters(), lr=self.config.lr)
         stream = np.random.SeedSequence([self.config.seed, self.id, round_index]).generate_state(1, np.uint64)[0]
         generator = torch.Generator().manual_seed(int(stream))
-        loader = torch.utils.data.DataLoader(self._dataset, batch_size=self.config.batch_size, shuffle=True,
-                                             generator=generator)
         trained = model
+        loader = None
         if self._engine is not None:
+            loader = torch.utils.data.DataLoader(self._dataset, batch_size=self.config.batch_size)
             # DP noise and Poisson sampling must be unpredictable: a generator derived from the public seed
             # would let anyone regenerate and subtract the noise. Opacus's secure_mode needs torchcsprng,
             # which is not available, so the generator is seeded from os.urandom (not reproducible, by design).
@@ -202,7 +209,7 @@ class FedAvgClient(AlgorithmClient):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus on a first layer
             for _ in range(self.config.local_epochs):
-                for xb, yb in loader:
+                for xb, yb in (loader if self._engine is not None else self._batches(generator)):
                     if len(yb) == 0:  # Poisson sampling can draw an empty batch
                         continue
                     optimizer.zero_grad()
