@@ -29,3 +29,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/extraction_throughput.py
 	$(BIN)/python benchmarks/masking_cost.py
 	$(BIN)/python benchmarks/he_cost.py
+	$(BIN)/python benchmarks/accuracy_table.py

@@ -17,7 +17,7 @@ from protocols.errors import ProtocolError, ThresholdError
 from protocols.graph import GraphParameters
 from protocols.keys import MASK_PURPOSE, KeyPair, derive
 from protocols.masking.messages import (
-    MASK_KEY_SHARE, SELF_MASK_SHARE, KeyAdvert, KeyList, MaskedInput, RoundSetup, ShareBundle, ShareDelivery,
+    SELF_MASK_SHARE, KeyAdvert, KeyList, MaskedInput, RoundSetup, ShareBundle, ShareDelivery,
     UnmaskRequest, UnmaskResponse,
 )
 from protocols.masking.session import STAGES, Session, check_parameters_fit

@@ -22,8 +22,8 @@ from secure_afl.linalg import solve_spd
 
 @dataclass(frozen=True)
 class APFLConfig:
-    lam: float = 1.0  # λ: ridge of the refinement stream
-    beta: float = 0.5  # β: weight of the refinement stream in the personalized prediction
+    lam: float = 0.1  # λ: ridge of the refinement stream
+    beta: float = 0.7  # β: weight of the refinement stream in the personalized prediction
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.lam) and self.lam > 0):

@@ -39,6 +39,8 @@ BOUND_SLACK = 1.0 + 1e-3
 
 @dataclass(frozen=True)
 class DeepAFLConfig:
+    """Defaults are the paper's reference configuration; the CLI's defaults were chosen on validation."""
+
     width: int = 1024  # d_Φ
     residual_width: int = 1024  # d_F
     layers: int = 20  # T: residual blocks (2T + 1 rounds)

@@ -1,0 +1,279 @@
+"""Accuracy of AFL, APFL, DeepAFL, FedAvg and FedProx across label skew α and client count K.
+
+Hyperparameters are chosen on a validation split of the training data (20%, stratified; the
+validation split plays the test set's role, including the per-client held-out splits), at the
+reference setting α = 0.1, K = 20, seed 0; the test split is used only for the final table:
+α ∈ {0.05, 0.1, 0.5, 1.0} × K ∈ {20, 50, 100} × seeds {0, 1, 2} (partition and algorithm seeds),
+global accuracy and personalized accuracy (each client's held-out split, the model it uses).
+Sums go through the plaintext protocol here: every secure protocol returns the same sums (tested),
+and the table is about accuracy. DeepAFL's global model does not depend on the partition (tested),
+so it is trained once per seed (federated, at K = 20, α = 0.1) and evaluated on every partition;
+AFL and APFL are trained federated for every cell. Also recorded: DeepAFL's per-layer
+train / validation / test accuracy, and wall-clock training time of AFL against FedAvg's time to
+reach its own final accuracy (same device). Datasets: mnist5k, plus cifar10 / cifar100 when
+``--data-dir`` holds them. ``--scale`` < 1 trims the grid for a quick look.
+
+    python benchmarks/accuracy_table.py [--dataset mnist5k] [--data-dir DIR] [--seeds 3]
+Writes benchmarks/results/accuracy_table.json and accuracy_table.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from protocols import PlaintextProtocol
+from secure_afl.algorithms.afl import AFLConfig
+from secure_afl.algorithms.apfl import APFLConfig
+from secure_afl.algorithms.deepafl import DeepAFLConfig
+from secure_afl.algorithms.fedavg import FedAvgConfig
+from secure_afl.config import RunConfig
+from secure_afl.data.datasets import load_dataset
+from secure_afl.data.partition import allocate_held_out, partition, stratified_holdout
+from secure_afl.device import resolve_device
+from secure_afl.errors import SecureAFLError
+from secure_afl.features.buffer import RandomBuffer
+from secure_afl.features.feature_map import FeatureMap
+from secure_afl.results import environment, write_results
+from secure_afl.runner import FederatedData, Timer, backbone_features, build_feature_map, evaluate, federate, make_algorithm
+
+RESULTS = Path(__file__).parent / "results"
+ALPHAS = (0.05, 0.1, 0.5, 1.0)
+CLIENTS = (20, 50, 100)
+GAMMA = 0.1  # chosen on validation by gamma_selection.py
+APFL_GRID = {"beta": (0.1, 0.3, 0.5, 0.7, 1.0), "lam": (0.1, 1.0, 10.0), "activation": ("tanh", "relu")}
+DEEP_GRID = {"lam": (1.0, 10.0, 100.0), "activation": ("gelu", "relu")}
+FEDAVG_LR = (1.0, 4.0, 16.0, 64.0)
+FEDPROX_MU = (0.001, 0.01, 0.1)
+
+
+class Features:
+    """Mapped features of one dataset: the primary map and, per activation, APFL's refinement map."""
+
+    def __init__(self, name: str, data_dir: str | None):
+        self.dataset = load_dataset(name, data_dir)
+        config = RunConfig(dataset=name, data_dir=data_dir)
+        raw_train, raw_test, _ = backbone_features(config, self.dataset, resolve_device("cpu"), progress=False)
+        self.raw = (torch.from_numpy(raw_train), torch.from_numpy(raw_test))
+        feature_map = build_feature_map(config)
+        self.train, self.test = (feature_map.apply(r)[0] for r in self.raw)
+        self.train_y = self.dataset.labels(self.dataset.train)
+        self.test_y = self.dataset.labels(self.dataset.test)
+        self.classes = self.dataset.num_classes
+        self._refine = {}
+
+    def refinement(self, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if activation not in self._refine:
+            feature_map = FeatureMap(RandomBuffer(2048, activation, seed=1), "l2", 1.0)
+            self._refine[activation] = tuple(feature_map.apply(r)[0] for r in self.raw)
+        return self._refine[activation]
+
+
+def federation(x, y, x_test, y_test, classes, clients, alpha, seed, refine=None) -> FederatedData:
+    parts = partition(y, clients, "dirichlet", alpha=alpha, seed=seed)
+    held = allocate_held_out(parts, y, y_test, seed=seed)
+    return FederatedData(x, y, x_test, y_test, parts, held, classes, *(refine or (None, None)))
+
+
+def train(method: str, data: FederatedData, params: dict, seed: int):
+    """One federated run; returns (model, metrics, training seconds, history)."""
+    afl = AFLConfig(GAMMA)
+    deep = gradient = None
+    if method == "deepafl":
+        deep = DeepAFLConfig(layers=params["layers"], lam=params["lam"], activation=params["activation"], seed=seed)
+    if method in ("fedavg", "fedprox"):
+        gradient = FedAvgConfig(rounds=params["rounds"], lr=params["lr"], mu=params.get("mu", 0.0), seed=seed)
+    timer = Timer()
+    history = []
+    with timer.phase("train"):
+        server, clients = make_algorithm(afl, 1.0, data, len(data.train_y), deep, gradient)
+        observer = None
+        if gradient is not None:
+            test_x = data.test_x.numpy()
+            observer = lambda spec, srv: history.append(  # noqa: E731
+                (sum(timer.seconds.get(p, 0.0) for p in ("local", "aggregation", "solve")),
+                 srv.model().accuracy(test_x, data.test_y)))
+        federate(server, clients, PlaintextProtocol(keep_transcript=False), timer, observer)
+        personal = None
+        if method == "apfl":
+            config = APFLConfig(params["lam"], params["beta"])
+            personal = {k: c.personalize(server.model().weights, config) for k, c in clients.items()}
+    model = server.model()
+    metrics = evaluate(model, None, data, list(range(len(data.client_indices))), personal)
+    seconds = sum(timer.seconds.get(p, 0.0) for p in ("local", "aggregation", "solve"))
+    return model, metrics, seconds, history
+
+
+def select(features: Features, fit, val, quick: bool) -> dict:
+    """Hyperparameters per method, by validation accuracy at α = 0.1, K = 20, seed 0."""
+    x, y = features.train[fit], features.train_y[fit]
+    xv, yv = features.train[val], features.train_y[val]
+    chosen, log = {}, []
+
+    def data_for(refine=None):
+        return federation(x, y, xv, yv, features.classes, 20, 0.1, 0, refine)
+
+    best = None
+    for activation in APFL_GRID["activation"]:
+        r_train, _ = features.refinement(activation)
+        data = data_for((r_train[fit], r_train[val]))
+        for beta, lam in itertools.product(APFL_GRID["beta"], APFL_GRID["lam"]):
+            _, m, _, _ = train("apfl", data, {"beta": beta, "lam": lam}, 0)
+            log.append({"method": "apfl", "activation": activation, "beta": beta, "lam": lam,
+                        "validation_personalized": m["personalized_accuracy"]})
+            if best is None or m["personalized_accuracy"] > best[0]:
+                best = (m["personalized_accuracy"], {"activation": activation, "beta": beta, "lam": lam})
+    chosen["apfl"] = best[1]
+
+    best = None
+    max_layers = 4 if quick else 10
+    for lam, activation in itertools.product(DEEP_GRID["lam"], DEEP_GRID["activation"]):
+        model, _, _, _ = train("deepafl", data_for(), {"layers": max_layers, "lam": lam, "activation": activation}, 0)
+        per_layer = model.layer_accuracy(xv.numpy(), yv)
+        layers = int(np.argmax(per_layer))
+        log.append({"method": "deepafl", "lam": lam, "activation": activation, "validation_per_layer": per_layer})
+        if best is None or per_layer[layers] > best[0]:
+            best = (per_layer[layers], {"lam": lam, "activation": activation, "layers": layers})
+    chosen["deepafl"] = best[1]
+
+    rounds = 30 if quick else 100
+    best = None
+    for lr in FEDAVG_LR:
+        _, m, _, _ = train("fedavg", data_for(), {"rounds": rounds, "lr": lr}, 0)
+        log.append({"method": "fedavg", "lr": lr, "validation": m["accuracy"]})
+        if best is None or m["accuracy"] > best[0]:
+            best = (m["accuracy"], {"lr": lr, "rounds": rounds})
+    chosen["fedavg"] = best[1]
+    best = None
+    for mu in FEDPROX_MU:
+        _, m, _, _ = train("fedprox", data_for(), {**chosen["fedavg"], "mu": mu}, 0)
+        log.append({"method": "fedprox", "mu": mu, "validation": m["accuracy"]})
+        if best is None or m["accuracy"] > best[0]:
+            best = (m["accuracy"], {**chosen["fedavg"], "mu": mu})
+    chosen["fedprox"] = best[1]
+    chosen["afl"] = {"gamma": GAMMA}
+    return {"chosen": chosen, "log": log}
+
+
+def table(features: Features, chosen: dict, seeds: int, alphas, clients_list) -> tuple[list[dict], dict]:
+    rows, timing = [], {}
+    refine = features.refinement(chosen["apfl"]["activation"])
+    deep_models = {}
+    for seed in range(seeds):
+        data = federation(features.train, features.train_y, features.test, features.test_y, features.classes, 20, 0.1, seed)
+        deep_models[seed], _, deep_seconds, _ = train("deepafl", data, chosen["deepafl"], seed)
+        timing.setdefault("deepafl_train_s", []).append(deep_seconds)
+    for alpha, k, seed in itertools.product(alphas, clients_list, range(seeds)):
+        try:
+            data = federation(features.train, features.train_y, features.test, features.test_y, features.classes, k,
+                              alpha, seed, refine)
+        except SecureAFLError as exc:  # a partition this skewed cannot give every client a sample
+            rows.append({"alpha": alpha, "clients": k, "seed": seed, "skipped": str(exc)})
+            continue
+        for method in ("afl", "apfl", "deepafl", "fedavg", "fedprox"):
+            if method == "deepafl":
+                metrics = evaluate(deep_models[seed], None, data, list(range(k)))
+                seconds, history = None, []
+            else:
+                _, metrics, seconds, history = train(method, data, chosen[method], seed)
+            row = {"alpha": alpha, "clients": k, "seed": seed, "method": method, "accuracy": metrics["accuracy"],
+                   "personalized_accuracy": metrics["personalized_accuracy"], "train_seconds": seconds}
+            if history:
+                final = history[-1][1]
+                row["seconds_to_final_accuracy"] = next(t for t, acc in history if acc >= final)
+                row["accuracy_per_round"] = [acc for _, acc in history]
+            rows.append(row)
+            print(f"alpha={alpha:<5} K={k:<4} seed={seed} {method:8s} acc {row['accuracy']:.4f} "
+                  f"personalized {row['personalized_accuracy']:.4f}")
+    return rows, timing
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    cells = {}
+    for r in rows:
+        if "method" in r:
+            cells.setdefault((r["method"], r["alpha"], r["clients"]), []).append(r)
+    out = []
+    for (method, alpha, k), group in sorted(cells.items()):
+        acc = [g["accuracy"] for g in group]
+        per = [g["personalized_accuracy"] for g in group]
+        out.append({"method": method, "alpha": alpha, "clients": k, "seeds": len(group),
+                    "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.pstdev(acc),
+                    "personalized_mean": statistics.mean(per), "personalized_std": statistics.pstdev(per)})
+    return out
+
+
+def deep_layers(features: Features, fit, val, chosen: dict) -> dict:
+    """Per-layer train / validation / test accuracy of the chosen DeepAFL (trained on the fit split)."""
+    data = federation(features.train[fit], features.train_y[fit], features.test, features.test_y, features.classes,
+                      20, 0.1, 0)
+    model, _, _, _ = train("deepafl", data, {**chosen, "layers": max(chosen["layers"], 10)}, 0)
+    return {
+        "train": model.layer_accuracy(features.train[fit].numpy(), features.train_y[fit]),
+        "validation": model.layer_accuracy(features.train[val].numpy(), features.train_y[val]),
+        "test": model.layer_accuracy(features.test.numpy(), features.test_y),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", nargs="+", default=["mnist5k"])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS), help="client counts K of the table")
+    parser.add_argument("--scale", type=float, default=1.0, help="< 1: fewer cells and rounds, for a quick look")
+    args = parser.parse_args()
+    quick = args.scale < 1
+    alphas, clients_list = (ALPHAS, tuple(args.clients)) if not quick else ((0.1, 1.0), (20,))
+    document = {"schema_version": 1, "benchmark": "accuracy_table", "datasets": {},
+                "environment": environment(torch.device("cpu"), seed=0)}
+    for name in args.dataset:
+        try:
+            features = Features(name, args.data_dir)
+        except SecureAFLError as exc:
+            document["datasets"][name] = {"skipped": str(exc)}
+            print(f"{name}: skipped ({exc})")
+            continue
+        fit, val = stratified_holdout(features.train_y, 0.2, seed=1)
+        start = time.perf_counter()
+        selection = select(features, fit, val, quick)
+        print(f"{name}: chosen on validation {selection['chosen']} ({time.perf_counter() - start:.0f}s)")
+        rows, timing = table(features, selection["chosen"], args.seeds if not quick else 1, alphas, clients_list)
+        document["datasets"][name] = {
+            "selection": selection, "rows": rows, "summary": summarise(rows), "timing": timing,
+            "deepafl_layers": deep_layers(features, fit, val, selection["chosen"]["deepafl"]),
+        }
+    RESULTS.mkdir(exist_ok=True)
+    write_results(RESULTS / "accuracy_table.json", document, overwrite=True)
+    plot(document, RESULTS / "accuracy_table.png")
+
+
+def plot(document: dict, path: Path) -> None:
+    sets = [(n, d) for n, d in document["datasets"].items() if "summary" in d]
+    if not sets:
+        return
+    fig, axes = plt.subplots(len(sets), 2, figsize=(12, 4 * len(sets)), squeeze=False)
+    for row, (name, data) in enumerate(sets):
+        for col, key in enumerate(("accuracy_mean", "personalized_mean")):
+            ax = axes[row][col]
+            for method in ("afl", "apfl", "deepafl", "fedavg", "fedprox"):
+                sel = [s for s in data["summary"] if s["method"] == method and s["clients"] == 20]
+                ax.plot([s["alpha"] for s in sel], [s[key] for s in sel], marker="o", label=method)
+            ax.set(xscale="log", xlabel="Dirichlet α (K = 20)", ylabel=key.replace("_mean", ""), title=f"{name}: {key}")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
