@@ -42,10 +42,10 @@ from secure_afl.data.datasets import load_dataset
 from secure_afl.data.partition import allocate_held_out, partition, stratified_holdout
 from secure_afl.device import resolve_device
 from secure_afl.errors import SecureAFLError
-from secure_afl.features.buffer import RandomBuffer
-from secure_afl.features.feature_map import FeatureMap
 from secure_afl.results import environment, write_results
-from secure_afl.runner import FederatedData, Timer, backbone_features, build_feature_map, evaluate, federate, make_algorithm
+from secure_afl.runner import (
+    FederatedData, Timer, backbone_features, build_feature_map, build_refinement_map, evaluate, federate, make_algorithm,
+)
 
 RESULTS = Path(__file__).parent / "results"
 ALPHAS = (0.05, 0.1, 0.5, 1.0)
@@ -74,7 +74,7 @@ class Features:
 
     def refinement(self, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
         if activation not in self._refine:
-            feature_map = FeatureMap(RandomBuffer(2048, activation, seed=1), "l2", 1.0)
+            feature_map = build_refinement_map(RunConfig(algorithm="apfl", refine_activation=activation))
             self._refine[activation] = tuple(feature_map.apply(r)[0] for r in self.raw)
         return self._refine[activation]
 

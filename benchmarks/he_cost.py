@@ -30,7 +30,9 @@ import tenseal as ts
 import torch
 
 from protocols import make_protocol
+from secure_afl.algorithms.afl import statistics_bound
 from secure_afl.results import environment, write_results
+from secure_afl.statistics import StatisticsLayout, compute_statistics
 
 RESULTS = Path(__file__).parent / "results"
 DIMS = (256, 512, 1024, 1280, 2048)
@@ -38,25 +40,19 @@ CLASSES = 10
 PROTOCOLS = ("he-bfv", "he-ckks", "he-ckks-approx", "mask")
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def statistics_vectors(d: int, clients: int, rows: int = 50, seed: int = 0):
-    """Packed statistics of random unit-norm rows (the shape and scale of AFL's), and the bound."""
+    """Packed statistics of random unit-norm rows (the shape and scale of AFL's), their tensors as the
+    deployment default sends them (full G, H, n, counts), and the public bound."""
     rng = np.random.default_rng(seed)
+    layout = StatisticsLayout(d, CLASSES)
     vectors, tensors = {}, {}
     for c in range(clients):
         x = rng.standard_normal((rows, d))
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        y = np.eye(CLASSES)[rng.integers(CLASSES, size=rows)]
-        g, h = x.T @ x, x.T @ y
-        tensors[c] = (g, h, np.array([float(rows)]), y.sum(axis=0))
-        vectors[c] = np.concatenate([g[np.triu_indices(d)], h.ravel(), [float(rows)], y.sum(axis=0)])
-    return vectors, tensors, float(rows) * 1.001
+        stats = compute_statistics(x, rng.integers(CLASSES, size=rows), CLASSES)
+        tensors[c] = (stats.gram, stats.cross, np.array([float(stats.count)]), stats.class_counts.astype(np.float64))
+        vectors[c] = layout.pack(stats)
+    return vectors, tensors, statistics_bound(rows, 1.0)
 
 
 def run_protocol(name: str, vectors: dict, bound: float) -> dict:
@@ -151,7 +147,6 @@ def main() -> None:
     document = {
         "schema_version": 1,
         "benchmark": "he_cost",
-        "cpu": cpu_name(),
         "targets": {"bfv_bytes_per_value": "< default's", "he_over_masking_upload_d1280": "<= 4"},
         "summary": summary,
         "rows": rows,

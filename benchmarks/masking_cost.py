@@ -48,16 +48,6 @@ MEMORY_BUDGET = 1 << 27  # n · L words held at once, at scale 1 (≈ 3 GiB in a
 DROPOUT = {"input": 0.1}  # 10% drop before sending their masked input: the server must recover their mask keys
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def vectors(n: int, length: int, seed: int = 0) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {c: rng.uniform(-1.0, 1.0, length) for c in range(n)}
@@ -281,7 +271,6 @@ def main() -> None:
     document = {
         "schema_version": 1,
         "benchmark": "masking_cost",
-        "cpu": cpu_name(),
         "targets": {"flower_ratio_at_2^20": "<= 0.5", "default_job_ratio": "<= 1.3"},
         "scale": args.scale,
         "grid": rows,

@@ -21,7 +21,7 @@ PROTOCOL_OPTIONS = {
     "he-ckks-approx": ("key_holder",),
 }
 _GRADIENT = ("fedavg", "fedprox")
-OPTION_ALGORITHMS = {  # option → the algorithms it applies to; set for any other, it is refused
+_ALGORITHM_OPTIONS = {  # option → the algorithms it applies to
     **dict.fromkeys(("refine_width", "refine_activation", "refine_seed", "lam", "beta"), ("apfl",)),
     **dict.fromkeys(("depth", "deep_width", "residual_width", "deep_lam", "deep_gamma", "deep_activation", "deep_seed"),
                     ("deepafl",)),
@@ -29,7 +29,13 @@ OPTION_ALGORITHMS = {  # option → the algorithms it applies to; set for any ot
                      "dp_noise", "dp_epsilon", "dp_delta", "dp_clip", "dp_accountant"), _GRADIENT),
     "mu": ("fedprox",),
 }
-ALL_PROTOCOL_OPTIONS = ("threshold", "neighbours", "fraction_bits", "dropout", "limbs", "key_holder")
+# option → (the choice it belongs to, the values of that choice it applies to); an option changed from
+# its default for any other value is refused, not ignored
+OPTION_SCOPE = {
+    **{name: ("algorithm", algorithms) for name, algorithms in _ALGORITHM_OPTIONS.items()},
+    **{name: ("protocol", tuple(p for p, names in PROTOCOL_OPTIONS.items() if name in names))
+       for names in PROTOCOL_OPTIONS.values() for name in names},
+}
 
 
 @dataclass(frozen=True)
@@ -96,13 +102,10 @@ class RunConfig:
     key_holder: int | None = None  # he-*: the client that holds the secret key (default: the lowest id)
 
     def protocol_options(self) -> dict:
-        """Options passed to the chosen protocol; options of another protocol are refused, not ignored."""
-        accepted = PROTOCOL_OPTIONS.get(self.protocol, ())
-        given = {name: getattr(self, name) for name in ALL_PROTOCOL_OPTIONS if getattr(self, name) not in (None, {})}
-        stray = sorted(set(given) - set(accepted))
-        if stray:
-            raise ConfigError(f"{', '.join(stray)} do not apply to --protocol {self.protocol}")
-        options = dict(given)
+        """Options passed to the chosen protocol (the ones set; ``validate`` refuses the others)."""
+        defaults = RunConfig()
+        options = {name: getattr(self, name) for name in PROTOCOL_OPTIONS.get(self.protocol, ())
+                   if getattr(self, name) != getattr(defaults, name)}
         if self.protocol == "mask":
             options["dropout_seed"] = self.seed
         return options
@@ -131,8 +134,9 @@ class RunConfig:
         if self.partition == "dirichlet" and not self.alpha > 0:
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
         defaults = RunConfig()
-        stray = [name for name, algorithms in OPTION_ALGORITHMS.items()
-                 if getattr(self, name) != getattr(defaults, name) and self.algorithm not in algorithms]
+        stray = [name for name, (choice, accepted) in OPTION_SCOPE.items()
+                 if getattr(self, name) != getattr(defaults, name) and getattr(self, choice) not in accepted]
         if stray:
-            accepted = sorted({a for name in stray for a in OPTION_ALGORITHMS[name]})
-            raise ConfigError(f"{', '.join(stray)} only apply to --algorithm {' / '.join(accepted)}")
+            choice, accepted = OPTION_SCOPE[stray[0]]
+            names = [name for name in stray if OPTION_SCOPE[name] == (choice, accepted)]
+            raise ConfigError(f"{', '.join(names)} only apply to --{choice} {' / '.join(accepted)}")

@@ -31,7 +31,7 @@ def environment(device: torch.device, seed: int) -> dict:
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
     else:
-        device_name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        device_name = f"cpu ({_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     return {
         "device": str(device),
         "device_name": device_name,
@@ -40,6 +40,17 @@ def environment(device: torch.device, seed: int) -> dict:
         "packages": versions,
         "seed": seed,
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name where Linux tells it (platform.processor() is empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def check_output_path(path: str | Path | None, overwrite: bool) -> None:

@@ -314,7 +314,6 @@ def evaluate(model, central, data: FederatedData, included: list[int], personal:
     no closed-form centralized reference (``central`` None): those two metrics are null."""
     train_x = data.train_x.cpu().numpy()
     test_x = data.test_x.cpu().numpy()
-    central_model = central
     global_per_client = [model.accuracy(test_x[idx], data.test_y[idx]) for idx in data.held_out_indices]
     per_client = global_per_client
     if personal is not None:
@@ -326,7 +325,7 @@ def evaluate(model, central, data: FederatedData, included: list[int], personal:
     return {
         "accuracy": model.accuracy(test_x, data.test_y),
         "train_accuracy": model.accuracy(train_x, data.train_y),
-        "centralized_accuracy": None if central is None else central_model.accuracy(test_x, data.test_y),
+        "centralized_accuracy": None if central is None else central.accuracy(test_x, data.test_y),
         "max_rel_diff_to_centralized": None if central is None else model.relative_difference(central),
         "personalized_accuracy": float(np.mean(evaluated)) if evaluated else None,
         "global_model_personalized_accuracy": float(np.mean(global_evaluated)) if global_evaluated else None,

@@ -12,6 +12,7 @@ from protocols.he import AddOnly, HEClient, HEKeyHolder, HEServer
 from protocols.he.limbs import LimbPlan
 from protocols.he.messages import EncryptedInput, EncryptedSum, PublicContext
 from protocols.he.schemes import BFV, CKKS, batching_prime, is_prime
+from protocols.he.session import PublicSession
 
 LENGTH, BOUND = 300, 4.0
 
@@ -80,7 +81,7 @@ def test_server_context_holds_no_secret_key_and_refuses_one():
     holder = HEKeyHolder(BFV(clients=4))
     server = HEServer(holder.scheme)
     server.receive_context(holder.public_context, 0)
-    assert not server._context.has_secret_key()
+    assert not server._public.context.has_secret_key()
     assert not ts.context_from(PublicContext.from_bytes(holder.public_context).context).has_secret_key()
     leaky = PublicContext("bfv", 4, holder._context.serialize(save_secret_key=True)).to_bytes()
     with pytest.raises(ProtocolError, match="secret key"):
@@ -105,9 +106,8 @@ class Round:
         plan = LimbPlan.for_scheme(1, self.holder.scheme.limit, n)
         self.encoding = plan.encoding(n, BOUND)
         self.setup = self.server.setup("r", list(self.vectors), LENGTH, BOUND, self.encoding, plan)
-        self.clients = {c: HEClient(c, v) for c, v in self.vectors.items()}
-        for client in self.clients.values():
-            client.receive_context(self.holder.public_context)
+        public = PublicSession.load(self.holder.public_context)
+        self.clients = {c: HEClient(c, v, public) for c, v in self.vectors.items()}
 
     def inputs(self):
         return {c: client.encrypt(self.setup) for c, client in self.clients.items()}
@@ -124,8 +124,7 @@ def test_honest_round_through_the_roles_is_exact():
 def test_input_under_another_key_is_refused_by_fingerprint():
     r = Round()
     stranger = HEKeyHolder(r.holder.scheme)
-    rogue = HEClient(1, r.vectors[1])
-    rogue.receive_context(stranger.public_context)
+    rogue = HEClient(1, r.vectors[1], PublicSession.load(stranger.public_context))
     with pytest.raises(ProtocolAbort, match="fingerprint"):
         rogue.encrypt(r.setup)  # the client itself sees the setup names another context
     message = EncryptedInput.from_bytes(r.inputs()[1])
@@ -209,8 +208,7 @@ def test_out_of_range_input_is_refused_before_encryption():
     r = Round()
     bad = r.vectors[3].copy()
     bad[7] = BOUND * 1.5
-    client = HEClient(3, bad)
-    client.receive_context(r.holder.public_context)
+    client = HEClient(3, bad, PublicSession.load(r.holder.public_context))
     with pytest.raises(InvalidContributionError, match="exceeds"):
         client.encrypt(r.setup)
     nan = r.vectors[3].copy()

@@ -19,8 +19,8 @@ from protocols.encoding import FixedPoint
 from protocols.errors import MalformedMessageError, ProtocolAbort, ProtocolError, ThresholdError
 from protocols.he.limbs import LimbPlan
 from protocols.he.messages import DecryptedSum, EncryptedInput, EncryptedSum, HERoundSetup, PublicContext
-from protocols.he.schemes import BFV, Scheme, fingerprint
-from protocols.he.session import chunk_count, check_setup, make_scheme, pack, session_id, unpack
+from protocols.he.schemes import Scheme, fingerprint
+from protocols.he.session import PublicSession, chunk_count, check_setup, pack, session_id, unpack
 
 NONCE_BYTES = 16
 
@@ -55,9 +55,9 @@ class HEKeyHolder:
         self.scheme = scheme
         self.min_clients = min_clients
         self._context = scheme.secret_context()
-        capacity = scheme.clients if isinstance(scheme, BFV) else 0
-        self.public_context = PublicContext(scheme.label, capacity, scheme.public_bytes(self._context)).to_bytes()
-        self.fingerprint = fingerprint(PublicContext.from_bytes(self.public_context).context)
+        public = scheme.public_bytes(self._context)
+        self.public_context = PublicContext(scheme.label, scheme.capacity, public).to_bytes()
+        self.fingerprint = fingerprint(public)
         self._decrypted: set[bytes] = set()
 
     def decrypt(self, setup_bytes: bytes, sum_bytes: bytes) -> bytes:
@@ -92,24 +92,15 @@ class HEKeyHolder:
 
 
 class HEClient:
-    def __init__(self, client_id: int, vector: np.ndarray):
+    def __init__(self, client_id: int, vector: np.ndarray, public: PublicSession):
         self.id = client_id
         self._vector = vector
-        self._scheme: Scheme | None = None
-        self._context = None
-        self._fingerprint = b""
-
-    def receive_context(self, context_bytes: bytes) -> None:
-        message = PublicContext.from_bytes(context_bytes)
-        self._scheme = make_scheme(message.scheme, message.capacity)
-        self._context = self._scheme.load_context(message.context)
-        self._fingerprint = fingerprint(message.context)
+        self._public = public  # loaded once per session, shared by the rounds
 
     def encrypt(self, setup_bytes: bytes) -> bytes:
-        if self._context is None:
-            raise ProtocolAbort("no public context was received for this session")
+        public = self._public
         setup = HERoundSetup.from_bytes(setup_bytes)
-        plan = check_setup(setup, self._scheme, self._fingerprint)
+        plan = check_setup(setup, public.scheme, public.fingerprint)
         if self.id not in setup.participants:
             raise ProtocolAbort(f"client {self.id} is not among the round's participants")
         if setup.length != self._vector.shape[0]:
@@ -120,46 +111,48 @@ class HEClient:
         else:
             encoding = FixedPoint(setup.fraction_bits, setup.bound, len(setup.participants))
             limbs = plan.split(encoding.encode(self._vector))  # refuses NaN/Inf/out-of-bound before encrypting
-        ciphertexts = tuple(self._scheme.encrypt(self._context, chunk) for chunk in pack(limbs, self._scheme.slots))
-        return EncryptedInput(session_id(setup_bytes), self.id, self._fingerprint, ciphertexts).to_bytes()
+        ciphertexts = tuple(public.scheme.encrypt(public.context, chunk) for chunk in pack(limbs, public.scheme.slots))
+        return EncryptedInput(session_id(setup_bytes), self.id, public.fingerprint, ciphertexts).to_bytes()
 
 
 class HEServer:
     def __init__(self, scheme: Scheme):
         self.scheme = scheme
-        self._context = None
-        self.fingerprint = b""
+        self._public: PublicSession | None = None
         self.received: dict[str, dict[int, bytes]] = {"context": {}, "input": {}, "decrypted": {}}
-        self.setup_message = b""
         self.session = b""
         self._setup: HERoundSetup | None = None
         self._expected = 0
         self._total: list[AddOnly] | None = None
         self._included: list[int] = []
 
+    @property
+    def fingerprint(self) -> bytes:
+        return self._public.fingerprint if self._public else b""
+
     def receive_context(self, context_bytes: bytes, holder: int) -> None:
-        message = PublicContext.from_bytes(context_bytes)
-        if message.scheme != self.scheme.label:
-            raise ProtocolError(f"the key holder's context is for {message.scheme!r}, the session uses {self.scheme.label!r}")
-        self._context = self.scheme.load_context(message.context)  # refuses a context with a secret key
-        assert not self._context.has_secret_key()
-        self.fingerprint = fingerprint(message.context)
+        public = PublicSession.load(context_bytes)  # refuses a context with a secret key
+        if public.scheme.label != self.scheme.label:
+            raise ProtocolError(f"the key holder's context is for {public.scheme.label!r}, "
+                                f"the session uses {self.scheme.label!r}")
+        assert not public.context.has_secret_key()
+        self._public = public
         self.received["context"][holder] = context_bytes
 
     def setup(self, round_id: str, participants: list[int], length: int, bound: float,
               encoding: FixedPoint | None, plan: LimbPlan | None) -> bytes:
-        self.setup_message = HERoundSetup(
+        self._setup = HERoundSetup(
             round_id, self.scheme.label, self.fingerprint,
             os.urandom(NONCE_BYTES), length, bound, encoding.fraction_bits if encoding else 0,
             plan.limbs if plan else 1, plan.digit_bits if plan else 0, tuple(sorted(participants)),
-        ).to_bytes()
-        self._setup = HERoundSetup.from_bytes(self.setup_message)
-        self.session = session_id(self.setup_message)
+        )
+        message = self._setup.to_bytes()
+        self.session = session_id(message)
         self._expected = (plan.limbs if plan else 1) * chunk_count(length, self.scheme.slots)
         self._total: list[AddOnly] | None = None
         self._included: list[int] = []
         self.received["input"], self.received["decrypted"] = {}, {}
-        return self.setup_message
+        return message
 
     def receive_input(self, data: bytes) -> None:
         message = EncryptedInput.from_bytes(data)
@@ -174,7 +167,7 @@ class HEServer:
         if len(message.ciphertexts) != self._expected:
             raise ProtocolError(f"client {message.sender} sent {len(message.ciphertexts)} ciphertexts, {self._expected} expected")
         try:
-            vectors = [AddOnly(self.scheme.load(self._context, c)) for c in message.ciphertexts]
+            vectors = [AddOnly(self.scheme.load(self._public.context, c)) for c in message.ciphertexts]
         except MalformedMessageError as exc:
             raise ProtocolError(f"client {message.sender}: {exc}") from exc
         self._total = vectors if self._total is None else [a + b for a, b in zip(self._total, vectors)]

@@ -87,6 +87,11 @@ class Scheme(ABC):
         """True when sums are exact integers (then values travel as fixed-point limbs)."""
 
     @property
+    def capacity(self) -> int:
+        """Most clients one sum may hold, or 0 where the parameters do not depend on it."""
+        return 0
+
+    @property
     @abstractmethod
     def limit(self) -> int:
         """Largest |per-slot sum| that decrypts exactly (integer schemes)."""
@@ -99,9 +104,12 @@ class Scheme(ABC):
     def encrypt(self, context: Any, values: np.ndarray) -> bytes:
         """One chunk of at most ``slots`` values, serialized."""
 
-    @abstractmethod
     def load(self, context: Any, data: bytes) -> Any:
         """A serialized ciphertext; anything that does not parse raises MalformedMessageError."""
+        try:
+            return self.vector_from(context, data)
+        except (ValueError, RuntimeError) as exc:
+            raise MalformedMessageError(f"a {self.label} ciphertext does not parse: {exc}") from exc
 
     @abstractmethod
     def decrypt(self, vector: Any) -> np.ndarray:
@@ -133,6 +141,7 @@ class BFV(Scheme):
     coefficient_bits: tuple[int, ...] = (36, 36, 37)
     slots: ClassVar[int] = 4096
     label: ClassVar[str] = "bfv"
+    vector_from = staticmethod(ts.bfv_vector_from)
     exact: ClassVar[bool] = True
 
     MAX_PLAIN_BITS: ClassVar[int] = 55
@@ -146,6 +155,10 @@ class BFV(Scheme):
         return batching_prime(self.plain_bits, self.degree)
 
     @property
+    def capacity(self) -> int:
+        return self.clients
+
+    @property
     def limit(self) -> int:
         return (self.plain_modulus - 1) // 2
 
@@ -155,12 +168,6 @@ class BFV(Scheme):
 
     def encrypt(self, context, values: np.ndarray) -> bytes:
         return ts.bfv_vector(context, values.astype(np.int64).tolist()).serialize()
-
-    def load(self, context, data: bytes):
-        try:
-            return ts.bfv_vector_from(context, data)
-        except (ValueError, RuntimeError) as exc:
-            raise MalformedMessageError(f"a BFV ciphertext does not parse: {exc}") from exc
 
     def decrypt(self, vector) -> np.ndarray:
         return np.array(vector.decrypt(), dtype=np.int64)
@@ -178,6 +185,7 @@ class CKKS(Scheme):
     scale_bits: int = 40
     slots: ClassVar[int] = 4096
 
+    vector_from = staticmethod(ts.ckks_vector_from)
     INTEGER_LIMIT_BITS: ClassVar[int] = 45
     ROUNDING_SLACK: ClassVar[float] = 0.25  # a decrypted integer sum further than this from an integer is refused
 
@@ -201,12 +209,6 @@ class CKKS(Scheme):
 
     def encrypt(self, context, values: np.ndarray) -> bytes:
         return ts.ckks_vector(context, values.astype(np.float64).tolist()).serialize()
-
-    def load(self, context, data: bytes):
-        try:
-            return ts.ckks_vector_from(context, data)
-        except (ValueError, RuntimeError) as exc:
-            raise MalformedMessageError(f"a CKKS ciphertext does not parse: {exc}") from exc
 
     def decrypt(self, vector) -> np.ndarray:
         values = np.array(vector.decrypt(), dtype=np.float64)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from protocols.errors import ProtocolAbort
 from protocols.he.limbs import LimbPlan
-from protocols.he.messages import HERoundSetup
-from protocols.he.schemes import BFV, CKKS, Scheme
+from protocols.he.messages import HERoundSetup, PublicContext
+from protocols.he.schemes import BFV, CKKS, Scheme, fingerprint
 
 DOMAIN = b"secure-afl/he/v1"
 SCHEMES = ("bfv", "ckks", "ckks-approx")
@@ -29,6 +31,22 @@ def make_scheme(name: str, capacity: int) -> Scheme:
     if name in ("ckks", "ckks-approx"):
         return CKKS(integer=name == "ckks")
     raise ProtocolAbort(f"unknown HE scheme {name!r}; known: {', '.join(SCHEMES)}")
+
+
+@dataclass(frozen=True)
+class PublicSession:
+    """A received public context, parsed, loaded and fingerprinted once per session: what a client
+    and the server hold (never a secret key: ``load_context`` refuses one)."""
+
+    scheme: Scheme
+    context: Any
+    fingerprint: bytes
+
+    @classmethod
+    def load(cls, context_bytes: bytes) -> PublicSession:
+        message = PublicContext.from_bytes(context_bytes)
+        scheme = make_scheme(message.scheme, message.capacity)
+        return cls(scheme, scheme.load_context(message.context), fingerprint(message.context))
 
 
 def session_id(setup_bytes: bytes) -> bytes:

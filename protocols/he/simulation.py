@@ -16,7 +16,7 @@ from protocols.encoding import FixedPoint
 from protocols.errors import ParameterError
 from protocols.he.limbs import LimbPlan
 from protocols.he.roles import HEClient, HEKeyHolder, HEServer
-from protocols.he.session import make_scheme
+from protocols.he.session import PublicSession, make_scheme
 from protocols.transcript import RoundView
 
 
@@ -34,7 +34,7 @@ class HEProtocol(AggregationProtocol):
         self.fraction_bits = fraction_bits
         self.key_holder_id = key_holder
         self.min_clients = min_clients
-        self._session: tuple[HEKeyHolder, HEServer, int] | None = None
+        self._session: tuple[HEKeyHolder, HEServer, PublicSession, int] | None = None
         self._clients_seen_context: set[int] = set()
 
     def plan(self, clients: int, bound: float) -> tuple[FixedPoint | None, LimbPlan | None]:
@@ -49,7 +49,7 @@ class HEProtocol(AggregationProtocol):
     def prepare(self, clients: int, bound: float) -> None:
         self.plan(clients, bound)
 
-    def _start_session(self, clients: list[int]) -> tuple[HEKeyHolder, HEServer, int]:
+    def _start_session(self, clients: list[int]) -> tuple[HEKeyHolder, HEServer, PublicSession, int]:
         holder_id = min(clients) if self.key_holder_id is None else self.key_holder_id
         if holder_id not in clients:
             raise ParameterError(f"the key holder {holder_id} is not among the round's clients")
@@ -58,14 +58,14 @@ class HEProtocol(AggregationProtocol):
         holder = HEKeyHolder(scheme, min_clients)
         server = HEServer(scheme)
         server.receive_context(holder.public_context, holder_id)
-        return holder, server, holder_id
+        return holder, server, PublicSession.load(holder.public_context), holder_id
 
     def _aggregate(self, round_id, contributions, bound, length):
         clients = sorted(contributions)
         if self._session is None:
             self._session = self._start_session(clients)
-        holder, server, holder_id = self._session
-        if len(clients) > getattr(server.scheme, "clients", len(clients)):
+        holder, server, public, holder_id = self._session
+        if server.scheme.capacity and len(clients) > server.scheme.capacity:
             raise ParameterError("more clients than the session's BFV parameters were chosen for")
         encoding, plan = self.plan(len(clients), bound)
         upload = dict.fromkeys(clients + [holder_id], 0)  # the key holder decrypts even in rounds it sits out
@@ -75,8 +75,7 @@ class HEProtocol(AggregationProtocol):
         upload[holder_id] += context_bytes if not self._clients_seen_context else 0
         setup = server.setup(round_id, clients, length, bound, encoding, plan)
         for c in clients:
-            client = HEClient(c, contributions[c])
-            client.receive_context(holder.public_context)
+            client = HEClient(c, contributions[c], public)
             if c not in self._clients_seen_context:  # the public context travels once per session
                 download[c] += context_bytes
                 self._clients_seen_context.add(c)

@@ -62,9 +62,7 @@ def simulate_round(round_id: str, vectors: Mapping[int, np.ndarray], encoding: F
                    parameters: GraphParameters, drop: Mapping[str, Iterable[int]] | None = None) -> MaskedRound:
     """One round with the given clients dropping (never sending) at the given stages."""
     drop = dict(drop or {})
-    unknown = set(drop) - set(STAGES)
-    if unknown:
-        raise ParameterError(f"unknown dropout stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    _check_stages(drop)
     drop = {stage: frozenset(drop.get(stage, ())) for stage in STAGES}
     length = next(iter(vectors.values())).shape[0]
     server = MaskingServer(round_id, list(vectors), length, encoding, parameters)
@@ -116,10 +114,14 @@ def draw_dropouts(clients: list[int], fractions: Mapping[str, float], seed: int)
     return drop
 
 
-def check_dropout_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
-    unknown = set(fractions) - set(STAGES)
+def _check_stages(per_stage: Mapping) -> None:
+    unknown = set(per_stage) - set(STAGES)
     if unknown:
         raise ParameterError(f"unknown dropout stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
+
+
+def check_dropout_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
+    _check_stages(fractions)
     for stage, fraction in fractions.items():
         if not 0 <= fraction < 1:
             raise ParameterError(f"the dropout fraction at stage {stage!r} must be in [0, 1), got {fraction}")

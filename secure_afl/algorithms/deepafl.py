@@ -22,7 +22,7 @@ Cauchy–Schwarz. (Spectral-norm products instead lost 4–10 fixed-point bits p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSp
 from secure_afl.errors import ConfigError
 from secure_afl.features.buffer import ACTIVATIONS, RandomBuffer
 from secure_afl.linalg import solve_spd
-from secure_afl.statistics import Statistics, StatisticsLayout, validate_features
+from secure_afl.statistics import Statistics, StatisticsLayout, compute_statistics, validate_features
 
 CLASSIFIER, RESIDUAL = "deepafl/classifier", "deepafl/residual"
 BOUND_SLACK = 1.0 + 1e-3
@@ -110,10 +110,11 @@ class DeepAFLModel:
     config: DeepAFLConfig
     classifiers: list[np.ndarray]  # W_0 … W_T
     residuals: list[np.ndarray]  # Ω_0 … Ω_{T−1}
-    weights: np.ndarray = field(init=False)  # W_T, the final classifier (what is broadcast last)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "weights", self.classifiers[-1])
+    @property
+    def weights(self) -> np.ndarray:
+        """W_T, the final classifier (what is broadcast last)."""
+        return self.classifiers[-1]
 
     def layer_scores(self, features):
         """Scores Φ_t W_t after every layer t = 0 … T."""
@@ -176,20 +177,19 @@ class DeepAFLClient(AlgorithmClient):
                 omega = torch.as_tensor(spec.broadcast["omega"], device=self._phi.device)
                 self._phi = self._phi + self._residual_features @ omega
                 self._residual_features, self._layer = None, layer
-            return self._pack(self._phi, self._targets, self.config.width, with_counts=True)
+            layout = StatisticsLayout(self.config.width, self._num_classes)
+            return layout.pack(compute_statistics(self._phi, self._labels, self._num_classes))
         if layer != self._layer:
             raise ConfigError(f"round {spec.name!r} arrived out of order")
         weights = torch.as_tensor(spec.broadcast["weights"], device=self._phi.device)
         self._residual_features = mapped(self.config.residual_map(layer), self._phi)
         residual = self._targets - self._phi @ weights
-        return self._pack(self._residual_features, residual, self.config.residual_width, with_counts=False)
-
-    def _pack(self, left: torch.Tensor, right: torch.Tensor, dim: int, with_counts: bool) -> np.ndarray:
-        gram = left.T @ left
-        gram = 0.5 * (gram + gram.T)
-        counts = np.bincount(self._labels, minlength=self._num_classes) if with_counts else np.zeros(self._num_classes)
-        stats = Statistics(gram.cpu().numpy(), (left.T @ right).cpu().numpy(), left.shape[0], counts.astype(np.int64))
-        return StatisticsLayout(dim, self._num_classes).pack(stats)
+        f = self._residual_features
+        gram = f.T @ f
+        gram = 0.5 * (gram + gram.T)  # exact symmetry, as compute_statistics does
+        stats = Statistics(gram.cpu().numpy(), (f.T @ residual).cpu().numpy(), f.shape[0],
+                           np.zeros(self._num_classes, dtype=np.int64))  # the residual round carries no counts
+        return StatisticsLayout(self.config.residual_width, self._num_classes).pack(stats)
 
 
 class DeepAFLServer(AlgorithmServer):
