@@ -30,3 +30,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/masking_cost.py
 	$(BIN)/python benchmarks/he_cost.py
 	$(BIN)/python benchmarks/accuracy_table.py
+	$(BIN)/python benchmarks/time_to_accuracy.py

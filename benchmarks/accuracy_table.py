@@ -9,11 +9,13 @@ Sums go through the plaintext protocol here: every secure protocol returns the s
 and the table is about accuracy. DeepAFL's global model does not depend on the partition (tested),
 so it is trained once per seed (federated, at K = 20, α = 0.1) and evaluated on every partition;
 AFL and APFL are trained federated for every cell. Also recorded: DeepAFL's per-layer
-train / validation / test accuracy, and wall-clock training time of AFL against FedAvg's time to
-reach its own final accuracy (same device). Datasets: mnist5k, plus cifar10 / cifar100 when
-``--data-dir`` holds them. ``--scale`` < 1 trims the grid for a quick look.
+train / validation / test accuracy and the gradient baselines' accuracy after every round.
+Wall-clock comparisons live in time_to_accuracy.py, which runs alone: this grid takes an hour on
+two cores and its timings would measure whatever else the machine was doing. Datasets: mnist5k,
+and cifar10 / cifar100 whenever ``--data-dir`` holds them (skipped, with the reason, otherwise).
+``--scale`` < 1 trims the grid.
 
-    python benchmarks/accuracy_table.py [--dataset mnist5k] [--data-dir DIR] [--seeds 3]
+    python benchmarks/accuracy_table.py [--data-dir DIR] [--clients 20 50 100] [--seeds 3]
 Writes benchmarks/results/accuracy_table.json and accuracy_table.png.
 """
 
@@ -35,7 +37,7 @@ import torch
 from protocols import PlaintextProtocol
 from secure_afl.algorithms.afl import AFLConfig
 from secure_afl.algorithms.apfl import APFLConfig
-from secure_afl.algorithms.deepafl import DeepAFLConfig
+from secure_afl.algorithms.deepafl import DeepAFLConfig, centralized
 from secure_afl.algorithms.fedavg import FedAvgConfig
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import load_dataset
@@ -52,7 +54,9 @@ ALPHAS = (0.05, 0.1, 0.5, 1.0)
 CLIENTS = (20, 50, 100)
 GAMMA = 0.1  # chosen on validation by gamma_selection.py
 APFL_GRID = {"beta": (0.1, 0.3, 0.5, 0.7, 1.0), "lam": (0.1, 1.0, 10.0), "activation": ("tanh", "relu")}
-DEEP_GRID = {"lam": (1.0, 10.0, 100.0), "activation": ("gelu", "relu")}
+# DeepAFL: d_Φ 1024 is the paper's random expansion, 0 starts from the (scaled) features themselves
+DEEP_GRID = {"width": (1024, 0), "lam": (10.0, 100.0, 1000.0), "gamma": (10.0, 100.0)}
+DEEP_MAX_LAYERS = 15
 FEDAVG_LR = (1.0, 4.0, 16.0, 64.0)
 FEDPROX_MU = (0.001, 0.01, 0.1)
 
@@ -86,32 +90,27 @@ def federation(x, y, x_test, y_test, classes, clients, alpha, seed, refine=None)
 
 
 def train(method: str, data: FederatedData, params: dict, seed: int):
-    """One federated run; returns (model, metrics, training seconds, history)."""
+    """One federated run; returns (model, metrics, test accuracy after every round of a gradient method)."""
     afl = AFLConfig(GAMMA)
     deep = gradient = None
     if method == "deepafl":
-        deep = DeepAFLConfig(layers=params["layers"], lam=params["lam"], activation=params["activation"], seed=seed)
+        deep = deep_config(params, params["layers"], seed)
     if method in ("fedavg", "fedprox"):
         gradient = FedAvgConfig(rounds=params["rounds"], lr=params["lr"], mu=params.get("mu", 0.0), seed=seed)
-    timer = Timer()
     history = []
-    with timer.phase("train"):
-        server, clients = make_algorithm(afl, 1.0, data, len(data.train_y), deep, gradient)
-        observer = None
-        if gradient is not None:
-            test_x = data.test_x.numpy()
-            observer = lambda spec, srv: history.append(  # noqa: E731
-                (sum(timer.seconds.get(p, 0.0) for p in ("local", "aggregation", "solve")),
-                 srv.model().accuracy(test_x, data.test_y)))
-        federate(server, clients, PlaintextProtocol(keep_transcript=False), timer, observer)
-        personal = None
-        if method == "apfl":
-            config = APFLConfig(params["lam"], params["beta"])
-            personal = {k: c.personalize(server.model().weights, config) for k, c in clients.items()}
+    server, clients = make_algorithm(afl, 1.0, data, len(data.train_y), deep, gradient)
+    observer = None
+    if gradient is not None:
+        test_x = data.test_x.numpy()
+        observer = lambda spec, srv: history.append(srv.model().accuracy(test_x, data.test_y))  # noqa: E731
+    federate(server, clients, PlaintextProtocol(keep_transcript=False), Timer(), observer)
+    personal = None
+    if method == "apfl":
+        config = APFLConfig(params["lam"], params["beta"])
+        personal = {k: c.personalize(server.model().weights, config) for k, c in clients.items()}
     model = server.model()
     metrics = evaluate(model, None, data, list(range(len(data.client_indices))), personal)
-    seconds = sum(timer.seconds.get(p, 0.0) for p in ("local", "aggregation", "solve"))
-    return model, metrics, seconds, history
+    return model, metrics, history
 
 
 def select(features: Features, fit, val, quick: bool) -> dict:
@@ -128,7 +127,7 @@ def select(features: Features, fit, val, quick: bool) -> dict:
         r_train, _ = features.refinement(activation)
         data = data_for((r_train[fit], r_train[val]))
         for beta, lam in itertools.product(APFL_GRID["beta"], APFL_GRID["lam"]):
-            _, m, _, _ = train("apfl", data, {"beta": beta, "lam": lam}, 0)
+            _, m, _ = train("apfl", data, {"beta": beta, "lam": lam}, 0)
             log.append({"method": "apfl", "activation": activation, "beta": beta, "lam": lam,
                         "validation_personalized": m["personalized_accuracy"]})
             if best is None or m["personalized_accuracy"] > best[0]:
@@ -136,27 +135,30 @@ def select(features: Features, fit, val, quick: bool) -> dict:
     chosen["apfl"] = best[1]
 
     best = None
-    max_layers = 4 if quick else 10
-    for lam, activation in itertools.product(DEEP_GRID["lam"], DEEP_GRID["activation"]):
-        model, _, _, _ = train("deepafl", data_for(), {"layers": max_layers, "lam": lam, "activation": activation}, 0)
-        per_layer = model.layer_accuracy(xv.numpy(), yv)
-        layers = int(np.argmax(per_layer))
-        log.append({"method": "deepafl", "lam": lam, "activation": activation, "validation_per_layer": per_layer})
-        if best is None or per_layer[layers] > best[0]:
-            best = (per_layer[layers], {"lam": lam, "activation": activation, "layers": layers})
+    max_layers = 4 if quick else DEEP_MAX_LAYERS
+    for values in itertools.product(*DEEP_GRID.values()):
+        params = dict(zip(DEEP_GRID, values))
+        # centralized on the fit split: every layer equals the federated one (tested), at a fraction of the time
+        model = centralized(x, y, features.classes, deep_config(params, max_layers, 0), 1.0)
+        per_layer = {"train": model.layer_accuracy(x.numpy(), y), "validation": model.layer_accuracy(xv.numpy(), yv),
+                     "test (recorded, never used to choose)": model.layer_accuracy(features.test.numpy(), features.test_y)}
+        layers = int(np.argmax(per_layer["validation"]))
+        log.append({"method": "deepafl", **params, "per_layer": per_layer})
+        if best is None or per_layer["validation"][layers] > best[0]:
+            best = (per_layer["validation"][layers], {**params, "layers": layers})
     chosen["deepafl"] = best[1]
 
     rounds = 30 if quick else 100
     best = None
     for lr in FEDAVG_LR:
-        _, m, _, _ = train("fedavg", data_for(), {"rounds": rounds, "lr": lr}, 0)
+        _, m, _ = train("fedavg", data_for(), {"rounds": rounds, "lr": lr}, 0)
         log.append({"method": "fedavg", "lr": lr, "validation": m["accuracy"]})
         if best is None or m["accuracy"] > best[0]:
             best = (m["accuracy"], {"lr": lr, "rounds": rounds})
     chosen["fedavg"] = best[1]
     best = None
     for mu in FEDPROX_MU:
-        _, m, _, _ = train("fedprox", data_for(), {**chosen["fedavg"], "mu": mu}, 0)
+        _, m, _ = train("fedprox", data_for(), {**chosen["fedavg"], "mu": mu}, 0)
         log.append({"method": "fedprox", "mu": mu, "validation": m["accuracy"]})
         if best is None or m["accuracy"] > best[0]:
             best = (m["accuracy"], {**chosen["fedavg"], "mu": mu})
@@ -165,14 +167,13 @@ def select(features: Features, fit, val, quick: bool) -> dict:
     return {"chosen": chosen, "log": log}
 
 
-def table(features: Features, chosen: dict, seeds: int, alphas, clients_list) -> tuple[list[dict], dict]:
-    rows, timing = [], {}
+def table(features: Features, chosen: dict, seeds: int, alphas, clients_list) -> list[dict]:
+    rows = []
     refine = features.refinement(chosen["apfl"]["activation"])
     deep_models = {}
     for seed in range(seeds):
         data = federation(features.train, features.train_y, features.test, features.test_y, features.classes, 20, 0.1, seed)
-        deep_models[seed], _, deep_seconds, _ = train("deepafl", data, chosen["deepafl"], seed)
-        timing.setdefault("deepafl_train_s", []).append(deep_seconds)
+        deep_models[seed], _, _ = train("deepafl", data, chosen["deepafl"], seed)
     for alpha, k, seed in itertools.product(alphas, clients_list, range(seeds)):
         try:
             data = federation(features.train, features.train_y, features.test, features.test_y, features.classes, k,
@@ -182,20 +183,17 @@ def table(features: Features, chosen: dict, seeds: int, alphas, clients_list) ->
             continue
         for method in ("afl", "apfl", "deepafl", "fedavg", "fedprox"):
             if method == "deepafl":
-                metrics = evaluate(deep_models[seed], None, data, list(range(k)))
-                seconds, history = None, []
+                metrics, history = evaluate(deep_models[seed], None, data, list(range(k))), []
             else:
-                _, metrics, seconds, history = train(method, data, chosen[method], seed)
+                _, metrics, history = train(method, data, chosen[method], seed)
             row = {"alpha": alpha, "clients": k, "seed": seed, "method": method, "accuracy": metrics["accuracy"],
-                   "personalized_accuracy": metrics["personalized_accuracy"], "train_seconds": seconds}
+                   "personalized_accuracy": metrics["personalized_accuracy"]}
             if history:
-                final = history[-1][1]
-                row["seconds_to_final_accuracy"] = next(t for t, acc in history if acc >= final)
-                row["accuracy_per_round"] = [acc for _, acc in history]
+                row["accuracy_per_round"] = history
             rows.append(row)
             print(f"alpha={alpha:<5} K={k:<4} seed={seed} {method:8s} acc {row['accuracy']:.4f} "
                   f"personalized {row['personalized_accuracy']:.4f}")
-    return rows, timing
+    return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -213,21 +211,14 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def deep_layers(features: Features, fit, val, chosen: dict) -> dict:
-    """Per-layer train / validation / test accuracy of the chosen DeepAFL (trained on the fit split)."""
-    data = federation(features.train[fit], features.train_y[fit], features.test, features.test_y, features.classes,
-                      20, 0.1, 0)
-    model, _, _, _ = train("deepafl", data, {**chosen, "layers": max(chosen["layers"], 10)}, 0)
-    return {
-        "train": model.layer_accuracy(features.train[fit].numpy(), features.train_y[fit]),
-        "validation": model.layer_accuracy(features.train[val].numpy(), features.train_y[val]),
-        "test": model.layer_accuracy(features.test.numpy(), features.test_y),
-    }
+def deep_config(params: dict, layers: int, seed: int) -> DeepAFLConfig:
+    return DeepAFLConfig(width=params["width"], layers=layers, lam=params["lam"], gamma=params["gamma"], seed=seed)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", nargs="+", default=["mnist5k"])
+    parser.add_argument("--dataset", nargs="+", default=["mnist5k", "cifar10", "cifar100"],
+                        help="CIFAR runs when --data-dir holds it and is recorded as skipped otherwise")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS), help="client counts K of the table")
@@ -248,10 +239,9 @@ def main() -> None:
         start = time.perf_counter()
         selection = select(features, fit, val, quick)
         print(f"{name}: chosen on validation {selection['chosen']} ({time.perf_counter() - start:.0f}s)")
-        rows, timing = table(features, selection["chosen"], args.seeds if not quick else 1, alphas, clients_list)
+        rows = table(features, selection["chosen"], args.seeds if not quick else 1, alphas, clients_list)
         document["datasets"][name] = {
-            "selection": selection, "rows": rows, "summary": summarise(rows), "timing": timing,
-            "deepafl_layers": deep_layers(features, fit, val, selection["chosen"]["deepafl"]),
+            "selection": selection, "rows": rows, "summary": summarise(rows),
         }
     RESULTS.mkdir(exist_ok=True)
     write_results(RESULTS / "accuracy_table.json", document, overwrite=True)

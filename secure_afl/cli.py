@@ -79,7 +79,8 @@ def _run_parser(sub) -> None:
     apfl.add_argument("--beta", type=float, default=defaults.beta, help="weight β of the refinement stream, in [0, 1]")
     deep = p.add_argument_group("DeepAFL (--algorithm deepafl)")
     deep.add_argument("--depth", type=int, default=defaults.depth, help="T residual blocks: 2T+1 aggregation rounds")
-    deep.add_argument("--deep-width", type=int, default=defaults.deep_width, help="d_Φ")
+    deep.add_argument("--deep-width", type=int, default=defaults.deep_width,
+                      help="d_Φ of the random expansion Φ_0 = σ(sXA); 0: Φ_0 = sX, the features themselves")
     deep.add_argument("--residual-width", type=int, default=defaults.residual_width, help="d_F")
     deep.add_argument("--deep-lam", type=float, default=defaults.deep_lam, help="λ of the classifier solves")
     deep.add_argument("--deep-gamma", type=float, default=defaults.deep_gamma, help="γ of the sandwiched solves")

@@ -73,11 +73,11 @@ class RunConfig:
     refine_seed: int = 1  # APFL: refinement-stream buffer seed (public, distinct from buffer_seed)
     lam: float = 0.1  # APFL: refinement ridge λ (chosen on validation, benchmarks/accuracy_table.py)
     beta: float = 0.7  # APFL: weight β of the refinement stream (chosen on validation)
-    depth: int = 9  # DeepAFL: T residual blocks (2T + 1 rounds); T and λ chosen on validation (mnist5k)
-    deep_width: int = 1024  # DeepAFL: d_Φ
+    depth: int = 9  # DeepAFL: T residual blocks (2T + 1 rounds); T, d_Φ, λ, γ chosen on validation (mnist5k)
+    deep_width: int = 0  # DeepAFL: d_Φ of the random expansion; 0: Φ_0 is the scaled features themselves
     residual_width: int = 1024  # DeepAFL: d_F
     deep_lam: float = 100.0  # DeepAFL: λ of the classifier solves
-    deep_gamma: float = 0.05  # DeepAFL: γ of the sandwiched solves
+    deep_gamma: float = 10.0  # DeepAFL: γ of the sandwiched solves
     deep_activation: str = "gelu"
     deep_seed: int = 0
     rounds: int = 100  # FedAvg/FedProx: communication rounds

@@ -118,7 +118,7 @@ def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_sam
         return server, clients
     if deep is not None:
         server = DeepAFLServer(dim, data.num_classes, deep, max_samples, max_norm)
-        clients = {k: DeepAFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, deep)
+        clients = {k: DeepAFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, deep, max_norm)
                    for k, idx in enumerate(data.client_indices)}
         return server, clients
     server = AFLServer(dim, data.num_classes, afl, statistics_bound(max_samples, max_norm))
@@ -193,7 +193,8 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     gradient_config = fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None
     feature_map = build_feature_map(config)
     refinement_map = build_refinement_map(config)
-    protocol = make_protocol(config.protocol, **config.protocol_options())
+    # nothing reads a simulated run's transcript yet, and keeping one copies every vector of every round
+    protocol = make_protocol(config.protocol, keep_transcript=False, **config.protocol_options())
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir, config.download)
     if not protocol.secure:

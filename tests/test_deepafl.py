@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from protocols import make_protocol
+from secure_afl.algorithms.afl import AFLConfig, ridge_solve
 from secure_afl.algorithms.deepafl import DeepAFLClient, DeepAFLConfig, DeepAFLServer, centralized, sandwiched_solve
 from secure_afl.cli import main
 from secure_afl.data.partition import partition
 from secure_afl.errors import ConfigError
 from secure_afl.runner import Timer, federate
+from secure_afl.statistics import compute_statistics
 
 CONFIG = DeepAFLConfig(width=32, residual_width=20, layers=3, lam=0.5, gamma=0.05)
 
@@ -24,7 +26,7 @@ def normalised(synthetic):
 def federated(x, labels, classes, parts, config=CONFIG, protocol="plaintext", order=None):
     server = DeepAFLServer(x.shape[1], classes, config, len(labels), 1.0)
     ids = range(len(parts)) if order is None else order
-    clients = {k: DeepAFLClient(x[parts[k]], labels[parts[k]], classes, config) for k in ids}
+    clients = {k: DeepAFLClient(x[parts[k]], labels[parts[k]], classes, config, 1.0) for k in ids}
     report = federate(server, clients, make_protocol(protocol), Timer())
     return server.model(), report
 
@@ -38,6 +40,19 @@ def test_every_layer_equals_centralized_deepafl(synthetic, protocol, alpha, clie
     assert len(model.classifiers) == 4 and len(model.residuals) == 3
     assert len(report["per_round"]) == 2 * CONFIG.layers + 1
     assert model.relative_difference(reference) <= 1e-8
+
+
+@pytest.mark.parametrize("protocol", ["plaintext", "mask"])
+def test_raw_features_as_layer_zero_give_afl_ridge_first_and_stay_federated_exact(synthetic, protocol):
+    """width 0: Φ_0 = s X with s = √d_b / R, so layer 0 is AFL's ridge with γ = λ / s²."""
+    x, labels, classes = normalised(synthetic)
+    config = DeepAFLConfig(width=0, residual_width=20, layers=2, lam=0.5 * x.shape[1], gamma=1.0)
+    reference = centralized(x, labels, classes, config, 1.0)
+    model, _ = federated(x, labels, classes, partition(labels, 6, alpha=0.3, seed=4), config, protocol)
+    assert model.relative_difference(reference) <= 1e-8
+    assert model.classifiers[0].shape == (x.shape[1], classes)
+    afl = ridge_solve(compute_statistics(x, labels, classes), AFLConfig(gamma=0.5))
+    np.testing.assert_allclose(next(model.layer_scores(x)), x @ afl, rtol=1e-9, atol=1e-12)
 
 
 def test_client_order_changes_nothing(synthetic):
@@ -79,7 +94,7 @@ def test_bad_settings_and_out_of_order_rounds_are_refused(synthetic):
         DeepAFLConfig(layers=-1)
     x, labels, classes = normalised(synthetic)
     server = DeepAFLServer(x.shape[1], classes, CONFIG, len(labels), 1.0)
-    client = DeepAFLClient(x, labels, classes, CONFIG)
+    client = DeepAFLClient(x, labels, classes, CONFIG, 1.0)
     first = server.next_round()
     server.receive(first, client.contribute(first))
     residual = server.next_round()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from secure_afl.errors import EmptyClientError, FeatureError
-from secure_afl.statistics import StatisticsLayout, compute_statistics
+from secure_afl.statistics import StatisticsLayout, compute_statistics, mirror_upper, packed_statistics
 
 from conftest import requires_cuda
 
@@ -85,3 +85,23 @@ def test_cuda_statistics_equal_cpu_statistics(synthetic):
     gpu = compute_statistics(torch.from_numpy(x).cuda(), labels, classes)
     np.testing.assert_allclose(gpu.gram, cpu.gram, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(gpu.cross, cpu.cross, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("size", [1, 5, 127, 128, 129, 300])
+def test_mirror_upper_copies_the_upper_triangle_across_tile_boundaries(size):
+    matrix = np.random.default_rng(size).standard_normal((size, size))
+    expected = np.triu(matrix) + np.triu(matrix, 1).T
+    assert np.array_equal(mirror_upper(matrix.copy()), expected)
+
+
+def test_packing_is_the_row_major_upper_triangle_and_a_client_gram_is_what_the_server_rebuilds():
+    rng = np.random.default_rng(3)
+    x, labels = rng.standard_normal((50, 140)), rng.integers(0, 4, 50)
+    stats = compute_statistics(x, labels, 4, batch_size=16)
+    layout = StatisticsLayout(140, 4)
+    vector = layout.pack(stats)
+    assert np.array_equal(vector[: layout.triangle], stats.gram[np.triu_indices(140)])
+    assert np.array_equal(vector[layout.triangle : layout.triangle + 560], stats.cross.ravel())
+    assert vector[-5] == 50 and np.array_equal(vector[-4:], np.bincount(labels, minlength=4))
+    assert np.array_equal(layout.unpack(vector).gram, stats.gram)
+    assert np.array_equal(packed_statistics(x, labels, 4, batch_size=16), vector)

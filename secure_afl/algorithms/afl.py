@@ -16,7 +16,7 @@ import torch
 from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
 from secure_afl.errors import ConfigError
 from secure_afl.linalg import solve_spd
-from secure_afl.statistics import Statistics, StatisticsLayout, compute_statistics
+from secure_afl.statistics import Statistics, StatisticsLayout, packed_statistics
 
 STATISTICS_ROUND = "afl/statistics"
 
@@ -49,13 +49,12 @@ def statistics_bound(max_samples: int, max_norm: float) -> float:
 
 class AFLClient(AlgorithmClient):
     def __init__(self, features: torch.Tensor | np.ndarray, labels: np.ndarray, num_classes: int):
-        self._stats = compute_statistics(features, labels, num_classes)
-        self._layout = StatisticsLayout(self._stats.dim, num_classes)
+        self._vector = packed_statistics(features, labels, num_classes)
 
     def contribute(self, spec: RoundSpec) -> np.ndarray:
-        if spec.name != STATISTICS_ROUND or spec.length != self._layout.length:
+        if spec.name != STATISTICS_ROUND or spec.length != len(self._vector):
             raise ConfigError(f"an AFL client cannot answer round {spec.name!r} of length {spec.length}")
-        return self._layout.pack(self._stats)
+        return self._vector
 
 
 class AFLServer(AlgorithmServer):

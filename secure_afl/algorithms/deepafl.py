@@ -1,6 +1,13 @@
 """DeepAFL (spec §5): layer-wise analytic residual blocks, 2T+1 aggregation rounds of statistics.
 
-Layer 0 is Φ_0 = σ(X A). Round 2t (classifier): clients send the statistics of (Φ_t, Y); the
+Layer 0 is Φ_0 = σ(s X A), or Φ_0 = s X with ``width`` 0 (then layer 0 is AFL's ridge).
+s = √d_b / R puts feature rows of norm ≤ R on unit-RMS coordinates, the scale the random
+projections' N(0, 1/d_in) entries assume. Without it (the paper's Φ_0 = σ(XA)) l2-normalised
+features give pre-activations of about 1/√d_b ≈ 0.03, every σ is then nearly linear, and depth
+adds nothing: on mnist5k the unscaled model reached 0.930 against AFL's 0.929, the scaled one
+0.942 from the features themselves (benchmarks/accuracy_table.py). s is public: it follows from
+d_b and the bound R.
+Round 2t (classifier): clients send the statistics of (Φ_t, Y); the
 server solves W_t = (ΣΦᵀΦ + λI)⁻¹ ΣΦᵀY. Round 2t+1 (residual, t < T): clients send
 (F_tᵀF_t, F_tᵀR_t) with F_t = σ(Φ_t B_t) and R_t = Y − Φ_t W_t; the server solves the sandwiched
 ridge problem Ω_t = argmin Σ‖R_t − F_t Ω W_t‖² + γ‖Ω‖² by two eigendecompositions, and every
@@ -11,7 +18,7 @@ equals the centralized solution whatever the partition.
 Public bounds. The protocols need a bound on every entry of every client's vector before a round
 starts, declared by the server from what it legitimately knows, never from one client's data.
 Round 0: feature rows have norm ≤ R and |σ(z)| ≤ |z| (relu, gelu, tanh, hardswish, identity;
-sigmoid adds ≤ ½ per coordinate), so ‖φ_0‖ ≤ R‖A‖₂. Later rounds use the sums already received:
+sigmoid adds ≤ ½ per coordinate), so ‖φ_0‖ ≤ sR‖A‖₂ (sR without A). Later rounds use the sums already received:
 a client's Gram matrix is PSD with entries ≤ its largest diagonal entry, and each diagonal entry
 is at most the total's. So the residual round's bound follows from ΣΦᵀΦ (diag FᵀF ≤ diag BᵀΦᵀΦB)
 and the total residual energy diag RᵀR = counts − 2 diag WᵀΣΦᵀY + diag WᵀΣΦᵀΦW; the next
@@ -31,7 +38,7 @@ from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSp
 from secure_afl.errors import ConfigError
 from secure_afl.features.buffer import ACTIVATIONS, RandomBuffer
 from secure_afl.linalg import solve_spd
-from secure_afl.statistics import Statistics, StatisticsLayout, compute_statistics, validate_features
+from secure_afl.statistics import Statistics, StatisticsLayout, mirror_upper, packed_statistics, validate_features
 
 CLASSIFIER, RESIDUAL = "deepafl/classifier", "deepafl/residual"
 BOUND_SLACK = 1.0 + 1e-3
@@ -41,7 +48,7 @@ BOUND_SLACK = 1.0 + 1e-3
 class DeepAFLConfig:
     """Defaults are the paper's reference configuration; the CLI's defaults were chosen on validation."""
 
-    width: int = 1024  # d_Φ
+    width: int = 1024  # d_Φ; 0: Φ_0 is the scaled features themselves (d_Φ = d_b)
     residual_width: int = 1024  # d_F
     layers: int = 20  # T: residual blocks (2T + 1 rounds)
     lam: float = 1.0  # λ of every classifier solve
@@ -50,8 +57,8 @@ class DeepAFLConfig:
     seed: int = 0  # A uses this seed, B_t uses seed + 1 + t
 
     def __post_init__(self) -> None:
-        if self.width < 1 or self.residual_width < 1:
-            raise ConfigError("DeepAFL widths must be at least 1")
+        if self.width < 0 or self.residual_width < 1:
+            raise ConfigError("DeepAFL's d_Φ must be ≥ 0 (0: the features themselves) and d_F ≥ 1")
         if self.layers < 0:
             raise ConfigError(f"layers (T) must be ≥ 0, got {self.layers}")
         if self.activation not in ACTIVATIONS:
@@ -61,8 +68,11 @@ class DeepAFLConfig:
             if not (np.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number ≥ 0, got {value}")
 
-    def expansion(self) -> RandomBuffer:
-        return RandomBuffer(self.width, self.activation, self.seed)
+    def expansion(self) -> RandomBuffer | None:
+        return RandomBuffer(self.width, self.activation, self.seed) if self.width else None
+
+    def phi_dim(self, in_dim: int) -> int:
+        return self.width or in_dim
 
     def residual_map(self, layer: int) -> RandomBuffer:
         return RandomBuffer(self.residual_width, self.activation, self.seed + 1 + layer)
@@ -72,6 +82,18 @@ def mapped(buffer: RandomBuffer, x: torch.Tensor) -> torch.Tensor:
     """σ(x P) in float64 (the buffer's own apply works in float32, too coarse for exact layers)."""
     projection, _ = buffer.parameters(x.shape[1])
     return ACTIVATIONS[buffer.activation](x @ projection.to(device=x.device, dtype=torch.float64))
+
+
+def input_scale(in_dim: int, max_norm: float) -> float:
+    """s = √d_b / R: rows of norm ≤ R get coordinates of RMS ≤ 1."""
+    return math.sqrt(in_dim) / max_norm
+
+
+def initial_features(config: DeepAFLConfig, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Φ_0 = σ(s x A), or s x when the config has no expansion; float64."""
+    expansion = config.expansion()
+    scaled = scale * x.to(torch.float64)
+    return scaled if expansion is None else mapped(expansion, scaled)
 
 
 def activation_bound(norm: float, width: int, activation: str) -> float:
@@ -108,6 +130,7 @@ def sandwiched_solve(gram: np.ndarray, cross: np.ndarray, weights: np.ndarray, g
 @dataclass(frozen=True)
 class DeepAFLModel:
     config: DeepAFLConfig
+    scale: float  # s of Φ_0
     classifiers: list[np.ndarray]  # W_0 … W_T
     residuals: list[np.ndarray]  # Ω_0 … Ω_{T−1}
 
@@ -119,7 +142,7 @@ class DeepAFLModel:
     def layer_scores(self, features):
         """Scores Φ_t W_t after every layer t = 0 … T."""
         x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
-        phi = mapped(self.config.expansion(), x)
+        phi = initial_features(self.config, x, self.scale)
         for t, w in enumerate(self.classifiers):
             yield (phi @ torch.as_tensor(w)).numpy()
             if t < len(self.residuals):
@@ -157,13 +180,14 @@ def _parse(name: str) -> tuple[str, int]:
 class DeepAFLClient(AlgorithmClient):
     """Keeps Φ_t (float64, on the features' device) and the last F_t; sends only statistics."""
 
-    def __init__(self, features: torch.Tensor | np.ndarray, labels: np.ndarray, num_classes: int, config: DeepAFLConfig):
+    def __init__(self, features: torch.Tensor | np.ndarray, labels: np.ndarray, num_classes: int, config: DeepAFLConfig,
+                 max_norm: float):
         validate_features(features, labels, num_classes)
-        x = torch.as_tensor(features).to(torch.float64)
+        x = torch.as_tensor(features)
         self.config = config
         self._labels = np.asarray(labels)
         self._targets = torch.nn.functional.one_hot(torch.as_tensor(self._labels, device=x.device), num_classes).to(torch.float64)
-        self._phi = mapped(config.expansion(), x)
+        self._phi = initial_features(config, x, input_scale(x.shape[1], max_norm))
         self._residual_features: torch.Tensor | None = None
         self._layer = 0
         self._num_classes = num_classes
@@ -177,17 +201,14 @@ class DeepAFLClient(AlgorithmClient):
                 omega = torch.as_tensor(spec.broadcast["omega"], device=self._phi.device)
                 self._phi = self._phi + self._residual_features @ omega
                 self._residual_features, self._layer = None, layer
-            layout = StatisticsLayout(self.config.width, self._num_classes)
-            return layout.pack(compute_statistics(self._phi, self._labels, self._num_classes))
+            return packed_statistics(self._phi, self._labels, self._num_classes)
         if layer != self._layer:
             raise ConfigError(f"round {spec.name!r} arrived out of order")
         weights = torch.as_tensor(spec.broadcast["weights"], device=self._phi.device)
         self._residual_features = mapped(self.config.residual_map(layer), self._phi)
         residual = self._targets - self._phi @ weights
         f = self._residual_features
-        gram = f.T @ f
-        gram = 0.5 * (gram + gram.T)  # exact symmetry, as compute_statistics does
-        stats = Statistics(gram.cpu().numpy(), (f.T @ residual).cpu().numpy(), f.shape[0],
+        stats = Statistics(mirror_upper((f.T @ f).cpu().numpy()), (f.T @ residual).cpu().numpy(), f.shape[0],
                            np.zeros(self._num_classes, dtype=np.int64))  # the residual round carries no counts
         return StatisticsLayout(self.config.residual_width, self._num_classes).pack(stats)
 
@@ -199,8 +220,12 @@ class DeepAFLServer(AlgorithmServer):
         self.max_samples = max_samples
         self.classifiers: list[np.ndarray] = []
         self.residuals: list[np.ndarray] = []
-        expansion, _ = config.expansion().parameters(in_dim)
-        row = activation_bound(max_norm * spectral_norm(expansion), config.width, config.activation)
+        self.phi_dim = config.phi_dim(in_dim)
+        self.scale = input_scale(in_dim, max_norm)
+        row = self.scale * max_norm
+        if config.expansion() is not None:
+            expansion, _ = config.expansion().parameters(in_dim)
+            row = activation_bound(row * spectral_norm(expansion), config.width, config.activation)
         self._bound = self._declare(max_samples * row * row, max_samples * row)
         self._phi_total: Statistics | None = None
         self._next = (CLASSIFIER, 0)
@@ -214,7 +239,7 @@ class DeepAFLServer(AlgorithmServer):
             return None
         kind, layer = self._next
         if kind == CLASSIFIER:
-            layout = StatisticsLayout(self.config.width, self.num_classes)
+            layout = StatisticsLayout(self.phi_dim, self.num_classes)
             broadcast = {"omega": self.residuals[-1]} if layer else {}
             return RoundSpec(_round(kind, layer), layout.length, self._bound, broadcast)
         layout = StatisticsLayout(self.config.residual_width, self.num_classes)
@@ -223,7 +248,7 @@ class DeepAFLServer(AlgorithmServer):
     def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
         kind, layer = _parse(spec.name)
         if kind == CLASSIFIER:
-            stats = StatisticsLayout(self.config.width, self.num_classes).unpack(total)
+            stats = StatisticsLayout(self.phi_dim, self.num_classes).unpack(total)
             weights = classifier_solve(stats, self.config.lam)
             self.classifiers.append(weights)
             self._phi_total = stats
@@ -242,7 +267,7 @@ class DeepAFLServer(AlgorithmServer):
         self._bound = self._declare(gram, math.sqrt(gram * self.max_samples))
 
     def _residual_round_bound(self, phi: Statistics, weights: np.ndarray, layer: int) -> float:
-        projection, _ = self.config.residual_map(layer).parameters(self.config.width)
+        projection, _ = self.config.residual_map(layer).parameters(self.phi_dim)
         b = projection.to(torch.float64).numpy()
         feature_diag = np.einsum("pi,pq,qi->i", b, phi.gram, b)
         if self.config.activation == "sigmoid":  # σ(z)² ≤ 2z² + ½
@@ -255,13 +280,13 @@ class DeepAFLServer(AlgorithmServer):
     def model(self) -> DeepAFLModel:
         if self._next is not None:
             raise ConfigError("DeepAFL has not finished its rounds yet")
-        return DeepAFLModel(self.config, list(self.classifiers), list(self.residuals))
+        return DeepAFLModel(self.config, self.scale, list(self.classifiers), list(self.residuals))
 
 
 def centralized(features, labels: np.ndarray, num_classes: int, config: DeepAFLConfig, max_norm: float) -> DeepAFLModel:
     """DeepAFL on pooled data: one client, sums taken as they are (the reference every run must equal)."""
     server = DeepAFLServer(features.shape[1], num_classes, config, len(labels), max_norm)
-    client = DeepAFLClient(features, labels, num_classes, config)
+    client = DeepAFLClient(features, labels, num_classes, config, max_norm)
     while (spec := server.next_round()) is not None:
         server.receive(spec, client.contribute(spec))
     return server.model()
