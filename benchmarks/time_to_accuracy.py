@@ -28,14 +28,9 @@ import matplotlib.pyplot as plt
 
 from secure_afl.config import RunConfig
 from secure_afl.results import write_results
-from secure_afl.runner import PlaintextAggregationWarning, run
+from secure_afl.runner import TRAINING_PHASES, PlaintextAggregationWarning, run, training_seconds
 
 RESULTS = Path(__file__).parent / "results"
-TRAINING = ("local", "aggregation", "solve")
-
-
-def training_seconds(result: dict) -> float:
-    return sum(result["timings_s"].get(phase, 0.0) for phase in TRAINING)
 
 
 def measure(clients: int, seed: int, protocol: str, device: str) -> dict:
@@ -46,14 +41,14 @@ def measure(clients: int, seed: int, protocol: str, device: str) -> dict:
     final = history[-1]["accuracy"]
     at_final = next(row for row in history if row["accuracy"] >= final)
     reaching_afl = next((row for row in history if row["accuracy"] >= afl["metrics"]["accuracy"]), None)
-    afl_seconds = training_seconds(afl)
+    afl_seconds = training_seconds(afl["timings_s"])
     return {
         "clients": clients, "seed": seed, "protocol": protocol,
         "afl_accuracy": afl["metrics"]["accuracy"], "afl_train_s": afl_seconds,
-        "afl_timings_s": {phase: afl["timings_s"].get(phase, 0.0) for phase in TRAINING},
+        "afl_timings_s": {phase: afl["timings_s"].get(phase, 0.0) for phase in TRAINING_PHASES},
         "fedavg_final_accuracy": final, "fedavg_rounds": len(history),
         "fedavg_round_at_final": at_final["round"], "fedavg_s_to_final": at_final["train_seconds"],
-        "fedavg_train_s": training_seconds(fedavg),
+        "fedavg_train_s": training_seconds(fedavg["timings_s"]),
         "fedavg_round_reaching_afl": None if reaching_afl is None else reaching_afl["round"],
         "ratio_afl_to_fedavg": afl_seconds / at_final["train_seconds"],
         "device_name": afl["environment"]["device_name"],

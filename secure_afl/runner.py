@@ -254,6 +254,14 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     }
 
 
+TRAINING_PHASES = ("local", "aggregation", "solve")  # building clients, the sums, the server's solves
+
+
+def training_seconds(seconds: dict[str, float]) -> float:
+    """Training time in a timer's phases: features, the reference and the evaluation are not training."""
+    return sum(seconds.get(phase, 0.0) for phase in TRAINING_PHASES)
+
+
 class History:
     """Per-round global test accuracy of an iterative algorithm, with the training time so far
     (evaluation time excluded), for time-to-accuracy comparisons."""
@@ -265,7 +273,7 @@ class History:
         self._timer = timer
 
     def __call__(self, spec, server) -> None:
-        spent = sum(self._timer.seconds.get(p, 0.0) for p in ("local", "aggregation", "solve"))
+        spent = training_seconds(self._timer.seconds)
         self.rows.append({"round": len(self.rows) + 1, "clients": len(spec.participants or ()),
                           "accuracy": server.model().accuracy(self._test_x, self._test_y), "train_seconds": spent})
 

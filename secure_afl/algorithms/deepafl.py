@@ -38,7 +38,7 @@ from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSp
 from secure_afl.errors import ConfigError
 from secure_afl.features.buffer import ACTIVATIONS, RandomBuffer
 from secure_afl.linalg import solve_spd
-from secure_afl.statistics import Statistics, StatisticsLayout, mirror_upper, packed_statistics, validate_features
+from secure_afl.statistics import Statistics, StatisticsLayout, packed_statistics, validate_features
 
 CLASSIFIER, RESIDUAL = "deepafl/classifier", "deepafl/residual"
 BOUND_SLACK = 1.0 + 1e-3
@@ -208,8 +208,9 @@ class DeepAFLClient(AlgorithmClient):
         self._residual_features = mapped(self.config.residual_map(layer), self._phi)
         residual = self._targets - self._phi @ weights
         f = self._residual_features
-        stats = Statistics(mirror_upper((f.T @ f).cpu().numpy()), (f.T @ residual).cpu().numpy(), f.shape[0],
-                           np.zeros(self._num_classes, dtype=np.int64))  # the residual round carries no counts
+        # packing reads only G's upper triangle, so the lower one is left unmirrored; no counts in this round
+        stats = Statistics((f.T @ f).cpu().numpy(), (f.T @ residual).cpu().numpy(), f.shape[0],
+                           np.zeros(self._num_classes, dtype=np.int64))
         return StatisticsLayout(self.config.residual_width, self._num_classes).pack(stats)
 
 
@@ -223,9 +224,9 @@ class DeepAFLServer(AlgorithmServer):
         self.phi_dim = config.phi_dim(in_dim)
         self.scale = input_scale(in_dim, max_norm)
         row = self.scale * max_norm
-        if config.expansion() is not None:
-            expansion, _ = config.expansion().parameters(in_dim)
-            row = activation_bound(row * spectral_norm(expansion), config.width, config.activation)
+        if (expansion := config.expansion()) is not None:
+            projection, _ = expansion.parameters(in_dim)
+            row = activation_bound(row * spectral_norm(projection), config.width, config.activation)
         self._bound = self._declare(max_samples * row * row, max_samples * row)
         self._phi_total: Statistics | None = None
         self._next = (CLASSIFIER, 0)
