@@ -103,7 +103,7 @@ def train(method: str, data: FederatedData, params: dict, seed: int):
     if gradient is not None:
         test_x = data.test_x.numpy()
         observer = lambda spec, srv: history.append(srv.model().accuracy(test_x, data.test_y))  # noqa: E731
-    federate(server, clients, PlaintextProtocol(keep_transcript=False), Timer(), observer)
+    federate(server, clients, PlaintextProtocol(), Timer(), observer)
     personal = None
     if method == "apfl":
         config = APFLConfig(params["lam"], params["beta"])

@@ -56,7 +56,7 @@ def statistics_vectors(d: int, clients: int, rows: int = 50, seed: int = 0):
 
 
 def run_protocol(name: str, vectors: dict, bound: float) -> dict:
-    protocol = make_protocol(name, keep_transcript=False)
+    protocol = make_protocol(name)
     start = time.perf_counter()
     result = protocol.aggregate("bench", vectors, bound)
     seconds = time.perf_counter() - start

@@ -51,7 +51,7 @@ def measure(dim: int, clients: int, repeats: int) -> dict:
         server = AFLServer(dim, CLASSES, AFLConfig(gamma=0.1), statistics_bound(ROWS_PER_CLIENT, 1.0))
         spec = server.next_round()
         start = time.perf_counter()
-        result = PlaintextProtocol(keep_transcript=False).aggregate(spec.name, vectors, spec.bound)
+        result = PlaintextProtocol().aggregate(spec.name, vectors, spec.bound)
         middle = time.perf_counter()
         server.receive(spec, result.total)
         end = time.perf_counter()

@@ -12,7 +12,7 @@ from protocols.graph import GraphParameters, Targets, choose_parameters
 from protocols.he import ApproximateCKKSProtocol, BFVProtocol, CKKSProtocol
 from protocols.masking import MaskingProtocol
 from protocols.plaintext import PlaintextProtocol
-from protocols.transcript import RoundView, Transcript
+from protocols.transcript import RoundView, Transcript, TranscriptError, TranscriptWriter
 
 PROTOCOLS: dict[str, type[AggregationProtocol]] = {
     protocol.name: protocol
@@ -46,6 +46,8 @@ __all__ = [
     "RoundResult",
     "RoundView",
     "Transcript",
+    "TranscriptError",
+    "TranscriptWriter",
     "UnknownProtocolError",
     "check_contributions",
     "make_protocol",

@@ -107,7 +107,10 @@ def _run_parser(sub) -> None:
     solve.add_argument("--restore", action="store_true", help="plain least squares (the paper's restored result)")
     out = p.add_argument_group("output")
     out.add_argument("--out", default=None, help="results JSON path")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing results file (and transcript)")
+    out.add_argument("--transcript", default=None, metavar="DIR",
+                     help="write the server's view of every round to this directory (manifest.json + arrays; "
+                          "the input of `secure-afl attack --transcript`)")
     out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -121,14 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     options["dropout"] = dict(options["dropout"])
     config = RunConfig(**{k: v for k, v in options.items() if k in names})
     try:
+        from protocols.transcript import check_destination
         from secure_afl.results import check_output_path, format_summary, write_results
         from secure_afl.runner import run
 
         check_output_path(args.out, args.overwrite)
+        if args.transcript is not None:
+            check_destination(args.transcript, args.overwrite)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = _warn_line
-            results = run(config, progress=not args.quiet)
+            results = run(config, progress=not args.quiet, transcript=args.transcript, overwrite=args.overwrite)
         if args.out:
             write_results(args.out, results, overwrite=args.overwrite)
     except (SecureAFLError, ProtocolError) as exc:

@@ -92,6 +92,8 @@ def format_summary(results: dict) -> str:
          else f"{metrics['max_rel_diff_to_centralized']:.2e}"),
         ("personalized accuracy", _maybe(metrics["personalized_accuracy"])),
         ("upload per client", f"{sent['per_client_upload_max'] / 2**20:.2f} MiB"),
+        *([("transcript", f"{results['transcript']['path']} ({results['transcript']['rounds']} rounds, "
+                          f"{results['transcript']['bytes'] / 2**20:.1f} MiB)")] if "transcript" in results else []),
         ("time", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())),
         ("device", results["environment"]["device_name"]),
     ]

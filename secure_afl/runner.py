@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from protocols import make_protocol
+from protocols.transcript import TranscriptWriter, check_destination, size_on_disk
 from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, ridge_solve, statistics_bound
 from secure_afl.algorithms.apfl import APFLClient, APFLConfig
 from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel
@@ -132,13 +133,15 @@ def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_sam
 
 
 def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], protocol, timer: Timer,
-             observer=None) -> dict:
+             observer=None, transcript: TranscriptWriter | None = None) -> dict:
     """Drive every round: clients contribute, the protocol sums, the server consumes. Returns byte counts.
 
     A round asks the clients its spec names (all by default). Clients that drop out of a round are
     left out of every later round too (``included`` in the report), as a deployment would; the
     evaluation compares against centralized training on them. ``observer(spec, server)`` runs after
-    each round (the runner records per-round accuracy of iterative algorithms with it).
+    each round (the runner records per-round accuracy of iterative algorithms with it). With a
+    ``transcript`` (the protocol must record), each round's server view is written to disk as soon
+    as the round ends, with the round's public spec and broadcast.
     """
     included = set(clients)
     upload = dict.fromkeys(clients, 0)
@@ -150,6 +153,9 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
             vectors = {k: clients[k].contribute(spec) for k in sorted(asked)}
         with timer.phase("aggregation"):
             result = protocol.aggregate(spec.name, vectors, spec.bound)
+        if transcript is not None:
+            with timer.phase("transcript"):
+                transcript.write_round(result.view, spec.public(), spec.broadcast)
         with timer.phase("solve"):
             server.receive(spec, result.total)
         for k in result.upload_bytes:
@@ -184,27 +190,46 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
     }
 
 
-def run(config: RunConfig, progress: bool = False) -> dict:
-    """Run one simulated federation and return the results document (see results.py)."""
+# Fields of the configuration that decide which client holds which sample (the simulation's secret:
+# with them and the data set anyone could rebuild every client's data), and fields that only describe
+# the local machine. Neither is public knowledge, so neither enters a transcript.
+PARTITION_FIELDS = ("seed", "partition", "alpha", "shards_per_client", "min_client_size")
+LOCAL_FIELDS = ("data_dir", "download", "cache_dir", "use_cache", "device", "batch_size", "precision")
+
+
+@dataclass
+class RunPlan:
+    """Everything fixed before the slow work: checked options, the protocol, who holds which sample."""
+
+    config: RunConfig
+    protocol: object
+    dataset: Dataset
+    train_y: np.ndarray
+    test_y: np.ndarray
+    client_indices: list[np.ndarray]
+    held_out: list[np.ndarray]
+    feature_map: FeatureMap
+    refinement_map: FeatureMap | None
+    device: torch.device
+
+
+def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
+    """Validate, build the protocol, open the data set and partition it: every cheap check that can
+    refuse a run happens here, before features are extracted or anything is written."""
     config.validate()
-    afl_config = AFLConfig(config.gamma, config.restore)
-    apfl_config = APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None
-    deep_config = deepafl_config(config) if config.algorithm == "deepafl" else None
-    gradient_config = fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None
     feature_map = build_feature_map(config)
     refinement_map = build_refinement_map(config)
-    # nothing reads a simulated run's transcript yet, and keeping one copies every vector of every round
-    protocol = make_protocol(config.protocol, keep_transcript=False, **config.protocol_options())
+    protocol = make_protocol(config.protocol, record=record, **config.protocol_options())
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir, config.download)
     if not protocol.secure:
         warnings.warn(
             f"protocol {protocol.name!r}: the server sees every client's statistics in the clear",
             PlaintextAggregationWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     if not protocol.exact:
-        warnings.warn(f"protocol {protocol.name!r}: sums are approximate", ApproximateAggregationWarning, stacklevel=2)
+        warnings.warn(f"protocol {protocol.name!r}: sums are approximate", ApproximateAggregationWarning, stacklevel=3)
     train_y, test_y = dataset.labels(dataset.train), dataset.labels(dataset.test)
     client_indices = partition(  # before the slow feature extraction, so an impossible split fails at once
         train_y, config.clients, config.partition, alpha=config.alpha,
@@ -212,46 +237,132 @@ def run(config: RunConfig, progress: bool = False) -> dict:
     )
     held_out = allocate_held_out(client_indices, train_y, test_y, seed=config.seed)
     protocol.prepare(len(client_indices), statistics_bound(len(train_y), config.max_norm))
-    timer = Timer()
-    with timer.phase("total"):
-        with timer.phase("features"):
-            train_raw, test_raw, feature_info = backbone_features(config, dataset, device, progress)
-        with timer.phase("feature_map"):
-            train_x, changed = feature_map.apply(torch.from_numpy(train_raw).to(device))
-            test_x, _ = feature_map.apply(torch.from_numpy(test_raw).to(device))
-            refine = [refinement_map.apply(torch.from_numpy(raw).to(device))[0] for raw in (train_raw, test_raw)] \
-                if refinement_map else [None, None]
-        data = FederatedData(train_x, train_y, test_x, test_y, client_indices, held_out, dataset.num_classes, *refine)
-        with timer.phase("local"):
-            server, clients = make_algorithm(afl_config, config.max_norm, data, len(train_y), deep_config,
-                                             gradient_config)
-        history = History(data, timer) if gradient_config is not None else None
-        bytes_report = federate(server, clients, protocol, timer, history)
-        personal = None
-        if apfl_config is not None:
-            with timer.phase("personalization"):  # local only: nothing is sent
-                personal = {k: client.personalize(server.model().weights, apfl_config) for k, client in clients.items()}
-        with timer.phase("evaluation"):
-            included = bytes_report["included_clients"]
-            central = None if gradient_config else reference_model(data, included, afl_config, deep_config, config.max_norm)
-            metrics = evaluate(server.model(), central, data, included, personal)
-            if history is not None:
-                metrics["history"] = history.rows
-                metrics.update(gradient_report(clients, gradient_config))
-    metrics["rows_changed_by_norm_bound"] = changed
+    return RunPlan(config, protocol, dataset, train_y, test_y, client_indices, held_out, feature_map, refinement_map,
+                   device)
+
+
+@dataclass(frozen=True)
+class Features:
+    data: FederatedData
+    train_raw: np.ndarray  # backbone features before the public map (float32)
+    info: dict
+    rows_changed: float  # fraction of rows the norm bound changed
+
+
+def load_features(plan: RunPlan, timer: Timer, progress: bool = False) -> Features:
+    """Backbone features (cached) and the public feature maps, for the whole federation."""
+    config, device = plan.config, plan.device
+    with timer.phase("features"):
+        train_raw, test_raw, info = backbone_features(config, plan.dataset, device, progress)
+    with timer.phase("feature_map"):
+        train_x, changed = plan.feature_map.apply(torch.from_numpy(train_raw).to(device))
+        test_x, _ = plan.feature_map.apply(torch.from_numpy(test_raw).to(device))
+        refine = [plan.refinement_map.apply(torch.from_numpy(raw).to(device))[0] for raw in (train_raw, test_raw)] \
+            if plan.refinement_map else [None, None]
+    data = FederatedData(train_x, plan.train_y, test_x, plan.test_y, plan.client_indices, plan.held_out,
+                         plan.dataset.num_classes, *refine)
+    return Features(data, train_raw, info, changed)
+
+
+def public_knowledge(plan: RunPlan, features: Features) -> dict:
+    """What the server of this run legitimately knows besides the messages: the job's public
+    configuration (γ, buffer and expansion seeds, backbone, algorithm and protocol options), the
+    client ids, the feature and class dimensions, and the training-set size the bounds are built from.
+    Never which client holds which sample."""
+    config = asdict(plan.config)
+    for name in PARTITION_FIELDS + LOCAL_FIELDS:
+        config.pop(name)
+    return {
+        "config": config,
+        "clients": list(range(len(plan.client_indices))),
+        "num_classes": plan.dataset.num_classes,
+        "backbone_dim": int(features.info["feature_dim"]),
+        "feature_dim": int(features.data.train_x.shape[1]),
+        "train_size": len(plan.train_y),
+        "secure_protocol": bool(plan.protocol.secure),
+    }
+
+
+@dataclass
+class Training:
+    server: AlgorithmServer
+    clients: dict[int, AlgorithmClient]
+    metrics: dict
+    bytes: dict
+
+
+def train(plan: RunPlan, features: Features, timer: Timer, transcript: TranscriptWriter | None = None,
+          protocol=None) -> Training:
+    """The federation proper: clients, rounds through the protocol (``protocol`` replaces the plan's, e.g. a
+    server that behaves differently), personalization and evaluation against the centralized reference."""
+    config, data = plan.config, features.data
+    protocol = protocol or plan.protocol
+    afl_config = AFLConfig(config.gamma, config.restore)
+    apfl_config = APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None
+    deep_config = deepafl_config(config) if config.algorithm == "deepafl" else None
+    gradient_config = fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None
+    with timer.phase("local"):
+        server, clients = make_algorithm(afl_config, config.max_norm, data, len(plan.train_y), deep_config,
+                                         gradient_config)
+    history = History(data, timer) if gradient_config is not None else None
+    bytes_report = federate(server, clients, protocol, timer, history, transcript)
+    personal = None
+    if apfl_config is not None:
+        with timer.phase("personalization"):  # local only: nothing is sent
+            personal = {k: client.personalize(server.model().weights, apfl_config) for k, client in clients.items()}
+    with timer.phase("evaluation"):
+        included = bytes_report["included_clients"]
+        central = None if gradient_config else reference_model(data, included, afl_config, deep_config, config.max_norm)
+        metrics = evaluate(server.model(), central, data, included, personal)
+        if history is not None:
+            metrics["history"] = history.rows
+            metrics.update(gradient_report(clients, gradient_config))
+    metrics["rows_changed_by_norm_bound"] = features.rows_changed
+    return Training(server, clients, metrics, bytes_report)
+
+
+def results_document(plan: RunPlan, features: Features, training: Training, timer: Timer, **extra) -> dict:
+    """The results JSON of a run (schema in results.py)."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "config": asdict(config),
-        "metrics": metrics,
+        "config": asdict(plan.config),
+        "metrics": training.metrics,
         "timings_s": timer.seconds,
-        "bytes": bytes_report,
+        "bytes": training.bytes,
         "clients": {
-            "train_sizes": [len(i) for i in client_indices],
-            "held_out_sizes": [len(i) for i in held_out],
+            "train_sizes": [len(i) for i in plan.client_indices],
+            "held_out_sizes": [len(i) for i in plan.held_out],
         },
-        "features": {**feature_info, "dim": int(train_x.shape[1]), "train": len(train_y), "test": len(test_y)},
-        "environment": environment(device, config.seed),
+        "features": {**features.info, "dim": int(features.data.train_x.shape[1]), "train": len(plan.train_y),
+                     "test": len(plan.test_y)},
+        **extra,
+        "environment": environment(plan.device, plan.config.seed),
     }
+
+
+def run(config: RunConfig, progress: bool = False, transcript: str | None = None, overwrite: bool = False) -> dict:
+    """Run one simulated federation and return the results document (see results.py). With ``transcript``,
+    the server's view of every round is streamed to that path (see protocols/transcript.py)."""
+    plan = plan_run(config, record=transcript is not None)
+    if transcript is not None:
+        check_destination(transcript, overwrite)
+    timer = Timer()
+    with timer.phase("total"):
+        features = load_features(plan, timer, progress)
+        writer = TranscriptWriter(transcript, public_knowledge(plan, features), overwrite) if transcript else None
+        try:
+            training = train(plan, features, timer, writer)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        extra = {}
+        if writer is not None:
+            with timer.phase("transcript"):
+                path = writer.close()
+            extra["transcript"] = {"path": str(path), "rounds": len(training.bytes["per_round"]),
+                                   "bytes": size_on_disk(path)}
+    return results_document(plan, features, training, timer, **extra)
 
 
 TRAINING_PHASES = ("local", "aggregation", "solve")  # building clients, the sums, the server's solves

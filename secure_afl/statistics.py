@@ -137,6 +137,16 @@ class StatisticsLayout:
     def length(self) -> int:
         return self.triangle + self.dim * self.num_classes + 1 + self.num_classes
 
+    def describe(self, rows: str, targets: str = "labels", counts: bool = True, **extra) -> dict:
+        """The public layout of a packed vector: slices [start, stop) of the upper triangle of G (row-major),
+        of H (row-major d × C), the index of n and the slice of the class counts. ``rows`` names what G's
+        rows are (``x``: the mapped features), ``targets`` what H's columns are (``labels``: one-hot), and
+        ``counts`` whether n and the counts are sent (False: those entries are zero)."""
+        offset = self.triangle + self.dim * self.num_classes
+        return {"kind": "statistics", "dim": self.dim, "classes": self.num_classes, "rows": rows, "targets": targets,
+                "counts": counts, "gram_upper": [0, self.triangle], "cross": [self.triangle, offset],
+                "count": offset, "class_counts": [offset + 1, self.length], **extra}
+
     def pack(self, stats: Statistics) -> np.ndarray:
         """The flat vector; reads only the upper triangle of G."""
         if stats.gram.shape != (self.dim, self.dim) or stats.cross.shape != (self.dim, self.num_classes):

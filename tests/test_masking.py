@@ -76,7 +76,7 @@ def test_below_threshold_at_unmask_leaves_the_server_short_of_every_dropped_key(
 
 def test_protocol_interface_reports_encoding_parameters_and_bytes_per_stage():
     vs = vectors(12, length=1000)
-    protocol = make_protocol("mask", dropout={"input": 0.25}, dropout_seed=5)
+    protocol = make_protocol("mask", dropout={"input": 0.25}, dropout_seed=5, record=True)
     result = protocol.aggregate("afl/statistics", vs, bound=4.0)
     details = result.details
     assert len(result.included) == 9 and details["dropped"]["input"] == sorted(set(vs) - result.included)
@@ -87,22 +87,20 @@ def test_protocol_interface_reports_encoding_parameters_and_bytes_per_stage():
     masked_upload = details["stages"]["input"]["upload_bytes"]["max"]
     assert 8000 <= masked_upload <= 8000 + 200  # L words plus a small header
     for c in vs:
-        assert result.upload_bytes[c] == sum(protocol.transcript.round("afl/statistics").messages[s].get(c, b"").__len__()
-                                             for s in STAGES)
+        assert result.upload_bytes[c] == sum(len(result.view.messages[s].get(c, b"")) for s in STAGES)
 
 
 def test_transcript_holds_masked_vectors_that_differ_from_the_inputs():
     vs = vectors(5, length=2000)
-    protocol = MaskingProtocol()
-    result = protocol.aggregate("r", vs, bound=4.0)
-    view = protocol.transcript.round("r")
+    result = MaskingProtocol(record=True).aggregate("r", vs, bound=4.0)
+    view = result.view
     encoding = FixedPoint.for_round(5, 4.0)
-    assert set(view.received) == set(vs)
-    for c, masked in view.received.items():
+    assert set(view.inputs()) == set(vs) and view.secure
+    for c, masked in view.inputs().items():
         assert masked.dtype == np.uint64
         assert np.mean(masked == encoding.encode(vs[c])) < 0.01
     total = np.zeros(2000, dtype=np.uint64)
-    for masked in view.received.values():
+    for masked in view.inputs().values():
         total += masked
     assert not np.array_equal(total, fixed_point_sum(vs, encoding))  # the self masks still hide the sum
     np.testing.assert_array_equal(view.total, result.total)
@@ -116,9 +114,7 @@ def test_masked_vector_is_uniform_and_independent_of_the_input():
     n, length = 3, 1 << 17
     for fill in (0.0, 4.0):
         vs = {c: np.full(length, fill) for c in range(n)}
-        protocol = MaskingProtocol()
-        protocol.aggregate("r", vs, bound=4.0)
-        masked = protocol.transcript.round("r").received[0]
+        masked = MaskingProtocol(record=True).aggregate("r", vs, bound=4.0).view.inputs()[0]
         counts = np.bincount(masked.view(np.uint8), minlength=256)
         assert chisquare(counts).pvalue > 1e-4
         # every bit position of the 64-bit words is balanced (the input's bits are constant)
@@ -129,10 +125,8 @@ def test_masked_vector_is_uniform_and_independent_of_the_input():
 def test_out_of_range_input_is_refused_before_any_message():
     vs = vectors(4)
     vs[2][5] = 4.5
-    protocol = MaskingProtocol()
     with pytest.raises(InvalidContributionError, match="bound"):
-        protocol.aggregate("r", vs, bound=4.0)
-    assert protocol.transcript.rounds == []
+        MaskingProtocol(record=True).aggregate("r", vs, bound=4.0)
 
 
 def test_dropout_draws_are_seeded_and_respect_fractions():
@@ -150,9 +144,7 @@ def test_dropout_draws_are_seeded_and_respect_fractions():
 
 def test_the_same_input_is_masked_afresh_in_every_round():
     vs = vectors(4, length=512)
-    protocol = MaskingProtocol()
-    protocol.aggregate("r1", vs, bound=4.0)
-    protocol.aggregate("r2", vs, bound=4.0)
-    first, second = (protocol.transcript.round(r).received[0] for r in ("r1", "r2"))
-    assert np.mean(first == second) < 0.01
-    np.testing.assert_array_equal(protocol.transcript.round("r1").total, protocol.transcript.round("r2").total)
+    protocol = MaskingProtocol(record=True)
+    one, two = (protocol.aggregate(r, vs, bound=4.0).view for r in ("r1", "r2"))
+    assert np.mean(one.inputs()[0] == two.inputs()[0]) < 0.01
+    np.testing.assert_array_equal(one.total, two.total)

@@ -26,8 +26,8 @@ class HEProtocol(AggregationProtocol):
     default_limbs: int = 1
 
     def __init__(self, limbs: int | None = None, fraction_bits: int | None = None, key_holder: int | None = None,
-                 min_clients: int | None = None, keep_transcript: bool = True):
-        super().__init__(keep_transcript)
+                 min_clients: int | None = None, record: bool = False):
+        super().__init__(record)
         self.limbs = self.default_limbs if limbs is None else limbs
         if self.limbs < 1:
             raise ParameterError(f"limbs must be at least 1, got {self.limbs}")
@@ -60,7 +60,7 @@ class HEProtocol(AggregationProtocol):
         server.receive_context(holder.public_context, holder_id)
         return holder, server, PublicSession.load(holder.public_context), holder_id
 
-    def _aggregate(self, round_id, contributions, bound, length):
+    def _aggregate(self, round_id, contributions, bound, length, drop):
         clients = sorted(contributions)
         if self._session is None:
             self._session = self._start_session(clients)
@@ -72,14 +72,18 @@ class HEProtocol(AggregationProtocol):
         download = dict.fromkeys(clients + [holder_id], 0)
         seconds = {"encrypt": {}, "server_add": 0.0, "decrypt": 0.0}
         context_bytes = len(holder.public_context)
-        upload[holder_id] += context_bytes if not self._clients_seen_context else 0
+        first_round = not self._clients_seen_context  # the public context reaches the server once per session
+        upload[holder_id] += context_bytes if first_round else 0
         setup = server.setup(round_id, clients, length, bound, encoding, plan)
+        dropped = drop.get("input", frozenset())
         for c in clients:
             client = HEClient(c, contributions[c], public)
             if c not in self._clients_seen_context:  # the public context travels once per session
                 download[c] += context_bytes
                 self._clients_seen_context.add(c)
             download[c] += len(setup)
+            if c in dropped:  # it leaves before sending its ciphertexts
+                continue
             start = time.perf_counter()
             message = client.encrypt(setup)
             seconds["encrypt"][c] = time.perf_counter() - start
@@ -95,10 +99,6 @@ class HEProtocol(AggregationProtocol):
         upload[holder_id] += len(decrypted)
         words = server.receive_decrypted(decrypted, holder_id)
         total = encoding.decode(words) if encoding else words.view(np.float64).copy()
-        if self.keep_transcript:
-            received = {c: np.frombuffer(m, dtype=np.uint8) for c, m in server.received["input"].items()}
-            self.transcript.record(RoundView(round_id, self.name, received, total.copy(),
-                                             messages={s: dict(m) for s, m in server.received.items()}))
         details = {
             **server.scheme.describe(),
             "exact": server.scheme.exact,
@@ -115,7 +115,13 @@ class HEProtocol(AggregationProtocol):
             "server_add_seconds": seconds["server_add"],
             "key_holder_decrypt_seconds": seconds["decrypt"],
         }
-        return RoundResult(total, upload, download, included=server.included, details=details)
+        view = None
+        if self.record:
+            view = RoundView(round_id, self.name, self.secure, tuple(clients), tuple(sorted(server.included)),
+                             {"input": tuple(sorted(dropped))},
+                             {s: dict(m) for s, m in server.received.items() if first_round or s != "context"},
+                             total.copy(), {k: v for k, v in details.items() if not k.endswith("_seconds")})
+        return RoundResult(total, upload, download, included=server.included, details=details, view=view)
 
 
 class BFVProtocol(HEProtocol):

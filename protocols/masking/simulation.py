@@ -136,10 +136,12 @@ class MaskingProtocol(AggregationProtocol):
     name = "mask"
     secure = True
 
+    stages = STAGES
+
     def __init__(self, threshold: int | None = None, neighbours: int | None = None, fraction_bits: int | None = None,
                  dropout: Mapping[str, float] | None = None, dropout_seed: int = 0, targets: Targets = Targets(),
-                 keep_transcript: bool = True):
-        super().__init__(keep_transcript)
+                 record: bool = False):
+        super().__init__(record)
         self.threshold = threshold
         self.neighbours = neighbours
         self.fraction_bits = fraction_bits
@@ -156,16 +158,14 @@ class MaskingProtocol(AggregationProtocol):
         return (FixedPoint.for_round(clients, bound, self.fraction_bits),
                 choose_parameters(clients, self.threshold, self.neighbours, self.targets))
 
-    def _aggregate(self, round_id, contributions, bound, length):
+    def _aggregate(self, round_id, contributions, bound, length, drop):
         encoding, parameters = self.plan(len(contributions), bound)
-        drop = draw_dropouts(list(contributions), self.dropout, self.dropout_seed + self.rounds_run)
+        drawn = draw_dropouts(list(contributions), self.dropout, self.dropout_seed + self.rounds_run)
+        forced = set().union(*drop.values()) if drop else set()
+        drop = {stage: (drawn[stage] - forced) | drop.get(stage, frozenset()) for stage in STAGES}
         self.rounds_run += 1
         result = simulate_round(round_id, contributions, encoding, parameters, drop)
         total = result.total
-        if self.keep_transcript:
-            received = dict(result.server.masked_inputs)
-            self.transcript.record(RoundView(round_id, self.name, received, total.copy(),
-                                             messages={s: dict(m) for s, m in result.server.received.items()}))
         upload = {c: sum(cost.upload.get(c, 0) for cost in result.costs.values()) for c in contributions}
         download = {c: sum(cost.download.get(c, 0) for cost in result.costs.values()) for c in contributions}
         details = {
@@ -177,9 +177,15 @@ class MaskingProtocol(AggregationProtocol):
             "security_log2": _finite_or_none(parameters.security_log2),  # None: impossible under the model
             "failure_log2": _finite_or_none(parameters.failure_log2),
             "dropped": {stage: sorted(ids) for stage, ids in result.dropped.items()},
-            "stages": {stage: cost.summary() for stage, cost in result.costs.items()},
         }
-        return RoundResult(total, upload, download, included=result.included, details=details)
+        view = None
+        if self.record:
+            view = RoundView(round_id, self.name, self.secure, tuple(sorted(contributions)), tuple(sorted(result.included)),
+                             {stage: tuple(sorted(ids)) for stage, ids in result.dropped.items()},
+                             {stage: dict(messages) for stage, messages in result.server.received.items()},
+                             total.copy(), dict(details))
+        details["stages"] = {stage: cost.summary() for stage, cost in result.costs.items()}
+        return RoundResult(total, upload, download, included=result.included, details=details, view=view)
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -68,7 +68,7 @@ class AFLServer(AlgorithmServer):
     def next_round(self) -> RoundSpec | None:
         if self.total is not None:
             return None
-        return RoundSpec(STATISTICS_ROUND, self.layout.length, self.bound)
+        return RoundSpec(STATISTICS_ROUND, self.layout.length, self.bound, layout=self.layout.describe("x"))
 
     def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
         self.total = self.layout.unpack(total)

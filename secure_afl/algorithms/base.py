@@ -1,9 +1,10 @@
 """The shape every federated algorithm takes: a server that asks for rounds of sums, clients that answer.
 
 An algorithm is a sequence of aggregation rounds. Before each round the server publishes a
-``RoundSpec`` (what vector it wants, its length, the public bound on its entries and whatever
-state it broadcasts); every client answers with one flat float64 vector; a protocol sums them;
-the server consumes the sum. Keeping client and server apart lets the same code run in the
+``RoundSpec`` (what vector it wants, its length, the public bound on its entries, whatever state
+it broadcasts, and the public layout of the vector: which slice holds what, recorded in
+transcripts so that an attack knows what a vector means); every client answers with one flat
+float64 vector; a protocol sums them; the server consumes the sum. Keeping client and server apart lets the same code run in the
 in-process simulation and, later, across machines.
 """
 
@@ -23,6 +24,13 @@ class RoundSpec:
     bound: float  # public: every entry of every client's vector satisfies |v_i| ≤ bound
     broadcast: Mapping[str, np.ndarray] = field(default_factory=dict)
     participants: frozenset[int] | None = None  # clients asked to contribute; None: every client
+    layout: Mapping[str, object] = field(default_factory=dict)  # public description of the vector's slices
+
+    def public(self) -> dict:
+        """What the round announces, as recorded in a transcript (the broadcast arrays travel beside it)."""
+        return {"name": self.name, "length": self.length, "bound": self.bound, "layout": dict(self.layout),
+                "participants": None if self.participants is None else sorted(self.participants),
+                "broadcast": sorted(self.broadcast)}
 
     @property
     def broadcast_bytes(self) -> int:

@@ -242,9 +242,11 @@ class DeepAFLServer(AlgorithmServer):
         if kind == CLASSIFIER:
             layout = StatisticsLayout(self.phi_dim, self.num_classes)
             broadcast = {"omega": self.residuals[-1]} if layer else {}
-            return RoundSpec(_round(kind, layer), layout.length, self._bound, broadcast)
+            return RoundSpec(_round(kind, layer), layout.length, self._bound, broadcast,
+                             layout=layout.describe("phi", layer=layer, scale=self.scale))
         layout = StatisticsLayout(self.config.residual_width, self.num_classes)
-        return RoundSpec(_round(kind, layer), layout.length, self._bound, {"weights": self.classifiers[-1]})
+        return RoundSpec(_round(kind, layer), layout.length, self._bound, {"weights": self.classifiers[-1]},
+                         layout=layout.describe("residual_features", targets="residuals", counts=False, layer=layer))
 
     def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
         kind, layer = _parse(spec.name)

@@ -242,7 +242,10 @@ class FedAvgServer(AlgorithmServer):
             return None
         count = max(1, math.ceil(self.config.client_fraction * len(self.clients)))
         chosen = frozenset(int(c) for c in self._rng.choice(self.clients, size=count, replace=False))
-        return RoundSpec(f"fedavg/{self.round}", self.theta.shape[0] + 1, self.bound, {"params": self.theta}, chosen)
+        layout = {"kind": "weighted_parameters", "parameters": [0, self.theta.shape[0]], "weight": self.theta.shape[0],
+                  "head": self.config.head}  # [n_k θ_k, n_k]
+        return RoundSpec(f"fedavg/{self.round}", self.theta.shape[0] + 1, self.bound, {"params": self.theta}, chosen,
+                         layout)
 
     def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
         self.theta = total[:-1] / total[-1]
