@@ -162,6 +162,13 @@ class _Scorer:
         self.cell_size = np.zeros((len(truth.client_indices), truth.num_classes), dtype=np.int64)
         np.add.at(self.cell_size, (self.owner, truth.labels), 1)
         self.identification: dict | None = None
+        self.by_round: dict[str, dict] = defaultdict(lambda: {"matched": 0, "recovered": 0})
+
+    def tally(self, score: "Score") -> None:
+        """Every matched reconstruction, per round (the headline keeps each target's best round)."""
+        row = self.by_round[score.round]
+        row["matched"] += 1
+        row["recovered"] += int(self.recovered(score.score))
 
     def recovered(self, score: float) -> bool:
         if self.attack.metric == "relative_error":
@@ -211,6 +218,7 @@ class _Scorer:
                 key = (client, int(candidates[c]))
                 score = Score(key, float(similarity[r, c]), bool(near == candidates[c]), round_name, int(near),
                               group[r].certified)
+                self.tally(score)
                 if key not in scores or score.score > scores[key].score:
                     scores[key] = score
         pool_space = sorted(spaces)[0] if spaces else "x"
@@ -244,6 +252,7 @@ class _Scorer:
             cosine = _cosine(item.value, train[members].mean(axis=0))
             near = int(self.spaces.nearest(item.space, item.value[None])[0])
             score = Score((item.client, item.label), cosine, bool(near in set(members)), item.round, near, item.certified)
+            self.tally(score)
             if score.target not in scores or score.score > scores[score.target].score:
                 scores[score.target] = score
         space = sorted(spaces)[0] if spaces else "x"
@@ -269,7 +278,9 @@ class _Scorer:
                 continue
             exact = np.array_equal(item.value, self.cell_size[item.client])
             cells_exact.append(float(np.mean(item.value == self.cell_size[item.client])))
-            scores.setdefault((item.client,), Score((item.client,), float(exact), None, item.round, None, item.certified))
+            score = Score((item.client,), float(exact), None, item.round, None, item.certified)
+            self.tally(score)
+            scores.setdefault((item.client,), score)
         even = np.full(self.truth.num_classes, round(len(self.truth.labels) / len(targets) / self.truth.num_classes))
         guessed = [bool(np.array_equal(even, self.cell_size[k])) for (k,) in targets]
         self.identification = None
@@ -302,6 +313,7 @@ class _Scorer:
             for item in items:
                 if item.kind == "contribution" and item.client == client:
                     error = float(np.max(np.abs(item.value - truth)) / scale)
+                    self.tally(Score((client,), error, None, item.round))
                     if (client,) not in scores or error < scores[(client,)].score:
                         scores[(client,)] = Score((client,), error, None, item.round, None, item.certified)
         self.identification = None
@@ -321,6 +333,7 @@ class _Scorer:
             "matched": len(scores),
             "certified": len(certified),
             "certified_correct": sum(self.recovered(s.score) for s in certified),
+            "by_round": dict(self.by_round),
         }
         if self.attack.targets == "clients":
             metrics["cell_exact_fraction"] = self.cells_exact

@@ -184,3 +184,24 @@ def test_an_attack_receives_a_view_and_nothing_else(tmp_path):
     assert not set(PARTITION_FIELDS) & set(public["config"])  # the partition seed never enters a transcript
     files = {p.relative_to(tmp_path / "t").parts[0] for p in (tmp_path / "t").rglob("*") if p.is_file()}
     assert files == {"manifest.json", "rounds"}
+
+
+def test_every_deepafl_classifier_round_leaks_its_layers_singletons():
+    config = replace(DEFAULT, algorithm="deepafl", depth=1, dataset="digits", resolution=32, clients=10)
+    document, _ = attack_run(["singleton"], config)
+    report = document["attacks"]["singleton"]
+    assert report["metrics"]["recovered_fraction"] == 1.0
+    by_round = report["metrics"]["by_round"]
+    assert set(by_round) == {"deepafl/classifier/0", "deepafl/classifier/1"}  # Φ_0 = sX (as X) and Φ_1
+    assert all(row["recovered"] == row["matched"] == report["metrics"]["targets"] for row in by_round.values())
+    assert "H holds residuals" in report["rounds"]["1:deepafl/residual/0"]
+    assert {"x", "phi/1"} == set(report["identification"]["spaces"])
+
+
+def test_fedavg_rounds_are_not_statistics_but_a_retry_still_gives_a_clients_update_away():
+    config = replace(DEFAULT, algorithm="fedavg", rounds=2, dataset="digits", resolution=32, clients=10)
+    document, _ = attack_run(["singleton", "difference"], config, victims=(4,))
+    singles = document["attacks"]["singleton"]
+    assert not singles["applicable"] and "model parameters" in singles["reason"]
+    difference = document["attacks"]["difference"]
+    assert difference["metrics"]["recovered_fraction"] == 1.0 and difference["per_target"][0]["client"] == 4

@@ -44,8 +44,12 @@ def statistics_rounds(view: ServerView, rounds: dict[str, str], labels: bool = T
     config = view.config
     for entry in view.rounds():
         layout = entry.spec.get("layout", {})
+        if layout.get("kind") == "weighted_parameters":
+            rounds[round_key(entry)] = ("carries model parameters [n_k θ_k, n_k], not statistics (gradient inversion, "
+                                        "not a closed-form attack, targets these)")
+            continue
         if layout.get("kind") != "statistics":
-            rounds[round_key(entry)] = f"carries {layout.get('kind', 'an undescribed vector')}, not statistics"
+            rounds[round_key(entry)] = "carries a vector whose layout is not statistics"
             continue
         if labels and layout.get("targets") != "labels":
             rounds[round_key(entry)] = f"H holds {layout.get('targets')}, not one-hot labels"
