@@ -205,3 +205,15 @@ def test_fedavg_rounds_are_not_statistics_but_a_retry_still_gives_a_clients_upda
     assert not singles["applicable"] and "model parameters" in singles["reason"]
     difference = document["attacks"]["difference"]
     assert difference["metrics"]["recovered_fraction"] == 1.0 and difference["per_target"][0]["client"] == 4
+
+
+@pytest.mark.parametrize("clients", [100, 20])
+def test_gram_factorisation_recovers_the_clients_rows(clients):
+    document, _ = attack_run(["gram"], replace(DEFAULT, clients=clients))
+    report = document["attacks"]["gram"]
+    metrics = report["metrics"]
+    assert report["threshold"] == 0.95 and metrics["targets"] == 4000
+    assert metrics["recovered_fraction"] >= 0.8
+    assert metrics["recovered_fraction"] >= 10 * metrics["baseline"]["recovered_fraction"]
+    assert metrics["certified_correct"] == metrics["certified"] > 0  # no certified row is wrong
+    assert sum(row["targets"] for row in metrics["by_class_size"].values()) == 4000
