@@ -84,12 +84,9 @@ class HEKeyHolder:
         return RoundOpen(terms.round_id, nonce, self.id).signed(self._member.identity, self._roster.digest).to_bytes()
 
     def begin(self, setup_bytes: bytes) -> None:
-        """Accept a setup only for a nonce this key holder drew and has not used; the nonce is spent now."""
+        """Accept a setup for a round this key holder opened; checked against that round's terms."""
         setup = HERoundSetup.from_bytes(setup_bytes)
-        terms = self._open.pop(setup.nonce, None)
-        if terms is None:
-            raise ProtocolAbort("the round setup's nonce was not drawn by this key holder, or its one decryption is "
-                                "spent: refusing to decrypt")
+        terms = self._claim_nonce(setup)
         _, plan = _refusing(lambda: check_terms(setup, self._roster, terms, self.scheme, self.fingerprint))
         self._round = (setup, session_id(setup_bytes), plan)
         self._total, self._included = None, []
@@ -98,12 +95,7 @@ class HEKeyHolder:
         """One client's signed ciphertexts, verified and added to the key holder's own running sum."""
         setup, session, _ = self._require_round()
         message = EncryptedInput.from_bytes(input_bytes)
-        if message.session != session:
-            raise ProtocolAbort(f"client {message.sender}'s ciphertexts were made for another session or round "
-                                "(replayed?); refused")
-        if message.sender not in setup.participants or message.sender in self._included:
-            raise ProtocolAbort(f"client {message.sender} is not in the round or already counted")
-        message.verify(self._roster, session)
+        self._verify_input(message, setup, session)
         if message.fingerprint != self.fingerprint:
             raise ProtocolAbort(f"client {message.sender} encrypted under another public context")
         expected = setup.limbs * chunk_count(setup.length, self.scheme.slots)
@@ -131,6 +123,23 @@ class HEKeyHolder:
         words = plan.join(sums) if plan else sums[0].astype(np.float64).view(np.uint64)
         message = DecryptedSum(session, self.id, tuple(sorted(self._included)), words)
         return message.signed(self._member.identity, session).to_bytes()
+
+    def _claim_nonce(self, setup: HERoundSetup) -> RoundTerms:
+        """Spend the setup's nonce: one this key holder drew and has not used (one decryption per nonce)."""
+        terms = self._open.pop(setup.nonce, None)
+        if terms is None:
+            raise ProtocolAbort("the round setup's nonce was not drawn by this key holder, or its one decryption is "
+                                "spent: refusing to decrypt")
+        return terms
+
+    def _verify_input(self, message: EncryptedInput, setup: HERoundSetup, session: bytes) -> None:
+        """Made for exactly this session, by a participant not yet counted, signed by it."""
+        if message.session != session:
+            raise ProtocolAbort(f"client {message.sender}'s ciphertexts were made for another session or round "
+                                "(replayed?); refused")
+        if message.sender not in setup.participants or message.sender in self._included:
+            raise ProtocolAbort(f"client {message.sender} is not in the round or already counted")
+        message.verify(self._roster, session)
 
     def _require_round(self):
         if self._round is None:

@@ -219,14 +219,7 @@ class MaskingClient:
             self._check_sets(sets)
             self._check_neighbourhood(sets)
             self._check_certificate(request)
-            survivors, dropped = set(sets.survivors), set(sets.dropped)
-            shares = []
-            for owner in sorted(self._held):
-                seed_share, key_share = self._held[owner]
-                if owner in survivors:
-                    shares.append((owner, SELF_MASK_SHARE, seed_share))
-                elif owner in dropped:
-                    shares.append((owner, MASK_KEY_SHARE, key_share))
+            shares = self._reveal(sets)
             self._held.clear()
             response = UnmaskResponse(self._session.session_id, self.id, tuple(shares))
             return response.signed(self._member.identity, self._session.session_id).to_bytes()
@@ -292,6 +285,19 @@ class MaskingClient:
         if len(signers) < session.quorum:
             raise ProtocolAbort(f"only {len(signers)} survivors signed these survivor sets; {session.quorum} must, "
                                 "so that no other sets can be certified in this session")
+
+    def _reveal(self, sets: SurvivorSets) -> list[tuple[int, int, bytes]]:
+        """Per owner whose shares this client holds: its self-mask seed's share if it survived, its mask key's
+        share if it dropped; never both (one branch per owner), nothing for an owner in neither list."""
+        survivors, dropped = set(sets.survivors), set(sets.dropped)
+        shares = []
+        for owner in sorted(self._held):
+            seed_share, key_share = self._held[owner]
+            if owner in survivors:
+                shares.append((owner, SELF_MASK_SHARE, seed_share))
+            elif owner in dropped:
+                shares.append((owner, MASK_KEY_SHARE, key_share))
+        return shares
 
     # -- helpers ---------------------------------------------------------------------------
     def _check_session(self, session_id: bytes) -> None:

@@ -144,6 +144,11 @@ class MaskingServer:
         self._accept("consistency", message.sender, data, self._sets.survivors)
         self._signatures[message.sender] = message.signature
 
+    @property
+    def signatures(self) -> dict[int, bytes]:
+        """The consistency signatures gathered on the proposed sets (survivor → signature)."""
+        return dict(self._signatures)
+
     # -- stage 5 ---------------------------------------------------------------------------
     def unmask_request(self, sets: SurvivorSets, certificate) -> bytes:
         return UnmaskRequest(self.session.session_id, sets, tuple(sorted(certificate))).to_bytes()
