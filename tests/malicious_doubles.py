@@ -20,14 +20,19 @@ from protocols.masking.session import check_setup, check_terms
 from protocols.terms import RoundTerms
 
 
-class NoConsistencyClient(MaskingClient):
-    """Signs and reveals without checking its neighbours' key-sharer lists or the certificate (finding 1)."""
+def _listed(request):
+    """The signers a certificate names, taken on trust."""
+    return {signer for signer, _ in request.certificate}
 
-    def _check_headers(self, request):
+
+class NoConsistencyClient(MaskingClient):
+    """Reveals without checking its neighbours' key-sharer lists or the certificate (finding 1)."""
+
+    def _check_headers(self, request, signers):
         pass
 
     def _check_certificate(self, request):
-        pass
+        return _listed(request)
 
 
 class PreIssueClient(NoConsistencyClient):
@@ -41,7 +46,7 @@ class PreIssueClient(NoConsistencyClient):
 class NoHeaderClient(MaskingClient):
     """Checks the certificate but not which key-sharer list its neighbours masked with."""
 
-    def _check_headers(self, request):
+    def _check_headers(self, request, signers):
         pass
 
 
@@ -49,17 +54,17 @@ class NoQuorumClient(MaskingClient):
     """Reveals under any proposal, whatever its own neighbourhood keeps (finding 2)."""
 
     def _check_certificate(self, request):
-        pass
+        return _listed(request)
 
     def _check_neighbourhood(self, sets):
         pass
 
 
 class NoCertificateClient(MaskingClient):
-    """Reveals under any well-formed proposal: the pre-issue-12 client (split views)."""
+    """Reveals under any well-formed proposal it is sent, whatever it signed and whoever else did (split views)."""
 
     def _check_certificate(self, request):
-        pass
+        return _listed(request)
 
 
 class NoSetChecksClient(NoCertificateClient):

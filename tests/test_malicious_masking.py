@@ -47,14 +47,24 @@ def test_malicious_restricted_view_finding_1(n, options, double_class):
     outcome = attack.restricted_view(double.server, double.clients, 0)
     assert outcome.leaked and np.array_equal(outcome.recovered, victim_words(double))
 
-    honest = MaskingJob(n=n, options=options)
-    outcome = attack.restricted_view(honest.server, honest.clients, 0)
-    assert not outcome.leaked and outcome.refusals
-    assert all(isinstance(e, ProtocolAbort) for e in outcome.refusals.values())
-    assert any("key-sharer list" in str(e) for e in outcome.refusals.values())
-    without_headers = job_with(NoHeaderClient, MaskingClient, n=n, options=options)  # the quorum alone holds it
-    outcome = attack.restricted_view(without_headers.server, without_headers.clients, 0)
-    assert not outcome.leaked and any("signed these survivor sets" in str(e) for e in outcome.refusals.values())
+    for client_class in (MaskingClient, NoHeaderClient):  # the quorum alone stops the personalised proposals
+        honest = job_with(client_class, MaskingClient, n=n, options=options)
+        outcome = attack.restricted_view(honest.server, honest.clients, 0)
+        assert not outcome.leaked and outcome.refusals
+        assert all(isinstance(e, ProtocolAbort) for e in outcome.refusals.values())
+        if double_class is NoConsistencyClient:  # complete graph: every personalised proposal is short of q
+            assert len(outcome.refusals) == n - 1
+            assert all("signed these survivor sets" in str(e) for e in outcome.refusals.values())
+
+
+def test_malicious_survivor_masked_with_another_key_sharer_list_is_refused_under_a_certified_proposal():
+    """The restricted view under one proposal everybody but the victim can sign: certified, yet every
+    neighbour of the victim refuses, because the victim's signed masked input names another list."""
+    job = MaskingJob(n=10)
+    outcome = attack.restricted_view(job.server, job.clients, 0, false_dropouts=False)
+    assert not outcome.leaked and set(outcome.refusals) == set(range(1, 10))
+    assert all("client 0's masked input was not made with the proposed key-sharer list" in str(e)
+               for e in outcome.refusals.values())
 
 
 # -- finding 2 ---------------------------------------------------------------------------------------
@@ -292,8 +302,8 @@ class Round(MaskingJob):
     def sets(self):
         return self.server.survivor_sets()
 
-    def request(self, sets):
-        return self.server.unmask_request(sets, self.server.signatures.items())
+    def request(self, sets, receiver=0):
+        return self.server.unmask_request(receiver, sets, self.server.signatures)
 
 
 def test_honest_round_through_the_state_machines_is_exact():
@@ -320,10 +330,10 @@ def test_malicious_unmask_requests_with_other_sets_are_refused(mutate, match):
 def test_malicious_unmask_request_without_a_quorum_is_refused():
     r = Round().mask_all()
     short = dict(list(r.server.signatures.items())[: r.server.session.quorum - 1])
-    refuses(r.clients[0], "unmask", r.server.unmask_request(r.sets, short.items()), "must, so that no other sets")
+    refuses(r.clients[0], "unmask", r.server.unmask_request(0, r.sets, short), "must, so that no other sets")
     forged = dict(r.server.signatures)
     forged[5] = forged[4]
-    refuses(r.clients[1], "unmask", r.server.unmask_request(r.sets, forged.items()), "signature .* does not verify")
+    refuses(r.clients[1], "unmask", r.server.unmask_request(1, r.sets, forged), "signature .* does not verify")
 
 
 def test_malicious_second_unmask_request_is_refused():
@@ -348,7 +358,7 @@ def test_malicious_replayed_stage_messages_are_refused():
     r = Round()
     refuses(r.clients[0], "share_keys", r.key_list, "out of order")  # already shared
     r2 = Round()
-    refuses(r2.clients[2], "unmask", r2.request(r2.server.survivor_sets()), "out of order")  # not masked yet
+    refuses(r2.clients[2], "unmask", r2.request(r2.server.survivor_sets(), 2), "out of order")  # not masked yet
 
 
 def test_malicious_bit_flip_in_a_share_envelope_is_refused():

@@ -116,9 +116,9 @@ SETS = SurvivorSets((1, 2, 3), (1, 3), (2,))
     KeyList("r", ()).to_bytes(),
     MaskedInput(b"s" * 32, 3, b"d" * 32, np.arange(5, dtype=np.uint64), b"g" * 64).to_bytes(),
     UnmaskResponse(b"s" * 32, 3, ((1, 0, b"x" * 66),), b"g" * 64).to_bytes(),
-    ConsistencyRequest(b"s" * 32, 3, SETS, ((1, b"d" * 32, b"g" * 64),)).to_bytes(),
+    ConsistencyRequest(b"s" * 32, 3, SETS).to_bytes(),
     ConsistencySignature(b"s" * 32, 3, SETS.digest(), b"g" * 64).to_bytes(),
-    UnmaskRequest(b"s" * 32, SETS, ((1, b"g" * 64), (3, b"h" * 64))).to_bytes(),
+    UnmaskRequest(b"s" * 32, 3, SETS, ((1, b"g" * 64), (3, b"h" * 64)), ((2, b"d" * 32, b"g" * 64),)).to_bytes(),
 ])
 def test_truncated_or_padded_messages_are_refused_cleanly(message):
     cls = {3: KeyList, 6: MaskedInput, 7: UnmaskRequest, 8: UnmaskResponse, 10: ConsistencyRequest,

@@ -73,7 +73,7 @@ def certify_and_unmask(server: MaskingServer, clients, views: Mapping[int, Survi
         for client, member in dict(forged).items():
             signature = ConsistencySignature(session, client, sets.digest()).signed(member.identity, session).signature
             signed.setdefault(sets.digest(), {})[client] = signature
-    requests = {c: server.unmask_request(sets, signed.get(sets.digest(), {}).items()) for c, sets in views.items()
+    requests = {c: server.unmask_request(c, sets, signed.get(sets.digest(), {})) for c, sets in views.items()
                 if c in replies}
     answers, more = ask(clients, "unmask", requests)
     refusals |= more
@@ -141,10 +141,12 @@ def _survivor_sets(sharers, dropped) -> SurvivorSets:
 
 
 # -- finding 1 ------------------------------------------------------------------------------------
-def restricted_view(server: MaskingServer, clients, victim: int) -> Outcome:
+def restricted_view(server: MaskingServer, clients, victim: int, false_dropouts: bool = True) -> Outcome:
     """Finding 1: tell the victim that only t − 1 of its neighbours (the peers) shared keys, so it masks
     with them alone; tell every other client, each in its own proposal, that those peers dropped (all but
-    itself); rebuild the victim's self-mask seed and the peers' mask keys, strip the victim's input."""
+    itself); rebuild the victim's self-mask seed and the peers' mask keys, strip the victim's input.
+    Without ``false_dropouts`` every client gets the one proposal in which everybody survived (it can be
+    certified: only the victim's own masked input betrays the restricted list)."""
     refusals: dict = {}
     share(server, clients, refusals)
     sharers = server.key_sharers()
@@ -152,7 +154,8 @@ def restricted_view(server: MaskingServer, clients, victim: int) -> Outcome:
     views = {c: sharers for c in sharers}
     views[victim] = tuple(sorted({victim, *peers}))
     mask(server, clients, views, refusals)
-    proposals = {c: _survivor_sets(sharers, set(peers) - {c}) for c in server.masked_inputs if c != victim}
+    proposals = {c: _survivor_sets(sharers, set(peers) - {c} if false_dropouts else ()) for c in server.masked_inputs
+                 if c != victim}
     seeds, keys = gather(certify_and_unmask(server, clients, proposals, refusals).values())
     recovered = _strip_through_partners(server, victim, seeds, keys, peers)
     return Outcome("finding 1: restricted key-sharer view + false dropouts", ACTIVE,
@@ -285,8 +288,8 @@ def replayed_unmask(server: MaskingServer, clients, victim: int) -> Outcome:
     requests = server.unmask_requests()
     first, more = ask(clients, "unmask", requests)
     refusals |= more
-    again = server.unmask_request(_survivor_sets(sharers, {victim}), server.signatures.items())
-    second, more = ask(clients, "unmask", dict.fromkeys(requests, again))
+    lying = _survivor_sets(sharers, {victim})
+    second, more = ask(clients, "unmask", {c: server.unmask_request(c, lying, server.signatures) for c in requests})
     refusals |= more
     seeds, _ = gather(UnmaskResponse.from_bytes(a) for a in first.values())
     _, keys = gather(UnmaskResponse.from_bytes(a) for a in second.values())

@@ -19,8 +19,9 @@ mask key, or u colluding. The rules a client follows (the checks below):
 
   (R1) it signs at most one τ per session, and only if τ is well formed, τ.U2 is exactly its own
        key-sharer list, it is itself in U3, and its own holders N[h] keep ≥ t survivors in U3;
-  (R2) before signing it verifies, for each neighbour s ∈ U3, s's own signature on its masked
-       input, whose digest includes the key-sharer list s masked with: it must be τ.U2;
+  (R2) before revealing, it knows for each neighbour s ∈ U3 that s masked with τ.U2: s signed τ
+       (so s checked it, R1), or s's own signature on its masked input, whose digest names the
+       key-sharer list s masked with, verifies for τ.U2;
   (R3) it reveals only under the τ it signed, and only after verifying q signatures on that τ
        from distinct roster clients in U3; then for each owner p whose shares it holds it reveals
        the share of b_p if p ∈ U3, of p's mask key if p ∈ D, never both, nothing else.
@@ -34,7 +35,7 @@ others: the server gets b_p and p's mask key only from colluders, which takes t 
 Theorem. With one view, the server learns x_v of an honest v only if some client has ≥ t − 1
 colluding neighbours. Proof: say x_v leaks. If v ∉ U3, honest holders reveal only v's mask key,
 and b_v needs t colluders. So v ∈ U3, and b_v came from ≥ t holders, at least one honest (else t
-colluders). An honest holder h that reveals b_v verified v's masked-input signature (R2 if h ≠ v,
+colluders). An honest holder h that reveals b_v knows that v masked with τ.U2 (R2 if h ≠ v,
 R1 if h = v): U2_v = τ.U2, so every survivor in N(v) is in M_v. Honest holders reveal only if
 they survive (R1), so at least t − c_v holders of v survive, and at least t − 1 − c_v members of
 M_v are honest survivors, where c_v counts v's colluding neighbours. If c_v ≤ t − 2 there is one
@@ -44,9 +45,10 @@ PRG(s_vu) hides x_v (X25519 + HKDF + AES-CTR). Otherwise c_v ≥ t − 1, or u h
 holders. □
 
 Finding 1 (restricted key-sharer view + false dropouts) tells v that only t − 1 peers T shared
-keys and tells the others, in personalised proposals, that T dropped. R2 makes every honest
-neighbour refuse τ as soon as v is a survivor whose masked input names a list other than τ.U2,
-and R3 means personalised proposals cannot all gather q signatures. Finding 2 (each neighbour
+keys and tells the others, in personalised proposals, that T dropped. R3 means personalised
+proposals cannot gather q signatures each, and under any one proposal R2 makes every honest
+neighbour of v refuse to reveal as soon as v is a survivor whose masked input names a list other
+than τ.U2. Finding 2 (each neighbour
 told the others dropped) needs a proposal per neighbour: the lemma allows one, and R1's
 neighbourhood check refuses each of them first (the neighbour's own holders lose their survivors).
 Without R2 the restricted view would still need c_v ≥ 2t − k − 1 colluders (the honest
@@ -203,7 +205,6 @@ class MaskingClient:
                 raise ProtocolAbort(f"a consistency request for client {request.receiver} reached client {self.id}")
             self._check_sets(request.sets)
             self._check_neighbourhood(request.sets)
-            self._check_headers(request)
             self._signed = request.sets
             signature = ConsistencySignature(self._session.session_id, self.id, request.sets.digest())
             return signature.signed(self._member.identity, self._session.session_id).to_bytes()
@@ -215,10 +216,13 @@ class MaskingClient:
         def step():
             request = UnmaskRequest.from_bytes(request_bytes)
             self._check_session(request.session)
+            if request.receiver != self.id:
+                raise ProtocolAbort(f"an unmask request for client {request.receiver} reached client {self.id}")
             sets = request.sets
             self._check_sets(sets)
             self._check_neighbourhood(sets)
-            self._check_certificate(request)
+            signers = self._check_certificate(request)
+            self._check_headers(request, signers)
             shares = self._reveal(sets)
             self._held.clear()
             response = UnmaskResponse(self._session.session_id, self.id, tuple(shares))
@@ -255,13 +259,35 @@ class MaskingClient:
             raise ProtocolAbort(f"only {alive} of this client's {self._setup.neighbours + 1} share holders survive; "
                                 f"the threshold is {self._setup.threshold}: refusing to reveal anything")
 
-    def _check_headers(self, request: ConsistencyRequest) -> None:
-        """Each surviving neighbour signed a masked input made with exactly the proposed key-sharer list."""
+    def _check_certificate(self, request: UnmaskRequest) -> set[int]:
+        """The sets are the ones this client signed, certified by q signatures of distinct roster survivors.
+        Returns the signers whose signatures it verified: q of them, and every neighbour among them."""
+        if self._signed is None or request.sets != self._signed:
+            raise ProtocolAbort("the unmask request's survivor sets are not the ones this client signed")
+        digest, survivors, session = request.sets.digest(), set(request.sets.survivors), self._session
+        listed = [signer for signer, _ in request.certificate]
+        if len(set(listed)) != len(listed) or not set(listed) <= survivors:
+            raise ProtocolAbort("the certificate lists a client twice or outside the survivors")
+        neighbours, verified = session.graph[self.id], set()
+        for signer, signature in sorted(request.certificate, key=lambda entry: entry[0] not in neighbours):
+            if len(verified) >= session.quorum and signer not in neighbours:
+                break  # q verified, every neighbour among them: the rest need no check
+            self._roster.verify(session.session_id, ConsistencySignature.STAGE, signer, digest, signature)
+            verified.add(signer)
+        if len(verified) < session.quorum:
+            raise ProtocolAbort(f"only {len(verified)} survivors signed these survivor sets; {session.quorum} must, "
+                                "so that no other sets can be certified in this session")
+        return verified
+
+    def _check_headers(self, request: UnmaskRequest, signers: set[int]) -> None:
+        """Each surviving neighbour masked with exactly the proposed key-sharer list: it signed the sets (having
+        checked that list against its own), or its masked-input signature, which names the list it masked
+        with, is attached and verifies."""
         session = self._session
-        expected = session.graph[self.id] & set(request.sets.survivors)
-        if sorted(c for c, _, _ in request.headers) != sorted(expected):
-            raise ProtocolAbort("the consistency request does not carry the masked-input signature of every "
-                                "surviving neighbour")
+        unsigned = (session.graph[self.id] & set(request.sets.survivors)) - signers
+        if sorted(c for c, _, _ in request.headers) != sorted(unsigned):
+            raise ProtocolAbort("the unmask request does not carry the masked-input signature of every surviving "
+                                "neighbour that did not sign the survivor sets")
         sharers = ids_digest(request.sets.key_sharers)
         for client, words_digest, signature in request.headers:
             try:
@@ -270,21 +296,6 @@ class MaskingClient:
             except ProtocolAbort as exc:
                 raise ProtocolAbort(f"client {client}'s masked input was not made with the proposed key-sharer list "
                                     f"(the server showed clients different lists), or is not its own: {exc}") from exc
-
-    def _check_certificate(self, request: UnmaskRequest) -> None:
-        """The sets are the ones this client signed, certified by q signatures of distinct roster survivors."""
-        if self._signed is None or request.sets != self._signed:
-            raise ProtocolAbort("the unmask request's survivor sets are not the ones this client signed")
-        digest, survivors, session = request.sets.digest(), set(request.sets.survivors), self._session
-        signers = set()
-        for signer, signature in request.certificate:
-            if signer not in survivors or signer in signers:
-                raise ProtocolAbort(f"the certificate lists client {signer} twice or outside the survivors")
-            self._roster.verify(session.session_id, ConsistencySignature.STAGE, signer, digest, signature)
-            signers.add(signer)
-        if len(signers) < session.quorum:
-            raise ProtocolAbort(f"only {len(signers)} survivors signed these survivor sets; {session.quorum} must, "
-                                "so that no other sets can be certified in this session")
 
     def _reveal(self, sets: SurvivorSets) -> list[tuple[int, int, bytes]]:
         """Per owner whose shares this client holds: its self-mask seed's share if it survived, its mask key's

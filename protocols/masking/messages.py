@@ -4,8 +4,9 @@ Stage 1 RoundSetup (server → all) and KeyAdvert (client → server); stage 2 K
 and ShareBundle (client → server, envelopes for its neighbours); stage 3 ShareDelivery (server →
 client, the envelopes addressed to it) and MaskedInput (client → server); stage 4
 ConsistencyRequest (server → survivors: the proposed survivor sets) and ConsistencySignature
-(client → server); stage 5 UnmaskRequest (server → survivors: the sets and the signatures that
-certify them) and UnmaskResponse (client → server). Every client message is signed (``Signed``):
+(client → server); stage 5 UnmaskRequest (server → each signer: the sets, the signatures that
+certify them, and the masked-input signatures of its surviving neighbours that did not sign) and
+UnmaskResponse (client → server). Every client message is signed (``Signed``):
 a key advertisement under the setup's id, everything later under the session id, so nothing
 crosses sessions, rounds, stages or senders unnoticed.
 """
@@ -22,7 +23,6 @@ from protocols.wire import Reader, Writer
 
 SELF_MASK_SHARE = 0  # share of a survivor's self-mask seed b_u
 MASK_KEY_SHARE = 1  # share of a dropped client's mask private key
-DIGEST_BYTES = 32
 INPUT_DOMAIN = b"secure-afl/masking/masked-input"
 SETS_DOMAIN = b"secure-afl/masking/survivor-sets"
 
@@ -212,22 +212,17 @@ class ConsistencyRequest:
     session: bytes
     receiver: int
     sets: SurvivorSets
-    headers: tuple[tuple[int, bytes, bytes], ...]  # (survivor neighbour, SHA-256 of its words, its input signature)
     KIND = 10
 
     def to_bytes(self) -> bytes:
-        w = self.sets.write(Writer(self.KIND).blob(self.session).u32(self.receiver)).u32(len(self.headers))
-        for client, words_digest, signature in self.headers:
-            w.u32(client).blob(words_digest).blob(signature)
-        return w.to_bytes()
+        return self.sets.write(Writer(self.KIND).blob(self.session).u32(self.receiver)).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ConsistencyRequest:
         r = Reader(data, cls.KIND, "consistency request")
-        session, receiver, sets = r.blob(), r.u32(), SurvivorSets.read(r)
-        headers = tuple((r.u32(), r.blob(), r.blob()) for _ in range(r.count(12)))
+        msg = cls(r.blob(), r.u32(), SurvivorSets.read(r))
         r.end()
-        return cls(session, receiver, sets, headers)
+        return msg
 
 
 @dataclass(frozen=True)
@@ -257,23 +252,29 @@ class ConsistencySignature(Signed):
 @dataclass(frozen=True)
 class UnmaskRequest:
     session: bytes
+    receiver: int
     sets: SurvivorSets
     certificate: tuple[tuple[int, bytes], ...]  # (signer, its consistency signature on the sets)
-    KIND = 7
+    headers: tuple[tuple[int, bytes, bytes], ...]  # (surviving neighbour that did not sign, SHA-256 of its words,
+    KIND = 7                                       #  its masked-input signature)
 
     def to_bytes(self) -> bytes:
-        w = self.sets.write(Writer(self.KIND).blob(self.session)).u32(len(self.certificate))
+        w = self.sets.write(Writer(self.KIND).blob(self.session).u32(self.receiver)).u32(len(self.certificate))
         for signer, signature in self.certificate:
             w.u32(signer).blob(signature)
+        w.u32(len(self.headers))
+        for client, words_digest, signature in self.headers:
+            w.u32(client).blob(words_digest).blob(signature)
         return w.to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UnmaskRequest:
         r = Reader(data, cls.KIND, "unmask request")
-        session, sets = r.blob(), SurvivorSets.read(r)
+        session, receiver, sets = r.blob(), r.u32(), SurvivorSets.read(r)
         certificate = tuple((r.u32(), r.blob()) for _ in range(r.count(8)))
+        headers = tuple((r.u32(), r.blob(), r.blob()) for _ in range(r.count(12)))
         r.end()
-        return cls(session, sets, certificate)
+        return cls(session, receiver, sets, certificate, headers)
 
 
 @dataclass(frozen=True)

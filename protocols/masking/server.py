@@ -120,11 +120,7 @@ class MaskingServer:
 
     # -- stage 4: consistency ---------------------------------------------------------------
     def consistency_request(self, receiver: int, sets: SurvivorSets) -> bytes:
-        """``sets`` for ``receiver``, with the masked-input signature of each of its surviving neighbours."""
-        neighbours = self.session.graph[receiver] & set(sets.survivors)
-        headers = tuple((c, self._masked[c].words_digest(), self._masked[c].signature)
-                        for c in sorted(neighbours) if c in self._masked)
-        return ConsistencyRequest(self.session.session_id, receiver, sets, headers).to_bytes()
+        return ConsistencyRequest(self.session.session_id, receiver, sets).to_bytes()
 
     def consistency_requests(self) -> dict[int, bytes]:
         """The same proposal for every survivor."""
@@ -150,16 +146,21 @@ class MaskingServer:
         return dict(self._signatures)
 
     # -- stage 5 ---------------------------------------------------------------------------
-    def unmask_request(self, sets: SurvivorSets, certificate) -> bytes:
-        return UnmaskRequest(self.session.session_id, sets, tuple(sorted(certificate))).to_bytes()
+    def unmask_request(self, receiver: int, sets: SurvivorSets, certificate: dict[int, bytes]) -> bytes:
+        """``sets`` and ``certificate`` for ``receiver``, with the masked-input signature of each of its surviving
+        neighbours that is not among the signers."""
+        unsigned = (self.session.graph[receiver] & set(sets.survivors)) - set(certificate)
+        headers = tuple((c, self._masked[c].words_digest(), self._masked[c].signature)
+                        for c in sorted(unsigned) if c in self._masked)
+        return UnmaskRequest(self.session.session_id, receiver, sets, tuple(sorted(certificate.items())),
+                             headers).to_bytes()
 
     def unmask_requests(self) -> dict[int, bytes]:
         """The certified proposal, to every client that signed it."""
         if len(self._signatures) < self.session.quorum:
             raise ThresholdError(f"only {len(self._signatures)} survivors signed the survivor sets; {self.session.quorum} "
                                  "must before anything is unmasked; the round is abandoned")
-        message = self.unmask_request(self._sets, self._signatures.items())
-        return dict.fromkeys(sorted(self._signatures), message)
+        return {c: self.unmask_request(c, self._sets, self._signatures) for c in sorted(self._signatures)}
 
     def receive_unmask(self, data: bytes) -> None:
         """An unmask response, every share checked now, so a bad one is refused naming its sender."""
