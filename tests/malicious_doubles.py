@@ -82,13 +82,11 @@ class NoSetChecksClient(NoCertificateClient):
 class ReplayableClient(NoCertificateClient):
     """Answers every unmask request and keeps its shares between them."""
 
-    _kept: dict = {}
-
     def unmask(self, request_bytes):
         if self.state is State.DONE:
-            self.state = State.SIGNED
-        self._kept = dict(self._held) or self._kept
-        self._held = dict(self._kept)
+            self.state, self._held = State.SIGNED, dict(self._kept)
+        else:
+            self._kept = dict(self._held)
         return super().unmask(request_bytes)
 
 

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from attacks.protocol import masking as attack
-from jobs import BOUND, LENGTH, MaskingJob, members, vectors
+from jobs import BOUND, LENGTH, MaskingJob
 from malicious_doubles import (
     IgnoresBroadcastClient, NoAdvertCheckClient, NoCertificateClient, NoConsistencyClient, NoHeaderClient,
     NoQuorumClient, NoSetChecksClient, PreIssueClient, ReplayableClient, ServerBoundClient,
 )
-from protocols import AuthenticationError, FixedPoint, InvalidContributionError, MalformedMessageError, ProtocolAbort
-from protocols import ProtocolError, ThresholdError
+from protocols import AuthenticationError, FixedPoint, Identity, InvalidContributionError, MalformedMessageError, Member
+from protocols import ProtocolAbort, ProtocolError, Roster
 from protocols.masking import MaskingClient, MaskingOptions, MaskingServer
 from protocols.masking.client import State
-from protocols.masking.messages import KeyList, RoundSetup, ShareDelivery, SurvivorSets, UnmaskRequest
+from protocols.masking.messages import KeyList, RoundSetup, ShareDelivery, SurvivorSets
 from protocols.terms import RoundTerms, broadcast_digest
 
 
@@ -227,8 +227,6 @@ def sybil_round(victim_roster_from_server: bool):
     """The server enrols Sybils (identities it holds) with the victim's public key in a roster of its own."""
     operator = MaskingJob(n=10)
     victim_identity = operator.members[0].identity
-    from protocols.identity import Identity, Member, Roster
-
     sybils = {c: Identity.generate(c) for c in range(1, 10)}
     fake = Roster("server-made", {0: victim_identity.public, **{c: i.public for c, i in sybils.items()}},
                   operator.roster.config)

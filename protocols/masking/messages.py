@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocols.errors import MalformedMessageError, ProtocolAbort
-from protocols.identity import Signed, sha256
+from protocols.identity import SIGNATURE_BYTES, Signed, sha256
 from protocols.wire import Reader, Writer
 
 SELF_MASK_SHARE = 0  # share of a survivor's self-mask seed b_u
@@ -259,9 +259,9 @@ class UnmaskRequest:
     KIND = 7                                       #  its masked-input signature)
 
     def to_bytes(self) -> bytes:
-        w = self.sets.write(Writer(self.KIND).blob(self.session).u32(self.receiver)).u32(len(self.certificate))
-        for signer, signature in self.certificate:
-            w.u32(signer).blob(signature)
+        """The certificate as its signers' ids and one blob of their 64-byte signatures (q may be thousands)."""
+        w = self.sets.write(Writer(self.KIND).blob(self.session).u32(self.receiver))
+        w.ids(signer for signer, _ in self.certificate).blob(b"".join(signature for _, signature in self.certificate))
         w.u32(len(self.headers))
         for client, words_digest, signature in self.headers:
             w.u32(client).blob(words_digest).blob(signature)
@@ -271,7 +271,11 @@ class UnmaskRequest:
     def from_bytes(cls, data: bytes) -> UnmaskRequest:
         r = Reader(data, cls.KIND, "unmask request")
         session, receiver, sets = r.blob(), r.u32(), SurvivorSets.read(r)
-        certificate = tuple((r.u32(), r.blob()) for _ in range(r.count(8)))
+        signers, signatures = r.ids(), r.blob()
+        if len(signatures) != SIGNATURE_BYTES * len(signers):
+            raise MalformedMessageError(f"unmask request: {len(signers)} signers but {len(signatures)} signature bytes")
+        certificate = tuple((signer, signatures[SIGNATURE_BYTES * i : SIGNATURE_BYTES * (i + 1)])
+                            for i, signer in enumerate(signers))
         headers = tuple((r.u32(), r.blob(), r.blob()) for _ in range(r.count(12)))
         r.end()
         return cls(session, receiver, sets, certificate, headers)

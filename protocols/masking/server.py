@@ -47,6 +47,7 @@ class MaskingServer:
         self.session: Session | None = None
         self._adverts: dict[int, KeyAdvert] = {}
         self._bundles: dict[int, ShareBundle] = {}
+        self._inbox: dict[int, dict[int, bytes]] = {}  # receiver → sender → sealed shares
         self._masked: dict[int, MaskedInput] = {}
         self._sets: SurvivorSets | None = None
         self._signatures: dict[int, bytes] = {}
@@ -85,6 +86,8 @@ class MaskingServer:
             raise ProtocolError(f"client {bundle.sender} sent envelopes for clients other than its neighbours")
         self._accept("share", bundle.sender, data, self.session.adverts)
         self._bundles[bundle.sender] = bundle
+        for receiver, sealed in bundle.envelopes:
+            self._inbox.setdefault(receiver, {})[bundle.sender] = sealed
 
     def key_sharers(self) -> tuple[int, ...]:
         """U2: every client whose share bundle arrived."""
@@ -93,8 +96,8 @@ class MaskingServer:
     def delivery(self, receiver: int, sharers) -> bytes:
         """The envelopes addressed to ``receiver`` from the clients in ``sharers``, with that list."""
         sharers = tuple(sorted(sharers))
-        envelopes = tuple((sender, sealed) for sender in sharers if sender in self._bundles
-                          for to, sealed in self._bundles[sender].envelopes if to == receiver)
+        inbox = self._inbox.get(receiver, {})
+        envelopes = tuple((sender, inbox[sender]) for sender in sharers if sender in inbox)
         return ShareDelivery(self.session.session_id, receiver, sharers, envelopes).to_bytes()
 
     def deliveries(self) -> dict[int, bytes]:
@@ -126,7 +129,8 @@ class MaskingServer:
         """The same proposal for every survivor."""
         sets = self.survivor_sets()
         self._require(len(sets.survivors), "masked inputs")
-        if any(self._masked[c].sharers != ids_digest(sets.key_sharers) for c in sets.survivors):
+        sharers = ids_digest(sets.key_sharers)
+        if any(self._masked[c].sharers != sharers for c in sets.survivors):
             raise ProtocolError("a client masked with a key-sharer list other than the one it was sent")
         self._sets = sets
         return {c: self.consistency_request(c, sets) for c in sets.survivors}
