@@ -1,1 +1,10 @@
-"""Privacy attacks on what federated clients transmit; filled in by later work."""
+"""Privacy attacks on what federated clients transmit, and their evaluation against ground truth.
+
+``ATTACKS`` maps names to registered attacks (importing the subpackages registers them); an attack
+sees a ``ServerView`` only. See attacks/base.py for the case / attack / evaluator split.
+"""
+
+from attacks import statistics  # noqa: F401  (registers the closed-form attacks)
+from attacks.base import ATTACKS, Attack, AttackOutput, NotApplicable, Reconstruction, ServerView
+
+__all__ = ["ATTACKS", "Attack", "AttackOutput", "NotApplicable", "Reconstruction", "ServerView"]

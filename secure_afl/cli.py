@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 from dataclasses import fields
+from pathlib import Path
 
 from protocols import PROTOCOLS, ProtocolError
 from protocols.masking import STAGES
@@ -13,7 +14,7 @@ from secure_afl.algorithms.fedavg import ACCOUNTANTS, HEADS
 from secure_afl.config import ALGORITHMS, RunConfig
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
-from secure_afl.errors import SecureAFLError
+from secure_afl.errors import ConfigError, SecureAFLError
 from secure_afl.features.buffer import ACTIVATIONS
 from secure_afl.features.extract import PRECISIONS
 from secure_afl.features.feature_map import ROW_NORMS
@@ -21,10 +22,9 @@ from secure_afl.features.feature_map import ROW_NORMS
 EXIT_USAGE = 2
 
 
-def _run_parser(sub) -> None:
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """Every option of a run; ``attack`` takes them too, to build the case it attacks."""
     defaults = RunConfig()
-    p = sub.add_parser("run", help="simulate a federation and write its results JSON",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--algorithm", choices=ALGORITHMS, default=defaults.algorithm)
     p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=defaults.protocol,
                    help="mask: pairwise masking (SecAgg/SecAgg+); he-bfv / he-ckks: exact homomorphic sums; "
@@ -105,6 +105,12 @@ def _run_parser(sub) -> None:
     solve = p.add_argument_group("solve")
     solve.add_argument("--gamma", type=float, default=defaults.gamma, help="ridge regularisation, added once")
     solve.add_argument("--restore", action="store_true", help="plain least squares (the paper's restored result)")
+
+
+def _run_parser(sub) -> None:
+    p = sub.add_parser("run", help="simulate a federation and write its results JSON",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _run_options(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", default=None, help="results JSON path")
     out.add_argument("--overwrite", action="store_true", help="replace an existing results file (and transcript)")
@@ -114,15 +120,41 @@ def _run_parser(sub) -> None:
     out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+def _attack_parser(sub) -> None:
+    p = sub.add_parser("attack", help="attack what a run's server saw and score it against the private data",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Runs the case described by the run options (or loads --transcript) and attacks it. "
+                                   "Attacks see only the transcript and public knowledge; ground truth reaches only "
+                                   "the evaluator.")
+    p.add_argument("--attack", required=True, help="an attack name (counts, class-means, singleton, gram, difference, "
+                                                   "buffer) or all")
+    p.add_argument("--transcript", default=None, metavar="DIR",
+                   help="attack this saved transcript instead of running a case; the run options then only give the "
+                        "partition (--seed, --alpha …) to score it against")
+    p.add_argument("--victim", action="append", type=int, default=[], metavar="K",
+                   help="difference attack: the client that drops out of the retried aggregation (repeatable; default 0)")
+    _run_options(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default=None, help="attack report JSON path")
+    out.add_argument("--grid", default=None, metavar="PNG",
+                     help="picture of the targets beside what the attacker identified (with --attack all: one file per "
+                          "attack that has one, named PNG's stem + -ATTACK)")
+    out.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="secure-afl", description="Analytic federated learning with secure aggregation.")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    _attack_parser(sub)
     args = parser.parse_args(argv)
     names = {f.name for f in fields(RunConfig)}
     options = vars(args)
     options["dropout"] = dict(options["dropout"])
     config = RunConfig(**{k: v for k, v in options.items() if k in names})
+    if args.command == "attack":
+        return _attack(args, config)
     try:
         from protocols.transcript import check_destination
         from secure_afl.results import check_output_path, format_summary, write_results
@@ -145,6 +177,75 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             print(f"results written to {args.out}")
     return 0
+
+
+def _attack(args, config: RunConfig) -> int:
+    """``secure-afl attack``: one line on stderr and exit 2 for every expected failure, before any file is written."""
+    try:
+        from attacks.grid import save_grid
+        from attacks.suite import PICTURED, attack_names, attack_run, attack_transcript
+        from attacks.base import ATTACKS
+        from secure_afl.results import check_output_path, write_results
+
+        names = attack_names(args.attack)
+        check_output_path(args.out, args.overwrite)
+        grids = {}
+        if args.grid is not None:
+            grids = {n: _grid_path(args.grid, n, len(names)) for n in names if ATTACKS[n].targets in PICTURED}
+            if not grids:
+                raise ConfigError(f"--grid: attack {args.attack!r} reconstructs no single images to picture")
+            for path in grids.values():
+                check_output_path(path, args.overwrite)
+        if args.victim and "difference" not in names:
+            raise ConfigError("--victim only applies to the difference attack")
+        config.validate()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = _warn_line
+            if args.transcript is not None:
+                document, pictures = attack_transcript(names, args.transcript, config, progress=not args.quiet)
+            else:
+                document, pictures = attack_run(names, config, tuple(args.victim) or (0,), progress=not args.quiet)
+        for name, path in grids.items():
+            if name in pictures:
+                save_grid(path, pictures[name])
+        if args.out:
+            write_results(args.out, document, overwrite=args.overwrite)
+    except (SecureAFLError, ProtocolError) as exc:
+        print(f"secure-afl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.quiet:
+        print(_attack_summary(document))
+        for name, path in grids.items():
+            print(f"picture written to {path}" if name in pictures else f"no picture for {name}: nothing to score")
+        if args.out:
+            print(f"report written to {args.out}")
+    return 0
+
+
+def _grid_path(path: str, attack: str, count: int) -> str:
+    if count == 1:
+        return path
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{attack}{p.suffix or '.png'}"))
+
+
+def _attack_summary(document: dict) -> str:
+    header = ("attack", "applicable", "targets", "recovered", "identified", "baseline", "threshold", "seconds")
+    lines = [header]
+    for row in document["summary"]:
+        def fraction(value):
+            return "—" if value is None else f"{value:.3f}"
+
+        lines.append((row["attack"], "yes" if row["applicable"] else "no", "—" if row["targets"] is None
+                      else str(row["targets"]), fraction(row["recovered_fraction"]), fraction(row["identified_fraction"]),
+                      fraction(row["baseline_recovered_fraction"]), f"{row['threshold']:g}", f"{row['seconds']:.1f}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines]
+    for name, report in document["attacks"].items():
+        if not report["applicable"]:
+            text.append(f"{name}: not applicable: {report['reason']}")
+    return "\n".join(text)
 
 
 def _dropout(text: str) -> tuple[str, float]:

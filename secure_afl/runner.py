@@ -248,6 +248,7 @@ def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
 class Features:
     data: FederatedData
     train_raw: np.ndarray  # backbone features before the public map (float32)
+    test_raw: np.ndarray
     info: dict
     rows_changed: float  # fraction of rows the norm bound changed
 
@@ -264,7 +265,7 @@ def load_features(plan: RunPlan, timer: Timer, progress: bool = False) -> Featur
             if plan.refinement_map else [None, None]
     data = FederatedData(train_x, plan.train_y, test_x, plan.test_y, plan.client_indices, plan.held_out,
                          plan.dataset.num_classes, *refine)
-    return Features(data, train_raw, info, changed)
+    return Features(data, train_raw, test_raw, info, changed)
 
 
 def public_config(config: RunConfig) -> dict:

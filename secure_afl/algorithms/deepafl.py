@@ -105,6 +105,15 @@ def initial_features(config: DeepAFLConfig, x: torch.Tensor, scale: float) -> to
     return scaled if expansion is None else mapped(expansion, scaled)
 
 
+def layer_features(config: DeepAFLConfig, scale: float, features, residuals: list[np.ndarray]):
+    """Φ_0, Φ_1 = Φ_0 + F_0 Ω_0, … (float64 tensors) of rows of X, given the broadcast Ω_t."""
+    phi = initial_features(config, torch.as_tensor(np.asarray(features), dtype=torch.float64), scale)
+    yield phi
+    for t, omega in enumerate(residuals):
+        phi = phi + mapped(config.residual_map(t), phi) @ torch.as_tensor(omega)
+        yield phi
+
+
 def activation_bound(norm: float, width: int, activation: str) -> float:
     """A bound on ‖σ(z)‖ given ‖z‖ ≤ norm."""
     return norm + (0.5 * math.sqrt(width) if activation == "sigmoid" else 0.0)
@@ -150,12 +159,8 @@ class DeepAFLModel:
 
     def layer_scores(self, features):
         """Scores Φ_t W_t after every layer t = 0 … T."""
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
-        phi = initial_features(self.config, x, self.scale)
-        for t, w in enumerate(self.classifiers):
+        for phi, w in zip(layer_features(self.config, self.scale, features, self.residuals), self.classifiers):
             yield (phi @ torch.as_tensor(w)).numpy()
-            if t < len(self.residuals):
-                phi = phi + mapped(self.config.residual_map(t), phi) @ torch.as_tensor(self.residuals[t])
 
     def predict(self, features) -> np.ndarray:
         *_, last = self.layer_scores(features)

@@ -1,0 +1,69 @@
+"""The picture of an attack: each target's private image beside what the attacker got.
+
+One row per target, one column per view of it. Today the columns are the original and the image
+the attacker identified (the nearest training sample to the reconstruction, in the attack's
+threat model); inversion to pixels adds columns through ``COLUMNS`` without changing the layout.
+Rows show recovered targets first and then, so the picture does not flatter the attack, some that
+were not recovered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+import numpy as np  # noqa: E402
+
+MAX_ROWS = 12
+FAILURES_SHOWN = 4
+
+# column title → (row of the per-target report, ground truth) → uint8 image or None
+COLUMNS: dict[str, Callable] = {
+    "original": lambda row, truth: truth.images([row["sample"]])[0],
+    "identified": lambda row, truth: None if row["nearest"] is None else truth.images([row["nearest"]])[0],
+}
+
+
+def choose_rows(rows: list[dict]) -> list[dict]:
+    recovered = [r for r in rows if r["recovered"]]
+    missed = [r for r in rows if not r["recovered"]]
+    shown_missed = missed[: min(FAILURES_SHOWN, len(missed), max(MAX_ROWS - len(recovered), FAILURES_SHOWN))]
+    return recovered[: MAX_ROWS - len(shown_missed)] + shown_missed
+
+
+def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:
+    """Targets fill ``blocks`` groups side by side; within a group each target is a row and each view a column."""
+    truth, rows = picture["truth"], choose_rows(picture["rows"])
+    columns = list(COLUMNS.items())
+    blocks = max(1, min(blocks, len(rows)))
+    per_block = -(-len(rows) // blocks)
+    figure, axes = plt.subplots(per_block, blocks * len(columns), squeeze=False,
+                                figsize=(1.5 * blocks * len(columns) + 0.6 * blocks, 1.6 * per_block + 0.6))
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for index, row in enumerate(rows):
+        i, block = index % per_block, index // per_block
+        for j, (title, draw) in enumerate(columns):
+            axis = axes[i, block * len(columns) + j]
+            image = draw(row, truth)
+            if image is not None:
+                axis.imshow(image)
+                axis.set_axis_on()
+                axis.set_xticks([])
+                axis.set_yticks([])
+            if i == 0:
+                axis.set_title(title, fontsize=8)
+        score = "—" if row["score"] is None else f"{row['score']:.4f}"
+        mark = {True: "identified", False: "not identified", None: "not matched"}[row["identified"]]
+        axes[i, block * len(columns)].set_ylabel(f"client {row['client']}\ncos {score}\n{mark}", fontsize=6)
+    figure.suptitle(picture["title"], fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,86 @@
+"""Reading per-client statistics out of a transcript, as a server that sees plaintext messages can.
+
+A round's public layout (recorded from the algorithm's ``RoundSpec``) says which slice of a vector
+holds the upper triangle of G, H, n and the class counts, and what G's rows are. Under plaintext
+aggregation every client's message is its vector; under masking the server holds uniformly random
+words and under HE ciphertexts it cannot open, so the per-client attacks are not applicable there
+and say so.
+
+Feature spaces. Rows are the mapped features X (``x``) in AFL and APFL's primary stream, and
+DeepAFL's Φ_t in its classifier rounds. Φ_0 = sX when DeepAFL starts from the features themselves
+(public: no expansion, s in the layout), so those rows are mapped back to X by dividing by s;
+other layers stay in their own space ``phi/t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from attacks.base import ServerView
+from protocols.transcript import TranscriptRound
+from secure_afl.statistics import Statistics, StatisticsLayout
+
+
+def round_key(entry: TranscriptRound) -> str:
+    """Rounds may share a name (a retried aggregation), so reports key them by index too."""
+    return f"{entry.index}:{entry.name}"
+
+
+@dataclass(frozen=True)
+class StatisticsRound:
+    entry: TranscriptRound
+    layout: dict
+    space: str  # what the rows of G are, after any public map back to X
+    scale: float  # rows of G divided by this are rows of ``space``
+    norm: float | None  # the public norm of every row in ``space`` (None: not known)
+
+
+def statistics_rounds(view: ServerView, rounds: dict[str, str], labels: bool = True) -> Iterator[StatisticsRound]:
+    """The rounds whose vectors are packed statistics (with one-hot label targets when ``labels``);
+    every other round is noted in ``rounds`` with the reason it is skipped."""
+    config = view.config
+    for entry in view.rounds():
+        layout = entry.spec.get("layout", {})
+        if layout.get("kind") == "weighted_parameters":
+            rounds[round_key(entry)] = ("carries model parameters [n_k θ_k, n_k], not statistics (gradient inversion, "
+                                        "not a closed-form attack, targets these)")
+            continue
+        if layout.get("kind") != "statistics":
+            rounds[round_key(entry)] = "carries a vector whose layout is not statistics"
+            continue
+        if labels and layout.get("targets") != "labels":
+            rounds[round_key(entry)] = f"H holds {layout.get('targets')}, not one-hot labels"
+            continue
+        yield StatisticsRound(entry, layout, *_space(layout, config))
+
+
+def _space(layout: dict, config: dict) -> tuple[str, float, float | None]:
+    norm = float(config["max_norm"]) if config.get("feature_norm") == "l2" else None
+    if layout.get("rows") == "x":
+        return "x", 1.0, norm
+    if layout.get("rows") == "phi" and layout.get("layer") == 0 and config.get("deep_width") == 0:
+        return "x", float(layout["scale"]), norm
+    return f"{layout.get('rows')}/{layout.get('layer')}", 1.0, None
+
+
+class Unreadable(Exception):
+    """The round's individual messages cannot be read (masked or encrypted)."""
+
+
+def client_statistics(item: StatisticsRound) -> dict[int, Statistics]:
+    """Every client's statistics in this round, rows already mapped to ``item.space``."""
+    entry = item.entry
+    if entry.secure:
+        what = "uniformly random masked words" if entry.protocol == "mask" else "ciphertexts it cannot decrypt"
+        raise Unreadable(f"protocol {entry.protocol}: the server holds only {what} of each client; only the sum is readable")
+    layout = StatisticsLayout(int(item.layout["dim"]), int(item.layout["classes"]))
+    out = {}
+    for client, vector in entry.inputs().items():
+        stats = layout.unpack(vector)
+        if item.scale != 1.0:
+            stats = Statistics(stats.gram / item.scale**2, stats.cross / item.scale, stats.count, stats.class_counts)
+        out[client] = stats
+    return out

@@ -1,0 +1,165 @@
+"""Running attacks end to end: build the case (or load a saved transcript), attack it, score it.
+
+This is the one entry point the CLI, tests and benchmarks share. The difference attack needs a
+server that aggregates a statistic twice, so when it is asked for on a fresh case it gets its own
+``retry`` case; every other attack runs on the honest case. A saved transcript is scored when the
+machine has the data: the ground truth is rebuilt from the transcript's public configuration plus
+the partition options given here, and refused unless it reproduces the transcript's sums.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from attacks.base import ATTACKS, ServerView
+from attacks.case import Case, GroundTruth
+from attacks.evaluation import evaluate
+from protocols.transcript import Transcript
+from secure_afl.config import RunConfig
+from secure_afl.device import resolve_device
+from secure_afl.errors import ConfigError
+from secure_afl.results import SCHEMA_VERSION, environment
+from secure_afl.runner import LOCAL_FIELDS, PARTITION_FIELDS
+from secure_afl.statistics import packed_statistics
+
+PICTURED = ("singletons", "samples")  # target kinds whose reconstructions are single images
+
+
+def attack_names(requested: str) -> list[str]:
+    if requested == "all":
+        return list(ATTACKS)
+    if requested not in ATTACKS:
+        raise ConfigError(f"unknown attack {requested!r}; choose one of {', '.join(ATTACKS)} or all")
+    return [requested]
+
+
+def attack_run(names: list[str], config: RunConfig, victims: tuple[int, ...] = (0,), progress: bool = False,
+               work_dir: str | Path | None = None) -> tuple[dict, dict]:
+    """Run the case(s) these attacks need, attack and score. Returns (document, pictures) where pictures maps
+    an attack to what ``grid.save_grid`` draws."""
+    document = _document(config)
+    pictures = {}
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="secure-afl-case-") as scratch:
+        cases = {"honest": [n for n in names if n != "difference"], "retry": [n for n in names if n == "difference"]}
+        for behaviour, members in cases.items():
+            if not members:
+                continue
+            case = Case(config, behaviour, victims)
+            started = time.perf_counter()
+            ran = case.run(Path(scratch) / behaviour, progress=progress)
+            document["cases"][behaviour] = {"rounds": len(ran.transcript.rounds), "transcript_bytes": ran.transcript.bytes,
+                                            "seconds": time.perf_counter() - started,
+                                            **({"victims": list(victims)} if behaviour == "retry" else {}),
+                                            **({"metrics": _model_metrics(ran.results)} if behaviour == "honest" else {})}
+            for name in members:
+                report, picture = _attack(name, ServerView(ran.transcript), ran.truth)
+                document["attacks"][name] = report
+                if picture:
+                    pictures[name] = picture
+    return _finish(document), pictures
+
+
+def attack_transcript(names: list[str], path: str | Path, config: RunConfig | None,
+                      progress: bool = False) -> tuple[dict, dict]:
+    """Attack a saved transcript; score it when ``config`` (the run's partition options) is given and the data
+    reproduce the transcript."""
+    view = ServerView(Transcript.load(path))
+    truth = None
+    if config is not None:
+        config = case_config(view, config)
+        truth = GroundTruth.rebuild(config, progress)
+        check_reproduces(view, truth)
+    document = _document(config)
+    document["transcript"] = {"path": str(path), "rounds": len(view.transcript.rounds), "bytes": view.transcript.bytes}
+    pictures = {}
+    for name in names:
+        report, picture = _attack(name, view, truth)
+        document["attacks"][name] = report
+        if picture:
+            pictures[name] = picture
+    return _finish(document), pictures
+
+
+def case_config(view: ServerView, options: RunConfig) -> RunConfig:
+    """The transcript's public configuration completed with the partition and local options given here."""
+    public = view.config
+    known = {f.name for f in fields(RunConfig)}
+    unknown = set(public) - known
+    if unknown:
+        raise ConfigError(f"the transcript's configuration has fields this version does not know: {sorted(unknown)}")
+    return replace(options, **{name: value for name, value in public.items()
+                               if name not in PARTITION_FIELDS + LOCAL_FIELDS})
+
+
+def check_reproduces(view: ServerView, truth: GroundTruth) -> None:
+    """Refuse to score against data that did not produce this transcript (another partition or data set).
+
+    Readable rounds are checked client by client; secure rounds only through their sums, which pin the
+    partition only where some client was left out (by design, a secure round hides who holds what)."""
+    if len(truth.client_indices) != len(view.public["clients"]):
+        raise ConfigError(f"the transcript has {len(view.public['clients'])} clients, the options give "
+                          f"{len(truth.client_indices)}")
+    for entry in view.rounds():
+        layout = entry.spec.get("layout", {})
+        if layout.get("kind") != "statistics" or layout.get("rows") != "x":
+            continue
+        if entry.secure:
+            pairs = [(packed_sum(truth, entry.included), entry.total, 1e-4)]
+        else:
+            pairs = [(packed_sum(truth, [k]), vector, 1e-9) for k, vector in entry.inputs().items()]
+        for expected, seen, tolerance in pairs:
+            if expected.shape != seen.shape or \
+                    np.max(np.abs(expected - seen)) > tolerance * max(float(np.max(np.abs(expected))), 1.0):
+                raise ConfigError("the local data and partition options do not reproduce this transcript; pass the "
+                                  "run's --seed, --partition, --alpha, --shards-per-client and --min-client-size")
+        return
+    raise ConfigError("the transcript has no statistics round of the features to check the ground truth against; "
+                      "it cannot be scored")
+
+
+def packed_sum(truth: GroundTruth, clients) -> np.ndarray:
+    rows = np.concatenate([truth.client_indices[k] for k in clients])
+    return packed_statistics(truth.x[rows], truth.labels[rows], truth.num_classes)
+
+
+def _attack(name: str, view: ServerView, truth: GroundTruth | None) -> tuple[dict, dict | None]:
+    attack = ATTACKS[name]()
+    output = attack.run(view)
+    report = evaluate(attack, output, view, truth)
+    picture = None
+    if truth is not None and attack.targets in PICTURED and report["per_target"]:
+        picture = {"truth": truth, "rows": report["per_target"], "title": f"{name}: {report['targets']}"}
+    return report, picture
+
+
+def _model_metrics(results: dict) -> dict:
+    keep = ("accuracy", "centralized_accuracy", "max_rel_diff_to_centralized", "personalized_accuracy")
+    return {k: results["metrics"].get(k) for k in keep}
+
+
+def _document(config: RunConfig | None) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "kind": "attack", "config": None if config is None else asdict(config),
+            "cases": {}, "attacks": {}}
+
+
+def _finish(document: dict) -> dict:
+    """One attack: its report at the top level (``applicable``, ``metrics`` …); several: a summary table."""
+    reports = document["attacks"]
+    if len(reports) == 1:
+        (report,) = reports.values()
+        document.update(report)
+    document["summary"] = [{"attack": name, "applicable": r["applicable"], "threshold": r["threshold"],
+                            "targets": r["metrics"]["targets"], "recovered_fraction": r["metrics"]["recovered_fraction"],
+                            "identified_fraction": r["metrics"]["identified_fraction"],
+                            "baseline_recovered_fraction": (r["metrics"].get("baseline") or {}).get("recovered_fraction"),
+                            "seconds": r["seconds"]} for name, r in reports.items()]
+    config = document["config"]
+    device = resolve_device(config["device"]) if config else resolve_device("cpu")
+    document["environment"] = environment(device, config["seed"] if config else None)
+    return document
+
