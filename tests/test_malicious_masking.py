@@ -104,7 +104,7 @@ def test_malicious_split_model_finding_3():
     assert all("broadcast (model / state) other than" in str(e) for e in outcome.refusals.values())
 
 
-def test_clients_shown_different_setups_cannot_verify_each_others_keys():
+def test_malicious_setup_per_model_clients_cannot_verify_each_others_keys():
     """The other way to split a round: a setup per model. Key advertisements are signed under the setup each
     client saw, so no client accepts a neighbour that saw another."""
     job = MaskingJob(n=5)
@@ -165,7 +165,7 @@ def test_malicious_setup_bound_other_than_the_jobs_is_refused_typed_and_aborts(b
     refuses(job.clients[1], "advertise", fraction.to_bytes(), "fraction bits")
 
 
-def test_any_error_inside_a_stage_aborts_the_client(monkeypatch):
+def test_malicious_message_causing_any_error_aborts_the_client(monkeypatch):
     """Finding 8: an error of any kind in a stage is a typed refusal and leaves the client ABORTED."""
     job = MaskingJob(n=5)
     client = job.clients[0]
@@ -439,7 +439,7 @@ def test_out_of_bound_input_is_refused_before_the_key_advertisement():
     assert client.state is State.ABORTED
 
 
-def test_server_refuses_duplicate_foreign_unsigned_and_malformed_client_messages():
+def test_malicious_client_messages_duplicate_foreign_unsigned_malformed_are_refused_by_the_server():
     r = Round()
     masked = r.clients[0].masked_input(r.deliveries[0])
     r.server.receive_masked(masked)
