@@ -54,12 +54,13 @@ class HEProtocol(RosteredProtocol):
         return holder
 
     def plan(self, clients: int, bound: float) -> tuple[FixedPoint | None, LimbPlan | None]:
-        """Encoding and limbs for a job of ``clients`` clients, checkable before any vector exists."""
+        """Encoding and limbs of a round of ``clients`` clients under the job's scheme (before the job is
+        enrolled: a job of that many clients), checkable before any vector exists."""
         options = HEOptions.from_roster(self.roster) if self.roster is not None else self._options(clients)
         return options.plan(clients, bound)
 
     def prepare(self, clients: int, bound: float) -> None:
-        self._options(clients).plan(clients, bound)
+        self.plan(clients, bound)
 
     def _start_session(self) -> tuple[HEKeyHolder, HEServer, PublicSession]:
         holder = HEKeyHolder(self.member(self.roster.key_holder))
