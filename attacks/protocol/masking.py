@@ -95,13 +95,12 @@ def gather(responses: Iterable[UnmaskResponse], held: Mapping[int, Mapping[int, 
     return seeds, keys
 
 
-def strip(server: MaskingServer, victim: int, seed: bytes, partner_keys: Mapping[int, KeyPair] = (),
+def strip(session: Session, words: np.ndarray, victim: int, seed: bytes, partner_keys: Mapping[int, KeyPair] = (),
           own_key: KeyPair | None = None, partners: Iterable[int] = ()) -> np.ndarray:
-    """The victim's masked input with its self mask and every pairwise mask removed: its encoding.
+    """The victim's masked input ``words`` with its self mask and every pairwise mask removed: its encoding.
 
     Each pairwise seed comes from the partner's mask key (``partner_keys``) or the victim's own."""
-    session = server.session
-    words = np.array(server.masked_inputs[victim])
+    words = np.array(words)
     plus, minus = [], [seed]
     for peer in sorted(partners):
         if own_key is not None:
@@ -132,7 +131,16 @@ def _strip_through_partners(server, victim, seeds, keys, partners) -> np.ndarray
     partner_keys = {u: rebuild_key(t, keys.get(u)) for u in partners}
     if seed is None or any(k is None for k in partner_keys.values()):
         return None
-    return strip(server, victim, seed, partner_keys, partners=partners)
+    return strip(server.session, server.masked_inputs[victim], victim, seed, partner_keys, partners=partners)
+
+
+def _strip_with_own_key(server, victim, seeds, keys, partners) -> np.ndarray | None:
+    """Both of the victim's secrets came back: its self-mask seed and its own mask key."""
+    t = server.threshold
+    seed, own = rebuild(t, seeds.get(victim)), rebuild_key(t, keys.get(victim))
+    if seed is None or own is None:
+        return None
+    return strip(server.session, server.masked_inputs[victim], victim, seed, own_key=own, partners=partners)
 
 
 def _survivor_sets(sharers, dropped) -> SurvivorSets:
@@ -247,11 +255,7 @@ def survivor_and_dropped(server: MaskingServer, clients, victim: int) -> Outcome
     sharers = _share_and_mask(server, clients, refusals)
     lying = SurvivorSets(sharers, sharers, (victim,))
     seeds, keys = gather(certify_and_unmask(server, clients, {c: lying for c in server.masked_inputs}, refusals).values())
-    t = server.threshold
-    seed, own = rebuild(t, seeds.get(victim)), rebuild_key(t, keys.get(victim))
-    recovered = None
-    if seed is not None and own is not None:
-        recovered = strip(server, victim, seed, own_key=own, partners=server.session.graph[victim] & set(sharers))
+    recovered = _strip_with_own_key(server, victim, seeds, keys, server.session.graph[victim] & set(sharers))
     return Outcome("victim listed as survivor and dropped", ACTIVE, parameters(server), recovered, refusals)
 
 
@@ -270,11 +274,7 @@ def split_views(server: MaskingServer, clients, victim: int, recruit: int) -> Ou
     members = {c: colluder.identity_member() for c, colluder in colluders.items()}
     responses = certify_and_unmask(server, honest, proposals, refusals, forged=members)
     seeds, keys = gather(responses.values(), {c: colluder.holdings() for c, colluder in colluders.items()})
-    t = server.threshold
-    seed, own = rebuild(t, seeds.get(victim)), rebuild_key(t, keys.get(victim))
-    recovered = None
-    if seed is not None and own is not None:
-        recovered = strip(server, victim, seed, own_key=own, partners=server.session.graph[victim])
+    recovered = _strip_with_own_key(server, victim, seeds, keys, server.session.graph[victim])
     return Outcome("split views", f"active server with {recruit} colluding neighbours of the victim",
                    parameters(server, colluders=recruit), recovered, refusals)
 
@@ -293,11 +293,7 @@ def replayed_unmask(server: MaskingServer, clients, victim: int) -> Outcome:
     refusals |= more
     seeds, _ = gather(UnmaskResponse.from_bytes(a) for a in first.values())
     _, keys = gather(UnmaskResponse.from_bytes(a) for a in second.values())
-    t = server.threshold
-    seed, own = rebuild(t, seeds.get(victim)), rebuild_key(t, keys.get(victim))
-    recovered = None
-    if seed is not None and own is not None:
-        recovered = strip(server, victim, seed, own_key=own, partners=server.session.graph[victim])
+    recovered = _strip_with_own_key(server, victim, seeds, keys, server.session.graph[victim])
     return Outcome("replayed unmask request", ACTIVE, parameters(server), recovered, refusals)
 
 
@@ -328,14 +324,9 @@ def substituted_keys(server: MaskingServer, clients, victim: int) -> Outcome:
                       for peer in sorted(session.graph[victim]))
     delivery = ShareDelivery(session.session_id, victim, tuple(sorted(replies)), envelopes).to_bytes()
     masked = MaskedInput.from_bytes(clients[victim].masked_input(delivery))
-    half = shamir.SHARE_BYTES
-    seed = rebuild(setup.threshold, {peer: plain[:half] for peer, plain in opened.items()})
-    words = np.array(masked.words)
-    plus, minus = [], [seed]
-    for peer in sorted(session.graph[victim]):
-        pair = derive(fakes[peer][0], real.mask_key, session.session_id, MASK_PURPOSE, peer, victim)
-        (minus if peer > victim else plus).append(pair)
-    MaskExpander(words.shape[0]).apply(words, plus, minus)
+    seed = rebuild(setup.threshold, {peer: plain[: shamir.SHARE_BYTES] for peer, plain in opened.items()})
+    words = strip(session, masked.words, victim, seed, {peer: keys[0] for peer, keys in fakes.items()},
+                  partners=session.graph[victim])
     return Outcome("substituted keys (key-list split)", ACTIVE, parameters(server), words, refusals)
 
 
