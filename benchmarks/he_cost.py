@@ -73,8 +73,8 @@ def run_protocol(name: str, vectors: dict, bound: float) -> dict:
     if name.startswith("he-"):
         row.update(
             client_encrypt_s=details["client_encrypt_seconds"]["mean"],
-            server_add_s=details["server_add_seconds"],
-            decrypt_s=details["key_holder_decrypt_seconds"],
+            server_s=details["server_seconds"],
+            key_holder_s=details["key_holder_seconds"],
             fraction_bits=details["fraction_bits"],
             limbs=details["limbs"],
             public_context_bytes=details["public_context_bytes"],

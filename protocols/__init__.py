@@ -5,13 +5,15 @@ from __future__ import annotations
 from protocols.base import AggregationProtocol, RoundResult, check_contributions
 from protocols.encoding import FixedPoint
 from protocols.errors import (
-    EncodingError, InvalidContributionError, MalformedMessageError, ParameterError, ProtocolAbort, ProtocolError,
-    ThresholdError, UnknownProtocolError,
+    AuthenticationError, EncodingError, InvalidContributionError, MalformedMessageError, ParameterError, ProtocolAbort,
+    ProtocolError, RosterError, ThresholdError, UnknownProtocolError, UnsafeContextError,
 )
 from protocols.graph import GraphParameters, Targets, choose_parameters
 from protocols.he import ApproximateCKKSProtocol, BFVProtocol, CKKSProtocol
+from protocols.identity import Identity, Member, Roster, enrol
 from protocols.masking import MaskingProtocol
 from protocols.plaintext import PlaintextProtocol
+from protocols.terms import RoundTerms, broadcast_digest
 from protocols.transcript import RoundView, Transcript, TranscriptError, TranscriptWriter
 
 PROTOCOLS: dict[str, type[AggregationProtocol]] = {
@@ -30,12 +32,15 @@ def make_protocol(name: str, **options) -> AggregationProtocol:
 __all__ = [
     "PROTOCOLS",
     "AggregationProtocol",
+    "AuthenticationError",
     "EncodingError",
     "FixedPoint",
     "GraphParameters",
+    "Identity",
     "InvalidContributionError",
     "MalformedMessageError",
     "MaskingProtocol",
+    "Member",
     "ParameterError",
     "PlaintextProtocol",
     "ProtocolAbort",
@@ -43,12 +48,18 @@ __all__ = [
     "Targets",
     "ThresholdError",
     "choose_parameters",
+    "Roster",
+    "RosterError",
     "RoundResult",
+    "RoundTerms",
     "RoundView",
     "Transcript",
     "TranscriptError",
     "TranscriptWriter",
     "UnknownProtocolError",
+    "UnsafeContextError",
+    "broadcast_digest",
     "check_contributions",
+    "enrol",
     "make_protocol",
 ]

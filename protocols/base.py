@@ -1,16 +1,24 @@
 """The protocol interface: a round takes each client's flat float64 vector and returns their sum.
 
-Callers (the federation runner, benchmarks, anyone summing FL vectors) use only ``aggregate``.
-Contributions are checked here, once for every protocol, before any protocol work starts: same
-length, finite float64, every entry within the round's declared public bound. A protocol either
-returns the exact sum (to its encoding's stated precision) or raises. A protocol made with
-``record=True`` also returns the server's view of each round (``RoundResult.view``) for a
-transcript; nothing is kept between rounds, so recording never grows with the run.
+Callers (the federation runner, benchmarks, anyone summing FL vectors) use only ``enrol`` (once per
+job, optional) and ``aggregate``. Contributions are checked here, once for every protocol, before
+any protocol work starts: same length, finite float64, every entry within the round's declared
+public bound. A protocol either returns the exact sum (to its encoding's stated precision) or
+raises. A protocol made with ``record=True`` also returns the server's view of each round
+(``RoundResult.view``) for a transcript; nothing is kept between rounds, so recording never grows
+with the run.
+
+The round's name, bound and broadcast digest are the clients' terms (``protocols.terms``): secure
+protocols give them to their simulated clients as what each client derived itself, and the clients
+refuse a server setup that differs. Protocols whose clients sign their messages
+(``RosteredProtocol``) play the job's operator in simulation: ``enrol`` draws an identity per client
+and the roster, hands each simulated client its own private key and the server only the roster.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +27,8 @@ from typing import ClassVar
 import numpy as np
 
 from protocols.errors import InvalidContributionError, ParameterError
+from protocols.identity import Identity, Member, Roster, enrol
+from protocols.terms import EMPTY_BROADCAST, RoundTerms
 from protocols.transcript import RoundView
 
 
@@ -73,12 +83,19 @@ class AggregationProtocol(ABC):
     def prepare(self, clients: int, bound: float) -> None:
         """Refuse, before any data exists, a round shape this protocol cannot run (encoding, parameters)."""
 
+    def enrol(self, clients: Iterable[int], job: Mapping | None = None) -> None:
+        """Admit the job's clients before its first round (``job``: the application's public configuration,
+        recorded in the roster). Protocols without client identities have nothing to do."""
+
     def aggregate(self, round_id: str, contributions: Mapping[int, np.ndarray], bound: float,
-                  drop: Mapping[str, Iterable[int]] | None = None) -> RoundResult:
+                  drop: Mapping[str, Iterable[int]] | None = None, broadcast_digest: bytes | None = None) -> RoundResult:
         """The sum of the contributions. ``drop`` names clients that leave the round at a stage (a simulated
-        dropout, on top of any the protocol draws itself); their vectors are not in the sum."""
+        dropout, on top of any the protocol draws itself); their vectors are not in the sum.
+        ``broadcast_digest`` (``protocols.terms.broadcast_digest``) names the model / state the server
+        broadcast with the round; secure protocols bind it into the session."""
         length = check_contributions(contributions, bound)
-        return self._aggregate(round_id, dict(contributions), bound, length, self._check_drop(drop, contributions))
+        terms = RoundTerms(round_id, float(bound), EMPTY_BROADCAST if broadcast_digest is None else broadcast_digest)
+        return self._aggregate(terms, dict(contributions), length, self._check_drop(drop, contributions))
 
     def _check_drop(self, drop, contributions) -> dict[str, frozenset[int]]:
         drop = {stage: frozenset(int(c) for c in ids) for stage, ids in (drop or {}).items()}
@@ -94,6 +111,49 @@ class AggregationProtocol(ABC):
         return drop
 
     @abstractmethod
-    def _aggregate(self, round_id: str, contributions: dict[int, np.ndarray], bound: float, length: int,
+    def _aggregate(self, terms: RoundTerms, contributions: dict[int, np.ndarray], length: int,
                    drop: dict[str, frozenset[int]]) -> RoundResult:
         """Run the round on validated inputs."""
+
+
+class RosteredProtocol(AggregationProtocol):
+    """A protocol whose clients sign every message against a roster; in simulation the object is the operator.
+
+    The roster is drawn once per protocol object (one object is one job): by ``enrol`` or, failing
+    that, for the clients of the first round. A later round with a client outside it is refused, as
+    a deployment would refuse a stranger.
+    """
+
+    def __init__(self, record: bool = False):
+        super().__init__(record)
+        self.roster: Roster | None = None
+        self._identities: dict[int, Identity] = {}
+
+    @abstractmethod
+    def options(self, clients: list[int]) -> dict:
+        """The protocol's public options for a job of these clients (JSON), as the roster records them."""
+
+    def key_holder(self, clients: list[int]) -> int | None:
+        """The client that holds a decryption key, if the protocol has one."""
+        return None
+
+    def enrol(self, clients: Iterable[int], job: Mapping | None = None) -> None:
+        ids = sorted({int(c) for c in clients})
+        if self.roster is not None:
+            strangers = set(ids) - set(self.roster.clients)
+            if strangers:
+                raise ParameterError(f"clients {sorted(strangers)} are not in this job's roster; enrol every client "
+                                     "of the job before its first round")
+            return
+        if not ids:
+            raise ParameterError("a job needs at least one client")
+        config = {"protocol": self.options(ids), "job": dict(job or {})}
+        self.roster, self._identities = enrol(f"{self.name}-{secrets.token_hex(8)}", ids, config, self.key_holder(ids))
+
+    def member(self, client: int) -> Member:
+        """What simulated client ``client`` holds: its own private identity and the roster."""
+        return Member(self._identities[client], self.roster)
+
+    def _roster_for(self, clients) -> Roster:
+        self.enrol(clients)
+        return self.roster

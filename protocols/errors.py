@@ -22,10 +22,26 @@ class MalformedMessageError(ProtocolError, ValueError):
 
 
 class ProtocolAbort(ProtocolError):
-    """A client refused to go on: the server's message was inconsistent, replayed, tampered or unsafe.
+    """A participant refused to go on: a message was inconsistent, replayed, tampered, unsigned or unsafe.
 
-    After an abort the client reveals nothing more in that round.
+    After an abort a client reveals nothing more in that round (its state machine is ABORTED).
     """
+
+
+class AuthenticationError(ProtocolAbort):
+    """A message whose sender is not in the job's roster, or whose signature does not verify against the
+    roster's identity key for that sender (a Sybil, a forgery, or a message moved from another session,
+    stage or round). The receiver refuses it and names the sender."""
+
+
+class UnsafeContextError(ProtocolAbort):
+    """A homomorphic public context that is not the one the job configured, is not signed by the job's key
+    holder, or falls short of 128-bit security or of the plaintext modulus the sums need."""
+
+
+class RosterError(ProtocolError, ValueError):
+    """A job roster (or identity) file that cannot be used: wrong format or version, malformed keys, a
+    configuration whose hash does not match, or a client missing from it."""
 
 
 class ThresholdError(ProtocolError):

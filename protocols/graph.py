@@ -1,22 +1,31 @@
-"""Who masks with whom, and how many shares reconstruct a secret (SecAgg / SecAgg+).
+"""Who masks with whom, how many shares rebuild a secret, and how many signatures certify a round.
 
 Every client shares its secrets with its k neighbours and itself (k + 1 holders) with threshold
 t. The complete graph (k = n − 1) is Bonawitz et al.'s SecAgg; for large n a ring lattice
 (Harary graph H_{k,n}) under a random relabelling gives each client k neighbours, which is
 SecAgg+ (Bell et al. 2020): cost O(k · L) per client instead of O(n · L).
 
-Threshold. An active server can tell some of u's holders "u survived" (they reveal shares of
-u's self-mask seed) and others "u dropped" (they reveal shares of u's mask key); with both
-secrets u's input is exposed. Each honest holder answers one request only, so with c colluding
-holders the attack needs 2t ≤ k + 1 + c. The default t = ⌊2(k+1)/3⌋ + 1 defeats it while fewer
-than a third of any client's holders collude; clients refuse any t ≤ (k + 1)/2 outright.
+Quorum. Before any share is revealed, the survivors sign the survivor / dropped / key-sharer sets
+(the consistency round, protocols/masking/client.py), and a client reveals only under sets
+certified by q = max(t, ⌊2n/3⌋ + 1) signatures of distinct roster clients. Each honest client
+signs once per session, so two different certified sets need 2q signatures from n clients:
+impossible while fewer than 2q − n clients collude (n/3 with the default). Then every honest
+client reveals under the same sets, and no client is ever "survivor" to some holders and "dropped"
+to others.
+
+Threshold. Under one certified set, the masking client's module docstring shows that the server
+can rebuild an honest client's input only if t − 1 of its k neighbours collude with it (or t hold
+shares of one secret). Clients still refuse t ≤ (k + 1)/2 outright, so that even if the quorum
+were broken (≥ 2q − n colluders) a split view would need 2t ≤ k + 1 + c colluding holders. The
+default is t = ⌊2(k+1)/3⌋ + 1.
 
 Neighbours. The default k is the smallest even k for which, with clients corrupt independently
-with probability γ and dropping with probability δ, a union bound over the n clients gives
-P[some client has ≥ 2t − k − 1 corrupt neighbours] ≤ 2^-σ (security) and
-P[some client has < t surviving neighbours] ≤ 2^-η (failure). When no k < n − 1 does, the graph
-is complete. The relabelling is drawn from the session id (a hash of every client's fresh public
-keys), so every client computes the same graph itself and the server cannot choose it.
+with probability γ and dropping with probability δ, union bounds give
+P[some client has ≥ t − 1 corrupt neighbours, or ≥ 2q − n clients are corrupt] ≤ 2^-σ (security)
+and P[some client keeps < t surviving holders, or fewer than q clients are left to sign] ≤ 2^-η
+(failure). When no k < n − 1 does, the graph is complete. The relabelling is drawn from the
+session id (a hash of every client's fresh public keys), so every client computes the same graph
+itself and the server cannot choose it.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from protocols.errors import ParameterError
 from protocols.prg import keystream
@@ -62,8 +72,13 @@ class GraphParameters:
 
     @property
     def max_dropouts(self) -> int:
-        """Dropouts that every client's secrets survive: a dropped client needs t of its k neighbours."""
-        return self.neighbours - self.threshold
+        """Dropouts that every client's secrets survive: a dropped client needs t of its k neighbours,
+        and q clients must be left to sign the survivor sets."""
+        return min(self.neighbours - self.threshold, self.clients - self.quorum)
+
+    @property
+    def quorum(self) -> int:
+        return quorum(self.clients, self.threshold)
 
 
 def default_threshold(neighbours: int) -> int:
@@ -73,6 +88,18 @@ def default_threshold(neighbours: int) -> int:
 def minimum_threshold(neighbours: int) -> int:
     """The smallest t clients accept: a strict majority of the k + 1 holders."""
     return (neighbours + 1) // 2 + 1
+
+
+def quorum(clients: int, threshold: int) -> int:
+    """Signatures that certify a round's survivor sets: max(t, ⌊2n/3⌋ + 1) (see the module docstring)."""
+    return max(threshold, 2 * clients // 3 + 1)
+
+
+def _log2_sum(*terms: float) -> float:
+    top = max(terms)
+    if top == -math.inf:
+        return top
+    return top + math.log2(sum(2.0 ** (x - top) for x in terms))
 
 
 def _log2_tail_at_least(k: int, p: float, m: int) -> float:
@@ -92,14 +119,19 @@ def _log2_tail_at_least(k: int, p: float, m: int) -> float:
 def bounds(clients: int, neighbours: int, threshold: int, targets: Targets) -> tuple[float, float]:
     """(log2 security bound, log2 failure bound) of a parameter choice, union-bounded over clients."""
     union = math.log2(clients)
-    security = union + _log2_tail_at_least(neighbours, targets.corrupt_fraction, 2 * threshold - neighbours - 1)
-    failure = union + _log2_tail_at_least(neighbours, targets.dropout_fraction, neighbours - threshold + 1)
+    q = quorum(clients, threshold)
+    security = _log2_sum(union + _log2_tail_at_least(neighbours, targets.corrupt_fraction, threshold - 1),
+                         _log2_tail_at_least(clients, targets.corrupt_fraction, 2 * q - clients))
+    failure = _log2_sum(union + _log2_tail_at_least(neighbours, targets.dropout_fraction, neighbours - threshold + 1),
+                        _log2_tail_at_least(clients, targets.dropout_fraction, clients - q + 1))
     return min(security, 0.0), min(failure, 0.0)
 
 
+@lru_cache(maxsize=256)
 def choose_parameters(clients: int, threshold: int | None = None, neighbours: int | None = None,
                       targets: Targets = Targets()) -> GraphParameters:
-    """k and t for ``clients`` clients: the user's values checked, or the defaults described above."""
+    """k and t for ``clients`` clients: the user's values checked, or the defaults described above.
+    Clients recompute this for every setup, so results are cached (the function is pure)."""
     if clients < 2:
         raise ParameterError(f"secure aggregation needs at least 2 clients, got {clients}")
     complete = clients - 1

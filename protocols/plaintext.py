@@ -39,7 +39,8 @@ class PlaintextProtocol(AggregationProtocol):
     name = "plaintext"
     secure = False
 
-    def _aggregate(self, round_id, contributions, bound, length, drop):
+    def _aggregate(self, terms, contributions, length, drop):
+        round_id = terms.round_id
         dropped = drop.get("input", frozenset())
         included = sorted(set(contributions) - dropped)
         total = np.zeros(length, dtype=np.float64)

@@ -46,9 +46,7 @@ class Writer:
 
     def ids(self, values) -> Writer:
         values = list(values)
-        self.u32(len(values))
-        for value in values:
-            self.u32(value)
+        self._parts.append(struct.pack(f">I{len(values)}I", len(values), *values))
         return self
 
     def words(self, array: np.ndarray) -> Writer:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from protocols import make_protocol
+from protocols import broadcast_digest, make_protocol
 from protocols.transcript import TranscriptWriter, check_destination, size_on_disk
 from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, ridge_solve, statistics_bound
 from secure_afl.algorithms.apfl import APFLClient, APFLConfig
@@ -147,12 +147,14 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
     upload = dict.fromkeys(clients, 0)
     download = dict.fromkeys(clients, 0)
     rounds = []
+    protocol.enrol(clients)  # every client of the job, before its first round (a no-op once enrolled)
     while (spec := server.next_round()) is not None:
         asked = included if spec.participants is None else included & spec.participants
         with timer.phase("local"):
             vectors = {k: clients[k].contribute(spec) for k in sorted(asked)}
         with timer.phase("aggregation"):
-            result = protocol.aggregate(spec.name, vectors, spec.bound)
+            result = protocol.aggregate(spec.name, vectors, spec.bound,
+                                        broadcast_digest=broadcast_digest(spec.broadcast))
         if transcript is not None:
             with timer.phase("transcript"):
                 transcript.write_round(result.view, spec.public(), spec.broadcast)
@@ -237,6 +239,7 @@ def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
     )
     held_out = allocate_held_out(client_indices, train_y, test_y, seed=config.seed)
     protocol.prepare(len(client_indices), statistics_bound(len(train_y), config.max_norm))
+    protocol.enrol(range(len(client_indices)), job=public_config(config))  # the operator's roster for the job
     return RunPlan(config, protocol, dataset, train_y, test_y, client_indices, held_out, feature_map, refinement_map,
                    device)
 
@@ -265,16 +268,22 @@ def load_features(plan: RunPlan, timer: Timer, progress: bool = False) -> Featur
     return Features(data, train_raw, test_raw, info, changed)
 
 
+def public_config(config: RunConfig) -> dict:
+    """The job's public configuration (γ, buffer and expansion seeds, backbone, algorithm and protocol
+    options): never which client holds which sample, nor anything about the local machine. It goes into
+    the roster every client holds, so its hash is bound into every secure round."""
+    public = asdict(config)
+    for name in PARTITION_FIELDS + LOCAL_FIELDS:
+        public.pop(name)
+    return public
+
+
 def public_knowledge(plan: RunPlan, features: Features) -> dict:
     """What the server of this run legitimately knows besides the messages: the job's public
-    configuration (γ, buffer and expansion seeds, backbone, algorithm and protocol options), the
-    client ids, the feature and class dimensions, and the training-set size the bounds are built from.
-    Never which client holds which sample."""
-    config = asdict(plan.config)
-    for name in PARTITION_FIELDS + LOCAL_FIELDS:
-        config.pop(name)
+    configuration, the client ids, the feature and class dimensions, and the training-set size the
+    bounds are built from. Never which client holds which sample."""
     return {
-        "config": config,
+        "config": public_config(plan.config),
         "clients": list(range(len(plan.client_indices))),
         "num_classes": plan.dataset.num_classes,
         "backbone_dim": int(features.info["feature_dim"]),
@@ -319,6 +328,8 @@ def train(plan: RunPlan, features: Features, timer: Timer, transcript: Transcrip
             metrics["history"] = history.rows
             metrics.update(gradient_report(clients, gradient_config))
     metrics["rows_changed_by_norm_bound"] = features.rows_changed
+    if deep_config is not None:  # nonzero only when a declared bound was false (see algorithms/deepafl.py)
+        metrics["values_clipped_to_bound"] = sum(client.clipped for client in clients.values())
     return Training(server, clients, metrics, bytes_report)
 
 

@@ -55,9 +55,9 @@ def test_masking_is_the_default_and_matches_the_plaintext_run(tmp_path, capsys):
     details = masked["bytes"]["per_round"][0]["protocol"]
     assert details["graph"] == "complete" and details["threshold"] == 7 and details["fraction_bits"] >= 40
     stages = details["stages"]
-    assert set(stages) == {"advertise", "share", "input", "unmask"}
+    assert set(stages) == {"advertise", "share", "input", "consistency", "unmask"}
     plain_upload = plain["bytes"]["per_client_upload_max"]
-    assert plain_upload < stages["input"]["upload_bytes"]["max"] < plain_upload + 100  # masked words + header
+    assert plain_upload < stages["input"]["upload_bytes"]["max"] < plain_upload + 200  # masked words + signed header
     assert masked["bytes"]["per_client_upload_max"] == sum(s["upload_bytes"]["max"] for s in stages.values())
 
 
@@ -77,7 +77,7 @@ def test_unknown_dropout_stage_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*QUICK, "--dropout", "later=0.1"])
     assert exit_info.value.code == 2
-    assert "STAGE=FRACTION with STAGE one of advertise, share, input, unmask" in capsys.readouterr().err
+    assert "STAGE=FRACTION with STAGE one of advertise, share, input, consistency, unmask" in capsys.readouterr().err
 
 
 def test_summary_table_is_printed(tmp_path, capsys):

@@ -2,6 +2,7 @@
 raises the training risk without regularisation, and the declared bounds hold."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ def federated(x, labels, classes, parts, config=CONFIG, protocol="plaintext", or
     ids = range(len(parts)) if order is None else order
     clients = {k: DeepAFLClient(x[parts[k]], labels[parts[k]], classes, config, 1.0) for k in ids}
     report = federate(server, clients, make_protocol(protocol), Timer())
+    assert sum(client.clipped for client in clients.values()) == 0  # the declared bounds held
     return server.model(), report
 
 
@@ -116,3 +118,21 @@ def test_deepafl_run_reports_every_layer(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--dataset", "digits", "--quiet", "--depth", "3", "--out", str(tmp_path / "x.json")]) == 2
     assert "depth only apply to --algorithm deepafl" in capsys.readouterr().err
+
+
+def test_a_false_aggregate_derived_bound_is_clipped_to_never_refused(synthetic):
+    """Issue 12, finding 4: later rounds' bounds come from sums the server received; a client cannot check
+    them, so it clips instead of refusing (a refusal would be one bit about its data). The first round's
+    bound is public: there the vector is left to the protocol, which refuses out-of-bound values."""
+    x, labels, classes = normalised(synthetic)
+    server = DeepAFLServer(x.shape[1], classes, CONFIG, len(labels), 1.0)
+    client = DeepAFLClient(x, labels, classes, CONFIG, 1.0)
+    first = server.next_round()
+    statistics = client.contribute(first)
+    server.receive(first, statistics)
+    lying = replace(server.next_round(), bound=1e-3)
+    vector = client.contribute(lying)
+    assert np.abs(vector).max() <= 1e-3 and client.clipped > 0
+    tiny_first = replace(first, bound=1e-3)
+    fresh = DeepAFLClient(x, labels, classes, CONFIG, 1.0)
+    assert np.abs(fresh.contribute(tiny_first)).max() > 1e-3 and fresh.clipped == 0

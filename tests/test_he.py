@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import tenseal as ts
 
+from jobs import HEJob
 from protocols import FixedPoint, InvalidContributionError, MalformedMessageError, ProtocolAbort, ProtocolError
-from protocols import make_protocol
-from protocols.he import AddOnly, HEClient, HEKeyHolder, HEServer
+from protocols import ThresholdError, make_protocol
+from protocols.he import AddOnly, HEClient, HEServer
 from protocols.he.limbs import LimbPlan
-from protocols.he.messages import EncryptedInput, EncryptedSum, PublicContext
+from protocols.he.messages import EncryptedInput, HERoundSetup, PublicContext
 from protocols.he.schemes import BFV, CKKS, batching_prime, is_prime
-from protocols.he.session import PublicSession
 
 LENGTH, BOUND = 300, 4.0
 
@@ -78,143 +78,143 @@ def test_limbs_split_and_join_exactly_at_the_extremes(limbs):
 
 
 def test_server_context_holds_no_secret_key_and_refuses_one():
-    holder = HEKeyHolder(BFV(clients=4))
-    server = HEServer(holder.scheme)
-    server.receive_context(holder.public_context, 0)
-    assert not server._public.context.has_secret_key()
-    assert not ts.context_from(PublicContext.from_bytes(holder.public_context).context).has_secret_key()
-    leaky = PublicContext("bfv", 4, holder._context.serialize(save_secret_key=True)).to_bytes()
+    job = HEJob()
+    assert not job.public.context.has_secret_key()
+    assert not ts.context_from(PublicContext.from_bytes(job.holder.public_context).context).has_secret_key()
+    leaky = PublicContext("bfv", 4, job.holder._context.serialize(save_secret_key=True), 0).signed(
+        job.members[0].identity, job.roster.digest).to_bytes()
     with pytest.raises(ProtocolError, match="secret key"):
-        HEServer(holder.scheme).receive_context(leaky, 0)
+        HEServer(job.roster).receive_context(leaky)
 
 
-def test_the_server_only_adds():
-    holder = HEKeyHolder(BFV(clients=2))
-    vector = AddOnly(ts.bfv_vector(holder._context, [1, 2, 3]))
+def test_the_key_holder_only_adds():
+    job = HEJob(n=2)
+    vector = AddOnly(ts.bfv_vector(job.holder._context, [1, 2, 3]))
     assert (vector + vector).vector.decrypt() == [2, 4, 6]
     for attempt in (lambda: vector * vector, lambda: 3 * vector, lambda: vector * 3, lambda: vector @ vector):
         with pytest.raises(ProtocolError, match="only adds"):
             attempt()
 
 
-class Round:
-    def __init__(self, n=4, scheme=None, seed=0):
-        self.vectors = vectors(n, seed=seed)
-        self.holder = HEKeyHolder(scheme or BFV(clients=n))
-        self.server = HEServer(self.holder.scheme)
-        self.server.receive_context(self.holder.public_context, 0)
-        plan = LimbPlan.for_scheme(1, self.holder.scheme.limit, n)
-        self.encoding = plan.encoding(n, BOUND)
-        self.setup = self.server.setup("r", list(self.vectors), LENGTH, BOUND, self.encoding, plan)
-        public = PublicSession.load(self.holder.public_context)
-        self.clients = {c: HEClient(c, v, public) for c, v in self.vectors.items()}
-
-    def inputs(self):
-        return {c: client.encrypt(self.setup) for c, client in self.clients.items()}
+def run_round(job, setup, inputs):
+    """The honest path after the clients: the server relays, the key holder sums and decrypts."""
+    for message in inputs.values():
+        job.server.receive_input(message)
+    job.holder.begin(setup)
+    for message in job.server.inputs():
+        job.holder.add(message)
+    return job.server.receive_decrypted(job.holder.finish())
 
 
 def test_honest_round_through_the_roles_is_exact():
-    r = Round()
-    for message in r.inputs().values():
-        r.server.receive_input(message)
-    words = r.server.receive_decrypted(r.holder.decrypt(r.setup, r.server.encrypted_sum()), 0)
-    np.testing.assert_array_equal(words, fixed_point_sum(r.vectors, r.encoding))
+    job = HEJob()
+    setup = job.setup()
+    words, included = run_round(job, setup, {c: job.client(c).encrypt(setup) for c in job.vectors})
+    np.testing.assert_array_equal(words, job.expected())
+    assert included == set(job.vectors)
 
 
-def test_input_under_another_key_is_refused_by_fingerprint():
-    r = Round()
-    stranger = HEKeyHolder(r.holder.scheme)
-    rogue = HEClient(1, r.vectors[1], PublicSession.load(stranger.public_context))
-    with pytest.raises(ProtocolAbort, match="fingerprint"):
-        rogue.encrypt(r.setup)  # the client itself sees the setup names another context
-    message = EncryptedInput.from_bytes(r.inputs()[1])
-    forged = replace(message, fingerprint=stranger.fingerprint).to_bytes()
+def test_input_with_another_fingerprint_is_refused():
+    job = HEJob()
+    setup = job.setup()
+    message = EncryptedInput.from_bytes(job.client(1).encrypt(setup))
+    forged = replace(message, fingerprint=bytes(32)).signed(job.members[1].identity, message.session).to_bytes()
     with pytest.raises(ProtocolError, match="fingerprint"):
-        r.server.receive_input(forged)
+        job.server.receive_input(forged)
+    job.holder.begin(setup)
+    with pytest.raises(ProtocolAbort, match="another public context"):
+        job.holder.add(forged)
 
 
-def test_decrypting_a_sum_made_under_another_key_is_detected():
+def test_a_client_encrypting_under_another_key_is_caught_by_the_canary():
     """TenSEAL decrypts foreign ciphertexts to garbage without complaint; the canary catches it."""
-    r = Round()
-    other = Round(seed=5)
-    for message in other.inputs().values():
-        other.server.receive_input(message)
-    foreign = EncryptedSum.from_bytes(other.server.encrypted_sum())
-    for message in r.inputs().values():
-        r.server.receive_input(message)
-    honest = EncryptedSum.from_bytes(r.server.encrypted_sum())
-    spliced = replace(honest, ciphertexts=foreign.ciphertexts).to_bytes()
+    job, other = HEJob(), HEJob(seed=5)
+    setup = job.setup()
+    inputs = {c: job.client(c).encrypt(setup) for c in job.vectors}
+    foreign = EncryptedInput.from_bytes(other.client(2).encrypt(other.setup()))
+    mine = EncryptedInput.from_bytes(inputs[2])
+    inputs[2] = replace(mine, ciphertexts=foreign.ciphertexts).signed(job.members[2].identity, mine.session).to_bytes()
     with pytest.raises(ProtocolAbort, match="canary"):
-        r.holder.decrypt(r.setup, spliced)
+        run_round(job, setup, inputs)
 
 
-def test_key_holder_refuses_other_sessions_second_decryptions_and_small_sums():
-    r = Round()
-    inputs = r.inputs()
-    r.server.receive_input(inputs[0])
-    single = EncryptedSum.from_bytes(r.server.encrypted_sum())
-    with pytest.raises(ProtocolAbort, match="at least 2"):
-        r.holder.decrypt(r.setup, single.to_bytes())
-    with pytest.raises(ProtocolAbort, match="canary"):  # one client's ciphertext passed off as everyone's
-        r.holder.decrypt(r.setup, replace(single, included=tuple(r.vectors)).to_bytes())
-    later = Round()
-    for message in later.inputs().values():
-        later.server.receive_input(message)
-    with pytest.raises(ProtocolAbort, match="another session"):
-        later.holder.decrypt(later.setup, replace(EncryptedSum.from_bytes(later.server.encrypted_sum()),
-                                                  session=r.server.session).to_bytes())
-    later.holder.decrypt(later.setup, later.server.encrypted_sum())
-    with pytest.raises(ProtocolAbort, match="second decryption"):
-        later.holder.decrypt(later.setup, later.server.encrypted_sum())
+def test_key_holder_refuses_unknown_nonces_second_decryptions_and_small_sums():
+    job = HEJob(min_clients=3)
+    setup = job.setup()
+    inputs = {c: job.client(c).encrypt(setup) for c in job.vectors}
+    job.holder.begin(setup)
+    for c in (0, 1):
+        job.holder.add(inputs[c])
+    with pytest.raises(ThresholdError, match="fewer than 3"):
+        job.holder.finish()
+    with pytest.raises(ProtocolAbort, match="nonce was not drawn"):  # its one decryption is spent
+        job.holder.begin(setup)
+    minted = HERoundSetup.from_bytes(setup)
+    with pytest.raises(ProtocolAbort, match="nonce was not drawn"):  # a setup the server made up
+        job.holder.begin(replace(minted, nonce=bytes(16)).to_bytes())
 
 
 def test_input_from_another_session_is_refused():
-    first, second = Round(), Round()
-    replayed = first.inputs()[2]
+    job = HEJob()
+    first, second = job.setup(), job.setup()
+    replayed = job.client(2).encrypt(first)
     with pytest.raises(ProtocolError, match="another session"):
-        second.server.receive_input(replayed)
+        job.server.receive_input(replayed)
+    job.holder.begin(second)
+    with pytest.raises(ProtocolAbort, match="another session"):
+        job.holder.add(replayed)
 
 
 def test_duplicate_and_foreign_inputs_are_refused():
-    r = Round()
-    inputs = r.inputs()
-    r.server.receive_input(inputs[0])
+    job = HEJob()
+    setup = job.setup()
+    inputs = {c: job.client(c).encrypt(setup) for c in job.vectors}
+    job.server.receive_input(inputs[0])
     with pytest.raises(ProtocolError, match="second"):
-        r.server.receive_input(inputs[0])
+        job.server.receive_input(inputs[0])
     stranger = replace(EncryptedInput.from_bytes(inputs[1]), sender=42).to_bytes()
     with pytest.raises(ProtocolError, match="not in the round"):
-        r.server.receive_input(stranger)
+        job.server.receive_input(stranger)
+    job.holder.begin(setup)
+    job.holder.add(inputs[0])
+    with pytest.raises(ProtocolAbort, match="already counted"):
+        job.holder.add(inputs[0])
 
 
 @pytest.mark.parametrize("damage", ["truncate-message", "truncate-ciphertext", "garbage-ciphertext", "drop-ciphertext"])
 def test_malformed_ciphertexts_give_a_clear_error(damage):
-    r = Round()
-    data = r.inputs()[1]
+    """Altered in transit: the signature fails at the server. Signed garbage from a client: the key holder
+    names the client."""
+    job = HEJob()
+    setup = job.setup()
+    data = job.client(1).encrypt(setup)
     message = EncryptedInput.from_bytes(data)
     ct = message.ciphertexts[0]
     if damage == "truncate-message":
-        bad, error = data[:-7], MalformedMessageError
-    elif damage == "truncate-ciphertext":
-        bad, error = replace(message, ciphertexts=(ct[: len(ct) // 2],)).to_bytes(), ProtocolError
-    elif damage == "garbage-ciphertext":
-        bad, error = replace(message, ciphertexts=(bytes(len(ct)),)).to_bytes(), ProtocolError
-    else:
-        bad, error = replace(message, ciphertexts=()).to_bytes(), ProtocolError
-    with pytest.raises(error):
-        r.server.receive_input(bad)
+        with pytest.raises(MalformedMessageError):
+            job.server.receive_input(data[:-7])
+        return
+    bad = {"truncate-ciphertext": (ct[: len(ct) // 2],), "garbage-ciphertext": (bytes(len(ct)),),
+           "drop-ciphertext": ()}[damage]
+    with pytest.raises(ProtocolError):
+        job.server.receive_input(replace(message, ciphertexts=bad).to_bytes())
+    signed = replace(message, ciphertexts=bad).signed(job.members[1].identity, message.session).to_bytes()
+    job.holder.begin(setup)
+    with pytest.raises(ProtocolAbort, match="client 1"):
+        job.holder.add(signed)
 
 
 def test_out_of_range_input_is_refused_before_encryption():
-    r = Round()
-    bad = r.vectors[3].copy()
+    job = HEJob()
+    setup = job.setup()
+    bad = job.vectors[3].copy()
     bad[7] = BOUND * 1.5
-    client = HEClient(3, bad, PublicSession.load(r.holder.public_context))
     with pytest.raises(InvalidContributionError, match="exceeds"):
-        client.encrypt(r.setup)
-    nan = r.vectors[3].copy()
+        HEClient(job.members[3], bad, job.terms, job.public).encrypt(setup)
+    nan = job.vectors[3].copy()
     nan[0] = np.nan
     with pytest.raises(InvalidContributionError):
-        make_protocol("he-bfv").aggregate("r", {0: r.vectors[0], 1: nan}, BOUND)
+        make_protocol("he-bfv").aggregate("r", {0: job.vectors[0], 1: nan}, BOUND)
 
 
 def test_bfv_plaintext_modulus_follows_the_measured_noise_rule_and_sums_exactly_at_its_edge():

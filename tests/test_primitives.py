@@ -7,7 +7,9 @@ from protocols import MalformedMessageError, ParameterError, ProtocolAbort, Thre
 from protocols import shamir
 from protocols.envelope import open_sealed, seal
 from protocols.graph import Targets, minimum_threshold, neighbour_graph
-from protocols.masking.messages import KeyList, MaskedInput, UnmaskResponse
+from protocols.masking.messages import (
+    ConsistencyRequest, ConsistencySignature, KeyList, MaskedInput, SurvivorSets, UnmaskRequest, UnmaskResponse,
+)
 from protocols.prg import MaskExpander, keystream
 
 
@@ -107,13 +109,20 @@ def test_parameter_choice_meets_its_targets_and_refuses_unsafe_thresholds():
         choose_parameters(1)
 
 
+SETS = SurvivorSets((1, 2, 3), (1, 3), (2,))
+
+
 @pytest.mark.parametrize("message", [
     KeyList("r", ()).to_bytes(),
-    MaskedInput(b"s" * 32, 3, np.arange(5, dtype=np.uint64)).to_bytes(),
-    UnmaskResponse(b"s" * 32, 3, ((1, 0, b"x" * 66),)).to_bytes(),
+    MaskedInput(b"s" * 32, 3, b"d" * 32, np.arange(5, dtype=np.uint64), b"g" * 64).to_bytes(),
+    UnmaskResponse(b"s" * 32, 3, ((1, 0, b"x" * 66),), b"g" * 64).to_bytes(),
+    ConsistencyRequest(b"s" * 32, 3, SETS).to_bytes(),
+    ConsistencySignature(b"s" * 32, 3, SETS.digest(), b"g" * 64).to_bytes(),
+    UnmaskRequest(b"s" * 32, 3, SETS, ((1, b"g" * 64), (3, b"h" * 64)), ((2, b"d" * 32, b"g" * 64),)).to_bytes(),
 ])
 def test_truncated_or_padded_messages_are_refused_cleanly(message):
-    cls = {3: KeyList, 6: MaskedInput, 8: UnmaskResponse}[message[5]]
+    cls = {3: KeyList, 6: MaskedInput, 7: UnmaskRequest, 8: UnmaskResponse, 10: ConsistencyRequest,
+           11: ConsistencySignature}[message[5]]
     assert cls.from_bytes(message).to_bytes() == message
     for cut in range(len(message)):
         with pytest.raises(MalformedMessageError):

@@ -39,7 +39,7 @@ def test_round_trip_is_bit_for_bit(tmp_path):
         assert json.loads(json.dumps(view.report)) == entry.report
     plain = loaded.rounds[0].inputs()
     assert set(plain) == {0, 1, 2, 4} and all(plain[k].tobytes() == vs[k].tobytes() for k in plain)
-    assert loaded.rounds[1].messages.keys() == {"advertise", "share", "input", "unmask"}
+    assert loaded.rounds[1].messages.keys() == {"advertise", "share", "input", "consistency", "unmask"}
     assert loaded.bytes == sum(p.stat().st_size for p in (tmp_path / "t").rglob("*") if p.is_file() and p.name != "manifest.json")
 
 

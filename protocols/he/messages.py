@@ -1,8 +1,10 @@
-"""Wire messages of the homomorphic protocols (kinds 16–20, beside the masking protocol's 1–8).
+"""Wire messages of the homomorphic protocols (kinds 16–21, beside the masking protocol's 1–11).
 
-PublicContext (key holder → server → clients, once per session); HERoundSetup (server → clients);
-EncryptedInput (client → server); EncryptedSum (server → key holder); DecryptedSum (key holder →
-server). Every ciphertext-carrying message names the context fingerprint and the round's session
+PublicContext (key holder → server → clients, once per job, signed by the key holder);
+RoundOpen (key holder → server: the key holder's own fresh nonce for a round, signed);
+HERoundSetup (server → clients and key holder); EncryptedInput (client → server → key holder,
+signed by the client over the session it was made for); DecryptedSum (key holder → server,
+signed). Every ciphertext-carrying message names the context fingerprint and the round's session
 id, and is refused wherever either does not match.
 """
 
@@ -12,23 +14,47 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protocols.identity import Signed
 from protocols.wire import Reader, Writer
 
 
 @dataclass(frozen=True)
-class PublicContext:
+class PublicContext(Signed):
     scheme: str  # bfv, ckks or ckks-approx
     capacity: int  # most clients one sum may hold (BFV's plaintext modulus depends on it)
     context: bytes  # serialized TenSEAL context: public key only
+    sender: int = 0  # the key holder
+    signature: bytes = b""
     KIND = 16
+    STAGE = "context"
 
-    def to_bytes(self) -> bytes:
-        return Writer(self.KIND).text(self.scheme).u32(self.capacity).blob(self.context).to_bytes()
+    def _unsigned(self) -> Writer:
+        return Writer(self.KIND).text(self.scheme).u32(self.capacity).blob(self.context).u32(self.sender)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PublicContext:
         r = Reader(data, cls.KIND, "public context")
-        msg = cls(r.text(), r.u32(), r.blob())
+        msg = cls(r.text(), r.u32(), r.blob(), r.u32(), r.blob())
+        r.end()
+        return msg
+
+
+@dataclass(frozen=True)
+class RoundOpen(Signed):
+    round_id: str
+    nonce: bytes  # drawn by the key holder: it decrypts at most one sum per nonce it drew
+    sender: int = 0  # the key holder
+    signature: bytes = b""
+    KIND = 21
+    STAGE = "open"
+
+    def _unsigned(self) -> Writer:
+        return Writer(self.KIND).text(self.round_id).blob(self.nonce).u32(self.sender)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RoundOpen:
+        r = Reader(data, cls.KIND, "round opening")
+        msg = cls(r.text(), r.blob(), r.u32(), r.blob())
         r.end()
         return msg
 
@@ -36,9 +62,12 @@ class PublicContext:
 @dataclass(frozen=True)
 class HERoundSetup:
     round_id: str
+    roster: bytes  # the roster's digest
+    config: bytes  # SHA-256 of the job's public configuration
+    broadcast: bytes  # digest of the model / state broadcast with the round
     scheme: str
     fingerprint: bytes
-    nonce: bytes  # fresh per round, so every round has its own session id
+    nonce: bytes  # the key holder's, from its RoundOpen: every round has its own session id
     length: int
     bound: float
     fraction_bits: int
@@ -48,79 +77,66 @@ class HERoundSetup:
     KIND = 17
 
     def to_bytes(self) -> bytes:
-        return (Writer(self.KIND).text(self.round_id).text(self.scheme).blob(self.fingerprint).blob(self.nonce)
-                .u32(self.length).f64(self.bound).u8(self.fraction_bits).u8(self.limbs).u8(self.digit_bits)
-                .ids(self.participants).to_bytes())
+        return (Writer(self.KIND).text(self.round_id).blob(self.roster).blob(self.config).blob(self.broadcast)
+                .text(self.scheme).blob(self.fingerprint).blob(self.nonce).u32(self.length).f64(self.bound)
+                .u8(self.fraction_bits).u8(self.limbs).u8(self.digit_bits).ids(self.participants).to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HERoundSetup:
         r = Reader(data, cls.KIND, "HE round setup")
-        msg = cls(r.text(), r.text(), r.blob(), r.blob(), r.u32(), r.f64(), r.u8(), r.u8(), r.u8(), tuple(r.ids()))
+        msg = cls(r.text(), r.blob(), r.blob(), r.blob(), r.text(), r.blob(), r.blob(), r.u32(), r.f64(), r.u8(),
+                  r.u8(), r.u8(), tuple(r.ids()))
         r.end()
         return msg
 
 
 @dataclass(frozen=True)
-class EncryptedInput:
+class EncryptedInput(Signed):
     session: bytes
     sender: int
     fingerprint: bytes
     ciphertexts: tuple[bytes, ...]  # limb-major: every chunk of limb 0, then of limb 1, ...
+    signature: bytes = b""
     KIND = 18
+    STAGE = "input"
 
-    def to_bytes(self) -> bytes:
+    def _unsigned(self) -> Writer:
         return _blobs(Writer(self.KIND).blob(self.session).u32(self.sender).blob(self.fingerprint), self.ciphertexts)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EncryptedInput:
         r = Reader(data, cls.KIND, "encrypted input")
-        msg = cls(r.blob(), r.u32(), r.blob(), _read_blobs(r))
+        msg = cls(r.blob(), r.u32(), r.blob(), _read_blobs(r), r.blob())
         r.end()
         return msg
 
 
 @dataclass(frozen=True)
-class EncryptedSum:
+class DecryptedSum(Signed):
     session: bytes
-    fingerprint: bytes
-    included: tuple[int, ...]  # whose inputs the sum claims to hold
-    ciphertexts: tuple[bytes, ...]
-    KIND = 19
-
-    def to_bytes(self) -> bytes:
-        w = Writer(self.KIND).blob(self.session).blob(self.fingerprint).ids(self.included)
-        return _blobs(w, self.ciphertexts)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> EncryptedSum:
-        r = Reader(data, cls.KIND, "encrypted sum")
-        msg = cls(r.blob(), r.blob(), tuple(r.ids()), _read_blobs(r))
-        r.end()
-        return msg
-
-
-@dataclass(frozen=True)
-class DecryptedSum:
-    session: bytes
+    sender: int  # the key holder
+    included: tuple[int, ...]  # the clients whose verified inputs the key holder summed
     words: np.ndarray  # uint64: the exact fixed-point sum (integer schemes), or float64 bits (approximate CKKS)
+    signature: bytes = b""
     KIND = 20
+    STAGE = "decrypted"
 
-    def to_bytes(self) -> bytes:
-        return Writer(self.KIND).blob(self.session).words(self.words).to_bytes()
+    def _unsigned(self) -> Writer:
+        return Writer(self.KIND).blob(self.session).u32(self.sender).ids(self.included).words(self.words)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DecryptedSum:
         r = Reader(data, cls.KIND, "decrypted sum")
-        msg = cls(r.blob(), r.words())
+        msg = cls(r.blob(), r.u32(), tuple(r.ids()), r.words(), r.blob())
         r.end()
         return msg
 
 
-def _blobs(w: Writer, blobs) -> bytes:
+def _blobs(w: Writer, blobs) -> Writer:
     w.u32(len(blobs))
     for blob in blobs:
         w.blob(blob)
-    return w.to_bytes()
+    return w
 
 
 def _read_blobs(r: Reader) -> tuple[bytes, ...]:

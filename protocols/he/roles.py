@@ -1,11 +1,15 @@
 """The three roles of homomorphic aggregation as state machines over wire messages.
 
-Key holder: one designated client. It alone creates the secret key; it publishes the public
-context once per session and decrypts one aggregate per round, after checking that the aggregate
-covers enough clients and that its canary counts them. Client: checks the setup against the
-context it was given, encodes, splits into limbs, encrypts. Server: holds only the public context
-(asserted), checks every message's session and fingerprint, adds ciphertexts and nothing else,
-and receives the decoded sum from the key holder.
+Key holder: one designated client (named in the roster). It alone creates the secret key and
+signs the public context with its identity key. It opens each round itself with a fresh nonce,
+and it decrypts at most one sum per nonce it drew: a sum it computes itself from the individual
+ciphertexts, each signed by a distinct roster client for exactly that round's session, of at
+least ``min_clients`` clients; never a ciphertext the server assembled or chose. So the server
+can neither mint decryptions nor replay an earlier round's ciphertext nor pass one client's
+ciphertext off as a sum. Client: checks the setup against the round it derived itself and the
+authenticated context, encodes, splits into limbs, encrypts and signs. Server: holds only the
+public context (asserted), checks every message's signature against the roster, session and
+fingerprint, relays the inputs to the key holder and receives the decoded sum.
 """
 
 from __future__ import annotations
@@ -15,21 +19,22 @@ import os
 import numpy as np
 
 from protocols.base import check_vector
-from protocols.encoding import FixedPoint
 from protocols.errors import MalformedMessageError, ProtocolAbort, ProtocolError, ThresholdError
 from protocols.he.limbs import LimbPlan
-from protocols.he.messages import DecryptedSum, EncryptedInput, EncryptedSum, HERoundSetup, PublicContext
+from protocols.he.messages import DecryptedSum, EncryptedInput, HERoundSetup, PublicContext, RoundOpen
 from protocols.he.schemes import Scheme, fingerprint
-from protocols.he.session import PublicSession, chunk_count, check_setup, pack, session_id, unpack
+from protocols.he.session import HEOptions, PublicSession, check_terms, chunk_count, pack, session_id, unpack
+from protocols.identity import Member, Roster
+from protocols.terms import RoundTerms
 
 NONCE_BYTES = 16
 
 
 class AddOnly:
-    """A ciphertext in the server's hands: it may be added to another, never multiplied.
+    """A ciphertext in the key holder's running sum: it may be added to another, never multiplied.
 
-    A plaintext-scalar multiply on the server silently corrupted CKKS values above ≈2^19 with the
-    common [60, 40, 40] parameters, and no aggregation needs one.
+    A plaintext-scalar multiply silently corrupted CKKS values above ≈2^19 with the common
+    [60, 40, 40] parameters, and no aggregation needs one.
     """
 
     def __init__(self, vector):
@@ -43,7 +48,7 @@ class AddOnly:
         return AddOnly(self._vector + other._vector)
 
     def __mul__(self, other):
-        raise ProtocolError("the server only adds ciphertexts; multiplication is refused")
+        raise ProtocolError("homomorphic aggregation only adds ciphertexts; multiplication is refused")
 
     __rmul__ = __mul__
     __matmul__ = __mul__
@@ -51,106 +56,170 @@ class AddOnly:
 
 
 class HEKeyHolder:
-    def __init__(self, scheme: Scheme, min_clients: int = 2):
-        self.scheme = scheme
-        self.min_clients = min_clients
-        self._context = scheme.secret_context()
-        public = scheme.public_bytes(self._context)
-        self.public_context = PublicContext(scheme.label, scheme.capacity, public).to_bytes()
-        self.fingerprint = fingerprint(public)
-        self._decrypted: set[bytes] = set()
+    """Opens rounds, then for each: ``begin`` (the setup), ``add`` (each signed input), ``finish`` (decrypt)."""
 
-    def decrypt(self, setup_bytes: bytes, sum_bytes: bytes) -> bytes:
+    def __init__(self, member: Member):
+        self.id = member.id
+        self._member = member
+        self._roster = member.roster
+        options = HEOptions.from_roster(member.roster)
+        if member.roster.key_holder != self.id:
+            raise ProtocolAbort(f"client {self.id} is not the job's key holder")
+        self.scheme: Scheme = options.make_scheme()
+        self.min_clients = options.min_clients
+        self._context = self.scheme.secret_context()
+        public = self.scheme.public_bytes(self._context)
+        self.public_context = PublicContext(self.scheme.label, options.capacity, public, self.id).signed(
+            member.identity, member.roster.digest).to_bytes()
+        self.fingerprint = fingerprint(public)
+        self._open: dict[bytes, RoundTerms] = {}  # nonce → the round it was drawn for; removed once used
+        self._round: tuple[HERoundSetup, bytes, LimbPlan | None] | None = None
+        self._total: list[AddOnly] | None = None
+        self._included: list[int] = []
+
+    def open_round(self, terms: RoundTerms) -> bytes:
+        """A fresh nonce for the round ``terms`` names: the only sessions this key holder will decrypt."""
+        nonce = os.urandom(NONCE_BYTES)
+        self._open[nonce] = terms
+        return RoundOpen(terms.round_id, nonce, self.id).signed(self._member.identity, self._roster.digest).to_bytes()
+
+    def begin(self, setup_bytes: bytes) -> None:
+        """Accept a setup for a round this key holder opened; checked against that round's terms."""
         setup = HERoundSetup.from_bytes(setup_bytes)
-        plan = check_setup(setup, self.scheme, self.fingerprint)
-        session = session_id(setup_bytes)
-        message = EncryptedSum.from_bytes(sum_bytes)
-        if message.session != session:
-            raise ProtocolAbort("an encrypted sum for another session or round was refused")
+        terms = self._claim_nonce(setup)
+        _, plan = _refusing(lambda: check_terms(setup, self._roster, terms, self.scheme, self.fingerprint))
+        self._round = (setup, session_id(setup_bytes), plan)
+        self._total, self._included = None, []
+
+    def add(self, input_bytes: bytes) -> None:
+        """One client's signed ciphertexts, verified and added to the key holder's own running sum."""
+        setup, session, _ = self._require_round()
+        message = EncryptedInput.from_bytes(input_bytes)
+        self._verify_input(message, setup, session)
         if message.fingerprint != self.fingerprint:
-            raise ProtocolAbort("the encrypted sum names another public context (fingerprint mismatch)")
-        if session in self._decrypted:
-            raise ProtocolAbort("a second decryption in the same round was refused")
-        included = set(message.included)
-        if len(included) != len(message.included) or not included <= set(setup.participants):
-            raise ProtocolAbort("the encrypted sum lists unknown clients or a client twice")
-        if len(included) < self.min_clients:
-            raise ProtocolAbort(f"the sum covers {len(included)} clients; at least {self.min_clients} are required")
-        limbs = plan.limbs if plan else 1
-        if len(message.ciphertexts) != limbs * chunk_count(setup.length, self.scheme.slots):
-            raise ProtocolAbort("the encrypted sum has the wrong number of ciphertexts")
-        self._decrypted.add(session)
-        decrypted = [self.scheme.decrypt(self.scheme.load(self._context, c)) for c in message.ciphertexts]
-        sums, canaries = unpack(decrypted, limbs, setup.length)
-        if any(abs(float(c) - len(included)) > 0.5 for c in canaries):
-            raise ProtocolAbort(
-                "the decrypted sum fails its canary check: wrong key, corrupted ciphertext, "
-                "or not the sum of the clients it lists"
-            )
+            raise ProtocolAbort(f"client {message.sender} encrypted under another public context")
+        expected = setup.limbs * chunk_count(setup.length, self.scheme.slots)
+        if len(message.ciphertexts) != expected:
+            raise ProtocolAbort(f"client {message.sender} sent {len(message.ciphertexts)} ciphertexts, {expected} expected")
+        try:
+            vectors = [AddOnly(self.scheme.load(self._context, c)) for c in message.ciphertexts]
+        except MalformedMessageError as exc:
+            raise ProtocolAbort(f"client {message.sender}: {exc}") from exc
+        self._total = vectors if self._total is None else [a + b for a, b in zip(self._total, vectors)]
+        self._included.append(message.sender)
+
+    def finish(self) -> bytes:
+        """Decrypt the sum this key holder computed, once; its canary must count the clients it added."""
+        setup, session, plan = self._require_round()
+        self._round = None
+        if len(self._included) < self.min_clients:
+            raise ThresholdError(f"only {len(self._included)} verified clients' inputs; the key holder decrypts no sum "
+                                 f"of fewer than {self.min_clients}")
+        decrypted = [self.scheme.decrypt(c.vector) for c in self._total]
+        sums, canaries = unpack(decrypted, setup.limbs, setup.length)
+        if any(abs(float(c) - len(self._included)) > 0.5 for c in canaries):
+            raise ProtocolAbort("the decrypted sum fails its canary check: a client encrypted under another key or "
+                                "corrupted its ciphertext")
         words = plan.join(sums) if plan else sums[0].astype(np.float64).view(np.uint64)
-        return DecryptedSum(session, words).to_bytes()
+        message = DecryptedSum(session, self.id, tuple(sorted(self._included)), words)
+        return message.signed(self._member.identity, session).to_bytes()
+
+    def _claim_nonce(self, setup: HERoundSetup) -> RoundTerms:
+        """Spend the setup's nonce: one this key holder drew and has not used (one decryption per nonce)."""
+        terms = self._open.pop(setup.nonce, None)
+        if terms is None:
+            raise ProtocolAbort("the round setup's nonce was not drawn by this key holder, or its one decryption is "
+                                "spent: refusing to decrypt")
+        return terms
+
+    def _verify_input(self, message: EncryptedInput, setup: HERoundSetup, session: bytes) -> None:
+        """Made for exactly this session, by a participant not yet counted, signed by it."""
+        if message.session != session:
+            raise ProtocolAbort(f"client {message.sender}'s ciphertexts were made for another session or round "
+                                "(replayed?); refused")
+        if message.sender not in setup.participants or message.sender in self._included:
+            raise ProtocolAbort(f"client {message.sender} is not in the round or already counted")
+        message.verify(self._roster, session)
+
+    def _require_round(self):
+        if self._round is None:
+            raise ProtocolAbort("no round is open at the key holder (begin it with a setup first)")
+        return self._round
 
 
 class HEClient:
-    def __init__(self, client_id: int, vector: np.ndarray, public: PublicSession):
-        self.id = client_id
+    def __init__(self, member: Member, vector: np.ndarray, terms: RoundTerms, public: PublicSession):
+        self.id = member.id
+        self._member = member
         self._vector = vector
-        self._public = public  # loaded once per session, shared by the rounds
+        self._terms = terms
+        self._public = public  # authenticated and loaded once per job, shared by the rounds
 
     def encrypt(self, setup_bytes: bytes) -> bytes:
+        return _refusing(lambda: self._encrypt(setup_bytes))
+
+    def _encrypt(self, setup_bytes: bytes) -> bytes:
         public = self._public
         setup = HERoundSetup.from_bytes(setup_bytes)
-        plan = check_setup(setup, public.scheme, public.fingerprint)
+        encoding, plan = check_terms(setup, self._member.roster, self._terms, public.scheme, public.fingerprint)
         if self.id not in setup.participants:
             raise ProtocolAbort(f"client {self.id} is not among the round's participants")
         if setup.length != self._vector.shape[0]:
             raise ProtocolAbort(f"the round expects {setup.length} values, this client holds {self._vector.shape[0]}")
         if plan is None:  # approximate CKKS: the floats themselves
-            check_vector(self._vector, setup.bound, "the vector to encrypt")
+            check_vector(self._vector, self._terms.bound, "the vector to encrypt")
             limbs = [self._vector]
         else:
-            encoding = FixedPoint(setup.fraction_bits, setup.bound, len(setup.participants))
-            limbs = plan.split(encoding.encode(self._vector))  # refuses NaN/Inf/out-of-bound before encrypting
+            limbs = plan.split(encoding.encode(self._vector))  # refuses NaN/Inf/beyond the client's own bound
         ciphertexts = tuple(public.scheme.encrypt(public.context, chunk) for chunk in pack(limbs, public.scheme.slots))
-        return EncryptedInput(session_id(setup_bytes), self.id, public.fingerprint, ciphertexts).to_bytes()
+        session = session_id(setup_bytes)
+        return EncryptedInput(session, self.id, public.fingerprint, ciphertexts).signed(
+            self._member.identity, session).to_bytes()
 
 
 class HEServer:
-    def __init__(self, scheme: Scheme):
-        self.scheme = scheme
+    def __init__(self, roster: Roster):
+        self.roster = roster
         self._public: PublicSession | None = None
-        self.received: dict[str, dict[int, bytes]] = {"context": {}, "input": {}, "decrypted": {}}
+        self.received: dict[str, dict[int, bytes]] = {"context": {}, "open": {}, "input": {}, "decrypted": {}}
         self.session = b""
         self._setup: HERoundSetup | None = None
         self._expected = 0
-        self._total: list[AddOnly] | None = None
-        self._included: list[int] = []
+
+    @property
+    def scheme(self) -> Scheme:
+        return self._public.scheme
 
     @property
     def fingerprint(self) -> bytes:
         return self._public.fingerprint if self._public else b""
 
-    def receive_context(self, context_bytes: bytes, holder: int) -> None:
-        public = PublicSession.load(context_bytes)  # refuses a context with a secret key
-        if public.scheme.label != self.scheme.label:
-            raise ProtocolError(f"the key holder's context is for {public.scheme.label!r}, "
-                                f"the session uses {self.scheme.label!r}")
+    def receive_context(self, context_bytes: bytes) -> PublicSession:
+        public = PublicSession.load(context_bytes, self.roster)  # signed by the key holder; no secret key
         assert not public.context.has_secret_key()
         self._public = public
-        self.received["context"][holder] = context_bytes
+        self.received["context"] = {self.roster.key_holder: context_bytes}
+        return public
 
-    def setup(self, round_id: str, participants: list[int], length: int, bound: float,
-              encoding: FixedPoint | None, plan: LimbPlan | None) -> bytes:
+    def receive_open(self, open_bytes: bytes) -> bytes:
+        """The key holder's nonce for the next round."""
+        message = RoundOpen.from_bytes(open_bytes)
+        if message.sender != self.roster.key_holder:
+            raise ProtocolError(f"a round opening from client {message.sender}, not the key holder")
+        message.verify(self.roster, self.roster.digest)
+        self.received["open"] = {message.sender: open_bytes}
+        return message.nonce
+
+    def setup(self, terms: RoundTerms, participants: list[int], length: int, nonce: bytes,
+              encoding, plan: LimbPlan | None) -> bytes:
         self._setup = HERoundSetup(
-            round_id, self.scheme.label, self.fingerprint,
-            os.urandom(NONCE_BYTES), length, bound, encoding.fraction_bits if encoding else 0,
+            terms.round_id, self.roster.digest, self.roster.config_sha256, terms.broadcast, self.scheme.label,
+            self.fingerprint, nonce, length, terms.bound, encoding.fraction_bits if encoding else 0,
             plan.limbs if plan else 1, plan.digit_bits if plan else 0, tuple(sorted(participants)),
         )
         message = self._setup.to_bytes()
         self.session = session_id(message)
         self._expected = (plan.limbs if plan else 1) * chunk_count(length, self.scheme.slots)
-        self._total: list[AddOnly] | None = None
-        self._included: list[int] = []
         self.received["input"], self.received["decrypted"] = {}, {}
         return message
 
@@ -162,37 +231,40 @@ class HEServer:
             raise ProtocolError(f"an encrypted input from client {message.sender}, which is not in the round")
         if message.sender in self.received["input"]:
             raise ProtocolError(f"a second encrypted input from client {message.sender} was refused")
+        message.verify(self.roster, self.session)
         if message.fingerprint != self.fingerprint:
             raise ProtocolError(f"client {message.sender} encrypted under another public context (fingerprint mismatch)")
         if len(message.ciphertexts) != self._expected:
             raise ProtocolError(f"client {message.sender} sent {len(message.ciphertexts)} ciphertexts, {self._expected} expected")
-        try:
-            vectors = [AddOnly(self.scheme.load(self._public.context, c)) for c in message.ciphertexts]
-        except MalformedMessageError as exc:
-            raise ProtocolError(f"client {message.sender}: {exc}") from exc
-        self._total = vectors if self._total is None else [a + b for a, b in zip(self._total, vectors)]
-        self._included.append(message.sender)
         self.received["input"][message.sender] = data
 
-    def encrypted_sum(self) -> bytes:
-        if self._total is None:
-            raise ThresholdError("no client sent an encrypted input")
-        ciphertexts = tuple(c.vector.serialize() for c in self._total)
-        return EncryptedSum(self.session, self.fingerprint, tuple(sorted(self._included)), ciphertexts).to_bytes()
+    def inputs(self) -> list[bytes]:
+        """The accepted inputs, in client order, for the key holder to verify and sum itself."""
+        return [self.received["input"][c] for c in sorted(self.received["input"])]
 
-    def receive_decrypted(self, data: bytes, holder: int) -> np.ndarray:
+    def receive_decrypted(self, data: bytes) -> tuple[np.ndarray, frozenset[int]]:
+        """The key holder's signed sum and the clients it covers."""
         message = DecryptedSum.from_bytes(data)
+        if message.sender != self.roster.key_holder:
+            raise ProtocolError(f"a decrypted sum from client {message.sender}, not the key holder")
+        message.verify(self.roster, self.session)
         if message.session != self.session:
             raise ProtocolError("a decrypted sum for another session or round was refused")
         if message.words.shape[0] != self._setup.length:
             raise ProtocolError("the decrypted sum has the wrong length")
-        self.received["decrypted"][holder] = data
-        return np.array(message.words)
-
-    @property
-    def included(self) -> frozenset[int]:
-        return frozenset(self._included)
+        self.received["decrypted"][message.sender] = data
+        return np.array(message.words), frozenset(message.included)
 
     @property
     def ciphertexts_per_input(self) -> int:
         return self._expected
+
+
+def _refusing(step):
+    """Run a client-side step; anything a hostile message provokes becomes a typed refusal."""
+    try:
+        return step()
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolAbort(f"refused a message that could not be processed: {type(exc).__name__}: {exc}") from exc

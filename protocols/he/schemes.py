@@ -15,6 +15,12 @@ CKKS (N = 8192, [60, 40, 40], scale 2^40, 4096 slots): integer-valued inputs sum
 after decryption were exact up to |sum| = 2^50 (error 0.375) and wrong at 2^52 (error 1.5);
 the error doubles with each bit, so integer mode enforces |sum| ≤ 2^45 (measured error ≤ 0.03,
 a 16× margin to 0.5). The same context without rounding is the approximate mode.
+
+A received public context is trusted for nothing until checked (``Scheme.check_context``): its
+scheme, ring degree, coefficient-modulus chain and (BFV) plaintext modulus must be exactly the
+ones the job's scheme prescribes, and independently of that the degree and total modulus size must
+meet the Homomorphic Encryption Standard's 128-bit table and a BFV plaintext modulus must be a
+batching prime of the size the sums need. A context that fails raises UnsafeContextError.
 """
 
 from __future__ import annotations
@@ -28,7 +34,11 @@ from typing import Any, ClassVar
 import numpy as np
 import tenseal as ts
 
-from protocols.errors import MalformedMessageError, ParameterError, ProtocolError
+from protocols.errors import MalformedMessageError, ParameterError, ProtocolError, UnsafeContextError
+
+# Homomorphic Encryption Standard (Albrecht et al. 2018), 128-bit classical security, uniform ternary
+# secret: the largest total coefficient-modulus size (bits) for each ring degree N.
+SECURITY_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 
 _MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)  # deterministic Miller–Rabin below 3.3e24
 
@@ -71,10 +81,48 @@ def fingerprint(public_context: bytes) -> bytes:
 
 
 @dataclass(frozen=True)
+class ContextParameters:
+    """What a loaded TenSEAL context actually holds, read from SEAL's own parameter record."""
+
+    scheme: str  # "bfv" or "ckks"
+    degree: int
+    total_bits: int  # of the whole coefficient modulus, special prime included (what security depends on)
+    plain_modulus: int | None  # BFV only
+
+    @classmethod
+    def of(cls, context: Any) -> ContextParameters:
+        key_level = context.seal_context().data.key_context_data()
+        parms = key_level.parms()
+        scheme = {"BFV": "bfv", "CKKS": "ckks"}.get(parms.scheme().name)
+        if scheme is None:
+            raise UnsafeContextError(f"the HE context uses scheme {parms.scheme()}, neither BFV nor CKKS")
+        plain = 2 * key_level.plain_upper_half_threshold() - 1 if scheme == "bfv" else None  # SEAL keeps (t + 1) / 2
+        return cls(scheme, parms.poly_modulus_degree(), key_level.total_coeff_modulus_bit_count(), plain)
+
+
+def check_security(degree: int, total_bits: int) -> None:
+    """The HE standard's 128-bit bound on the coefficient modulus for the ring degree."""
+    if degree not in SECURITY_128:
+        raise UnsafeContextError(f"ring degree N = {degree} is not one of the HE standard's {sorted(SECURITY_128)}")
+    if total_bits > SECURITY_128[degree]:
+        raise UnsafeContextError(f"a {total_bits}-bit coefficient modulus at N = {degree} is below 128-bit security "
+                                 f"(at most {SECURITY_128[degree]} bits)")
+
+
+def check_plain_modulus(plain: int, degree: int, bits: int) -> None:
+    """A BFV plaintext modulus that batches every slot (a prime ≡ 1 mod 2N) and holds ``bits``-bit sums."""
+    if not (is_prime(plain) and plain % (2 * degree) == 1):
+        raise UnsafeContextError(f"plaintext modulus {plain} is not a batching prime for N = {degree} (prime ≡ 1 mod {2 * degree})")
+    if plain.bit_length() != bits:
+        raise UnsafeContextError(f"the plaintext modulus has {plain.bit_length()} bits; this job's sums need exactly {bits}")
+
+
+@dataclass(frozen=True)
 class Scheme(ABC):
     """One homomorphic scheme with fixed parameters; subclasses give the TenSEAL calls."""
 
     slots: ClassVar[int]
+    kind: ClassVar[str]  # the SEAL scheme underneath: "bfv" or "ckks"
 
     @property
     @abstractmethod
@@ -124,14 +172,31 @@ class Scheme(ABC):
         return context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
                                  save_relin_keys=False)
 
-    def load_context(self, data: bytes, secret_allowed: bool = False) -> Any:
+    def load_context(self, data: bytes) -> Any:
+        """A received public context: parsed, holding no secret key, and exactly this scheme's parameters."""
         try:
             context = ts.context_from(data)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, TypeError) as exc:
             raise MalformedMessageError(f"the HE context does not parse: {exc}") from exc
-        if context.has_secret_key() and not secret_allowed:
+        if context.has_secret_key():
             raise ProtocolError("the received HE context carries a secret key; refusing to hold it")
+        self.check_context(ContextParameters.of(context))
         return context
+
+    def check_context(self, found: ContextParameters) -> None:
+        """Refuse a context that is not this scheme's, or that is unsafe on its own terms."""
+        if found.scheme != self.kind:
+            raise UnsafeContextError(f"the HE context is a {found.scheme.upper()} context, the job's scheme is "
+                                     f"{self.label!r} ({self.kind.upper()})")
+        check_security(found.degree, found.total_bits)
+        if found.plain_modulus is not None:
+            check_plain_modulus(found.plain_modulus, found.degree, self.plain_bits)
+        expected = (self.degree, sum(self.coefficient_bits), self.expected_plain_modulus)
+        if (found.degree, found.total_bits, found.plain_modulus) != expected:
+            raise UnsafeContextError(
+                f"the HE context has N = {found.degree}, a {found.total_bits}-bit coefficient modulus and plaintext "
+                f"modulus {found.plain_modulus}; the job prescribes N = {expected[0]}, {expected[1]} bits, {expected[2]}"
+            )
 
 
 @dataclass(frozen=True)
@@ -141,6 +206,7 @@ class BFV(Scheme):
     coefficient_bits: tuple[int, ...] = (36, 36, 37)
     slots: ClassVar[int] = 4096
     label: ClassVar[str] = "bfv"
+    kind: ClassVar[str] = "bfv"
     vector_from = staticmethod(ts.bfv_vector_from)
     exact: ClassVar[bool] = True
 
@@ -153,6 +219,10 @@ class BFV(Scheme):
     @property
     def plain_modulus(self) -> int:
         return batching_prime(self.plain_bits, self.degree)
+
+    @property
+    def expected_plain_modulus(self) -> int:
+        return self.plain_modulus
 
     @property
     def capacity(self) -> int:
@@ -184,6 +254,9 @@ class CKKS(Scheme):
     coefficient_bits: tuple[int, ...] = (60, 40, 40)
     scale_bits: int = 40
     slots: ClassVar[int] = 4096
+    kind: ClassVar[str] = "ckks"
+    plain_bits: ClassVar[None] = None
+    expected_plain_modulus: ClassVar[None] = None
 
     vector_from = staticmethod(ts.ckks_vector_from)
     INTEGER_LIMIT_BITS: ClassVar[int] = 45

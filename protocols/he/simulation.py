@@ -1,8 +1,11 @@
 """Homomorphic aggregation in one process: key holder, clients and server exchanging wire bytes.
 
-One protocol object is one session: the key holder (a designated client, by default the lowest
-id of the first round) creates the keys on the first round and its public context is sent once;
-every later round reuses it. Bytes and seconds are measured per role.
+One protocol object is one job: it plays the operator (identities and roster, the key holder
+named in it: by default the lowest id), the key holder creates the keys on the first round and
+its signed public context is sent once; every later round reuses it. Each round the key holder
+opens the session with its own nonce, receives every client's signed ciphertexts through the
+server, sums and decrypts them itself. Bytes and seconds are measured per role, the key holder's
+download (every client's ciphertexts) included.
 """
 
 from __future__ import annotations
@@ -11,16 +14,16 @@ import time
 
 import numpy as np
 
-from protocols.base import AggregationProtocol, RoundResult
+from protocols.base import RosteredProtocol, RoundResult
 from protocols.encoding import FixedPoint
 from protocols.errors import ParameterError
 from protocols.he.limbs import LimbPlan
 from protocols.he.roles import HEClient, HEKeyHolder, HEServer
-from protocols.he.session import PublicSession, make_scheme
+from protocols.he.session import HEOptions, PublicSession
 from protocols.transcript import RoundView
 
 
-class HEProtocol(AggregationProtocol):
+class HEProtocol(RosteredProtocol):
     secure = True
     scheme_name: str
     default_limbs: int = 1
@@ -34,50 +37,57 @@ class HEProtocol(AggregationProtocol):
         self.fraction_bits = fraction_bits
         self.key_holder_id = key_holder
         self.min_clients = min_clients
-        self._session: tuple[HEKeyHolder, HEServer, PublicSession, int] | None = None
+        self._session: tuple[HEKeyHolder, HEServer, PublicSession] | None = None
         self._clients_seen_context: set[int] = set()
 
+    def _options(self, clients: int) -> HEOptions:
+        min_clients = self.min_clients if self.min_clients is not None else min(clients, 2)
+        return HEOptions(self.scheme_name, clients, self.limbs, self.fraction_bits, min_clients)
+
+    def options(self, clients: list[int]) -> dict:
+        return self._options(len(clients)).to_json()
+
+    def key_holder(self, clients: list[int]) -> int:
+        holder = min(clients) if self.key_holder_id is None else self.key_holder_id
+        if holder not in clients:
+            raise ParameterError(f"the key holder {holder} is not among the job's clients")
+        return holder
+
     def plan(self, clients: int, bound: float) -> tuple[FixedPoint | None, LimbPlan | None]:
-        scheme = make_scheme(self.scheme_name, clients)
-        if not scheme.exact:
-            if self.fraction_bits is not None or self.limbs != 1:
-                raise ParameterError("approximate CKKS encrypts the floats themselves: no fraction bits or limbs")
-            return None, None
-        plan = LimbPlan.for_scheme(self.limbs, scheme.limit, clients)
-        return plan.encoding(clients, bound, self.fraction_bits), plan
+        """Encoding and limbs of a round of ``clients`` clients under the job's scheme (before the job is
+        enrolled: a job of that many clients), checkable before any vector exists."""
+        options = HEOptions.from_roster(self.roster) if self.roster is not None else self._options(clients)
+        return options.plan(clients, bound)
 
     def prepare(self, clients: int, bound: float) -> None:
         self.plan(clients, bound)
 
-    def _start_session(self, clients: list[int]) -> tuple[HEKeyHolder, HEServer, PublicSession, int]:
-        holder_id = min(clients) if self.key_holder_id is None else self.key_holder_id
-        if holder_id not in clients:
-            raise ParameterError(f"the key holder {holder_id} is not among the round's clients")
-        scheme = make_scheme(self.scheme_name, len(clients))
-        min_clients = self.min_clients if self.min_clients is not None else min(len(clients), 2)
-        holder = HEKeyHolder(scheme, min_clients)
-        server = HEServer(scheme)
-        server.receive_context(holder.public_context, holder_id)
-        return holder, server, PublicSession.load(holder.public_context), holder_id
+    def _start_session(self) -> tuple[HEKeyHolder, HEServer, PublicSession]:
+        holder = HEKeyHolder(self.member(self.roster.key_holder))
+        server = HEServer(self.roster)
+        public = server.receive_context(holder.public_context)  # each client checks the same signed bytes
+        return holder, server, public
 
-    def _aggregate(self, round_id, contributions, bound, length, drop):
+    def _aggregate(self, terms, contributions, length, drop):
         clients = sorted(contributions)
+        self._roster_for(clients)
         if self._session is None:
-            self._session = self._start_session(clients)
-        holder, server, public, holder_id = self._session
-        if server.scheme.capacity and len(clients) > server.scheme.capacity:
-            raise ParameterError("more clients than the session's BFV parameters were chosen for")
-        encoding, plan = self.plan(len(clients), bound)
+            self._session = self._start_session()
+        holder, server, public = self._session
+        holder_id = holder.id
+        encoding, plan = self.plan(len(clients), terms.bound)
         upload = dict.fromkeys(clients + [holder_id], 0)  # the key holder decrypts even in rounds it sits out
         download = dict.fromkeys(clients + [holder_id], 0)
-        seconds = {"encrypt": {}, "server_add": 0.0, "decrypt": 0.0}
+        seconds = {"encrypt": {}, "server": 0.0, "key_holder": 0.0}
         context_bytes = len(holder.public_context)
         first_round = not self._clients_seen_context  # the public context reaches the server once per session
         upload[holder_id] += context_bytes if first_round else 0
-        setup = server.setup(round_id, clients, length, bound, encoding, plan)
+        opening = holder.open_round(terms)
+        upload[holder_id] += len(opening)
+        setup = server.setup(terms, clients, length, server.receive_open(opening), encoding, plan)
         dropped = drop.get("input", frozenset())
         for c in clients:
-            client = HEClient(c, contributions[c], public)
+            client = HEClient(self.member(c), contributions[c], terms, public)
             if c not in self._clients_seen_context:  # the public context travels once per session
                 download[c] += context_bytes
                 self._clients_seen_context.add(c)
@@ -90,19 +100,24 @@ class HEProtocol(AggregationProtocol):
             upload[c] += len(message)
             start = time.perf_counter()
             server.receive_input(message)
-            seconds["server_add"] += time.perf_counter() - start
-        aggregate = server.encrypted_sum()
-        download[holder_id] += len(aggregate)
+            seconds["server"] += time.perf_counter() - start
         start = time.perf_counter()
-        decrypted = holder.decrypt(setup, aggregate)
-        seconds["decrypt"] = time.perf_counter() - start
+        holder.begin(setup)
+        download[holder_id] += len(setup)
+        for message in server.inputs():  # the key holder verifies and sums the individual inputs itself
+            holder.add(message)
+            download[holder_id] += len(message)
+        decrypted = holder.finish()
+        seconds["key_holder"] = time.perf_counter() - start
         upload[holder_id] += len(decrypted)
-        words = server.receive_decrypted(decrypted, holder_id)
+        words, included = server.receive_decrypted(decrypted)
         total = encoding.decode(words) if encoding else words.view(np.float64).copy()
+        scheme = server.scheme
         details = {
-            **server.scheme.describe(),
-            "exact": server.scheme.exact,
+            **scheme.describe(),
+            "exact": scheme.exact,
             "key_holder": holder_id,
+            "min_clients": holder.min_clients,
             "fraction_bits": encoding.fraction_bits if encoding else None,
             "quantization_bound": encoding.sum_error_bound if encoding else None,
             "limbs": plan.limbs if plan else 1,
@@ -110,18 +125,19 @@ class HEProtocol(AggregationProtocol):
             "ciphertexts_per_client": server.ciphertexts_per_input,
             "upload_bytes_per_value": upload[next((c for c in clients if c != holder_id), holder_id)] / length,
             "public_context_bytes": context_bytes,
+            "key_holder_download_bytes": download[holder_id],
             "client_encrypt_seconds": {"max": max(seconds["encrypt"].values()),
                                        "mean": float(np.mean(list(seconds["encrypt"].values())))},
-            "server_add_seconds": seconds["server_add"],
-            "key_holder_decrypt_seconds": seconds["decrypt"],
+            "server_seconds": seconds["server"],
+            "key_holder_seconds": seconds["key_holder"],
         }
         view = None
         if self.record:
-            view = RoundView(round_id, self.name, self.secure, tuple(clients), tuple(sorted(server.included)),
+            view = RoundView(terms.round_id, self.name, self.secure, tuple(clients), tuple(sorted(included)),
                              {"input": tuple(sorted(dropped))},
                              {s: dict(m) for s, m in server.received.items() if first_round or s != "context"},
                              total.copy(), {k: v for k, v in details.items() if not k.endswith("_seconds")})
-        return RoundResult(total, upload, download, included=server.included, details=details, view=view)
+        return RoundResult(total, upload, download, included=included, details=details, view=view)
 
 
 class BFVProtocol(HEProtocol):

@@ -2,9 +2,58 @@
 
 Each method takes the server's message (bytes) for the next stage and returns the client's
 reply (bytes). Every check that protects the client's input happens before it answers, and any
-failure moves the client to ABORTED, after which it answers nothing: an abort never reveals
-more than was already sent. The client encodes and checks its vector when the round is set up,
-so an out-of-bound or non-finite input is refused before any message leaves it.
+failure, of whatever kind, moves the client to ABORTED, after which it answers nothing: an abort
+never reveals more than was already sent. The client checks the setup against the terms it
+derived itself (protocols/terms.py) and encodes its vector under its own bound before any message
+leaves it, so a refusal never depends on the server's choice of bound. Every reply is signed with
+the client's identity key; every peer key it uses is checked against the roster.
+
+Why the consistency round closes the attacks of issue 12 (findings 1 and 2)
+---------------------------------------------------------------------------
+Notation: n participants, k neighbours, t threshold, q = max(t, ⌊2n/3⌋ + 1) (graph.quorum);
+N(v) the neighbours of v, N[v] = N(v) ∪ {v} its share holders; U2_v the key-sharer list v was
+given and masked with, M_v = N(v) ∩ U2_v the peers whose pairwise masks hide v's input; a
+proposal τ = (U2, U3, D = U2 − U3). The server recovers an honest v's input x_v from
+y_v = x_v + PRG(b_v) ± Σ_{u∈M_v} PRG(s_vu) only with b_v and every s_vu, and s_vu needs v's or u's
+mask key, or u colluding. The rules a client follows (the checks below):
+
+  (R1) it signs at most one τ per session, and only if τ is well formed, τ.U2 is exactly its own
+       key-sharer list, it is itself in U3, and its own holders N[h] keep ≥ t survivors in U3;
+  (R2) before revealing, it knows for each neighbour s ∈ U3 that s masked with τ.U2: s signed τ
+       (so s checked it, R1), or s's own signature on its masked input, whose digest names the
+       key-sharer list s masked with, verifies for τ.U2;
+  (R3) it reveals only under the τ it signed, and only after verifying q signatures on that τ
+       from distinct roster clients in U3; then for each owner p whose shares it holds it reveals
+       the share of b_p if p ∈ U3, of p's mask key if p ∈ D, never both, nothing else.
+
+Lemma (one view). Fewer than 2q − n colluders ⇒ every honest client that reveals anything in the
+session reveals under the same τ. Two certified proposals need 2q valid signatures; signatures
+are checked against the roster, so only the n participants can sign, and only colluders sign
+twice (R1): 2q ≤ n + c. Hence no owner is a survivor to some honest holders and dropped to
+others: the server gets b_p and p's mask key only from colluders, which takes t of them.
+
+Theorem. With one view, the server learns x_v of an honest v only if some client has ≥ t − 1
+colluding neighbours. Proof: say x_v leaks. If v ∉ U3, honest holders reveal only v's mask key,
+and b_v needs t colluders. So v ∈ U3, and b_v came from ≥ t holders, at least one honest (else t
+colluders). An honest holder h that reveals b_v knows that v masked with τ.U2 (R2 if h ≠ v,
+R1 if h = v): U2_v = τ.U2, so every survivor in N(v) is in M_v. Honest holders reveal only if
+they survive (R1), so at least t − c_v holders of v survive, and at least t − 1 − c_v members of
+M_v are honest survivors, where c_v counts v's colluding neighbours. If c_v ≤ t − 2 there is one
+such u: its mask key is revealed by no honest holder (u ∈ U3, one view), nor rebuilt by fewer than
+t colluding holders of u, and v's own mask key is never revealed (v ∈ U3): s_vu stays secret and
+PRG(s_vu) hides x_v (X25519 + HKDF + AES-CTR). Otherwise c_v ≥ t − 1, or u has ≥ t colluding
+holders. □
+
+Finding 1 (restricted key-sharer view + false dropouts) tells v that only t − 1 peers T shared
+keys and tells the others, in personalised proposals, that T dropped. R3 means personalised
+proposals cannot gather q signatures each, and under any one proposal R2 makes every honest
+neighbour of v refuse to reveal as soon as v is a survivor whose masked input names a list other
+than τ.U2. Finding 2 (each neighbour
+told the others dropped) needs a proposal per neighbour: the lemma allows one, and R1's
+neighbourhood check refuses each of them first (the neighbour's own holders lose their survivors).
+Without R2 the restricted view would still need c_v ≥ 2t − k − 1 colluders (the honest
+survivors of v's neighbourhood outside T cannot reach t alone); without the quorum, a split view
+would need 2t ≤ k + 1 + c, which clients keep refusing through t > (k + 1)/2.
 """
 
 from __future__ import annotations
@@ -17,14 +66,16 @@ import numpy as np
 from protocols import shamir
 from protocols.encoding import FixedPoint
 from protocols.envelope import open_sealed, seal
-from protocols.errors import EncodingError, MalformedMessageError, ProtocolAbort
+from protocols.errors import MalformedMessageError, ProtocolAbort, ProtocolError
+from protocols.identity import Member
 from protocols.keys import MASK_PURPOSE, SHARE_PURPOSE, KeyPair, derive
 from protocols.masking.messages import (
-    MASK_KEY_SHARE, SELF_MASK_SHARE, KeyAdvert, MaskedInput, RoundSetup, ShareBundle, ShareDelivery,
-    UnmaskRequest, UnmaskResponse,
+    MASK_KEY_SHARE, SELF_MASK_SHARE, ConsistencyRequest, ConsistencySignature, KeyAdvert, MaskedInput, RoundSetup,
+    ShareBundle, ShareDelivery, SurvivorSets, UnmaskRequest, UnmaskResponse, ids_digest, input_digest,
 )
-from protocols.masking.session import Session, check_setup
+from protocols.masking.session import Session, check_terms, setup_id
 from protocols.prg import MaskExpander
+from protocols.terms import RoundTerms
 
 SHARE_PLAINTEXT = 2 * shamir.SHARE_BYTES
 
@@ -34,14 +85,18 @@ class State(enum.Enum):
     ADVERTISED = "advertised"
     SHARED = "shared"
     MASKED = "masked"
+    SIGNED = "signed"
     DONE = "done"
     ABORTED = "aborted"
 
 
 class MaskingClient:
-    def __init__(self, client_id: int, vector: np.ndarray):
-        self.id = client_id
+    def __init__(self, member: Member, vector: np.ndarray, terms: RoundTerms):
+        self.id = member.id
+        self._member = member
+        self._roster = member.roster
         self._vector = vector
+        self._terms = terms
         self.state = State.NEW
         self._setup: RoundSetup | None = None
         self._setup_bytes = b""
@@ -51,26 +106,24 @@ class MaskingClient:
         self._share_keys: KeyPair | None = None
         self._self_seed = b""
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner → (share of b_owner, share of owner's mask key)
-        self._key_sharers: frozenset[int] = frozenset()
+        self._key_sharers: tuple[int, ...] = ()  # U2 as this client was told it, the list it masked with
         self._envelope_keys: dict[int, bytes] = {}  # neighbour → the key that seals shares between us
+        self._signed: SurvivorSets | None = None  # the one proposal this client signed
 
     # -- stage 1 ---------------------------------------------------------------------------
     def advertise(self, setup_bytes: bytes) -> bytes:
         def step():
             setup = RoundSetup.from_bytes(setup_bytes)
-            check_setup(setup)
+            encoding = self._check_terms(setup)
             if self.id not in setup.participants:
                 raise ProtocolAbort(f"client {self.id} is not among the round's participants")
             if setup.length != self._vector.shape[0]:
                 raise ProtocolAbort(f"the round expects {setup.length} values, this client holds {self._vector.shape[0]}")
-            try:
-                encoding = FixedPoint(setup.fraction_bits, setup.bound, len(setup.participants))
-            except EncodingError as exc:
-                raise ProtocolAbort(f"the round's encoding would overflow: {exc}") from exc
-            self._encoded = encoding.encode(self._vector)  # refuses NaN/Inf/out-of-bound before anything is sent
+            self._encoded = encoding.encode(self._vector)  # refuses NaN/Inf/beyond the client's own bound
             self._setup, self._setup_bytes = setup, setup_bytes
             self._mask_keys, self._share_keys = KeyPair.generate(), KeyPair.generate()
-            return KeyAdvert(setup.round_id, self.id, self._mask_keys.public, self._share_keys.public).to_bytes()
+            advert = KeyAdvert(setup.round_id, self.id, self._mask_keys.public, self._share_keys.public)
+            return advert.signed(self._member.identity, setup_id(setup_bytes)).to_bytes()
 
         return self._transition(State.NEW, State.ADVERTISED, step)
 
@@ -84,6 +137,7 @@ class MaskingClient:
             holders = session.holders(self.id)
             if len(holders) < self._setup.threshold:
                 raise ProtocolAbort(f"{len(holders)} share holders cannot meet the threshold {self._setup.threshold}")
+            self._verify_adverts(session)
             self._session = session
             self._self_seed = secrets.token_bytes(shamir.SECRET_BYTES)
             t = self._setup.threshold
@@ -96,7 +150,8 @@ class MaskingClient:
                 self._envelope_keys[peer] = key
                 sealed = seal(key, seed_shares[peer] + key_shares[peer], session.session_id, self._setup.round_id, self.id, peer)
                 envelopes.append((peer, sealed))
-            return ShareBundle(session.session_id, self.id, tuple(envelopes)).to_bytes()
+            return ShareBundle(session.session_id, self.id, tuple(envelopes)).signed(
+                self._member.identity, session.session_id).to_bytes()
 
         return self._transition(State.ADVERTISED, State.SHARED, step)
 
@@ -111,7 +166,7 @@ class MaskingClient:
             sharers = _unique(delivery.key_sharers, "the list of clients that shared keys")
             if not sharers <= set(session.adverts) or self.id not in sharers:
                 raise ProtocolAbort("the list of clients that shared keys names unknown clients or omits this client")
-            expected = (session.graph[self.id] & sharers)
+            expected = session.graph[self.id] & sharers
             senders = [sender for sender, _ in delivery.envelopes]
             if len(set(senders)) != len(senders) or set(senders) != expected:
                 raise ProtocolAbort("the delivered envelopes do not match the neighbours that shared keys")
@@ -121,46 +176,139 @@ class MaskingClient:
                 plain = open_sealed(self._envelope_keys[sender], sealed, session.session_id, self._setup.round_id, sender, self.id)
                 if len(plain) != SHARE_PLAINTEXT:
                     raise ProtocolAbort(f"the envelope from client {sender} holds {len(plain)} bytes, not two shares")
-                self._held[sender] = (plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :])
-            self._key_sharers = frozenset(sharers)
+                seed_share, key_share = plain[: shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES :]
+                for share in (seed_share, key_share):
+                    try:
+                        shamir.share_value(share)
+                    except MalformedMessageError as exc:
+                        raise ProtocolAbort(f"client {sender} sent a share that is not an element of the field "
+                                            "(a faulty or malicious client); this round cannot be unmasked") from exc
+                self._held[sender] = (seed_share, key_share)
+            self._key_sharers = tuple(sorted(sharers))
             plus, minus = [self._self_seed], []
             for peer in sorted(expected):
                 seed = derive(self._mask_keys, session.adverts[peer].mask_key, session.session_id, MASK_PURPOSE, self.id, peer)
                 (plus if peer > self.id else minus).append(seed)
             words, self._encoded = self._encoded, None
             MaskExpander(words.shape[0]).apply(words, plus, minus)
-            return MaskedInput(session.session_id, self.id, words).to_bytes()
+            message = MaskedInput(session.session_id, self.id, ids_digest(self._key_sharers), words)
+            return message.signed(self._member.identity, session.session_id).to_bytes()
 
         return self._transition(State.SHARED, State.MASKED, step)
 
-    # -- stage 4 ---------------------------------------------------------------------------
+    # -- stage 4: consistency ---------------------------------------------------------------
+    def sign_consistency(self, request_bytes: bytes) -> bytes:
+        def step():
+            request = ConsistencyRequest.from_bytes(request_bytes)
+            self._check_session(request.session)
+            if request.receiver != self.id:
+                raise ProtocolAbort(f"a consistency request for client {request.receiver} reached client {self.id}")
+            self._check_sets(request.sets)
+            self._check_neighbourhood(request.sets)
+            self._signed = request.sets
+            signature = ConsistencySignature(self._session.session_id, self.id, request.sets.digest())
+            return signature.signed(self._member.identity, self._session.session_id).to_bytes()
+
+        return self._transition(State.MASKED, State.SIGNED, step)
+
+    # -- stage 5 ---------------------------------------------------------------------------
     def unmask(self, request_bytes: bytes) -> bytes:
         def step():
             request = UnmaskRequest.from_bytes(request_bytes)
             self._check_session(request.session)
-            survivors = _unique(request.survivors, "the survivor list")
-            dropped = _unique(request.dropped, "the dropped list")
-            if survivors & dropped:
-                raise ProtocolAbort(f"clients {sorted(survivors & dropped)} are listed both as survivors and as dropped")
-            if self.id in dropped:
-                raise ProtocolAbort("this client is listed as dropped")
-            if self.id not in survivors:
-                raise ProtocolAbort("this client is not listed among the survivors")
-            if (survivors | dropped) != self._key_sharers:
-                raise ProtocolAbort("the survivor and dropped lists name unknown clients or leave clients out")
-            if len(survivors) < self._setup.threshold:
-                raise ProtocolAbort(f"only {len(survivors)} survivors, fewer than the threshold {self._setup.threshold}")
-            shares = []
-            for owner in sorted(self._held):
-                seed_share, key_share = self._held[owner]
-                if owner in survivors:
-                    shares.append((owner, SELF_MASK_SHARE, seed_share))
-                elif owner in dropped:
-                    shares.append((owner, MASK_KEY_SHARE, key_share))
+            if request.receiver != self.id:
+                raise ProtocolAbort(f"an unmask request for client {request.receiver} reached client {self.id}")
+            sets = request.sets
+            self._check_sets(sets)
+            self._check_neighbourhood(sets)
+            signers = self._check_certificate(request)
+            self._check_headers(request, signers)
+            shares = self._reveal(sets)
             self._held.clear()
-            return UnmaskResponse(self._session.session_id, self.id, tuple(shares)).to_bytes()
+            response = UnmaskResponse(self._session.session_id, self.id, tuple(shares))
+            return response.signed(self._member.identity, self._session.session_id).to_bytes()
 
-        return self._transition(State.MASKED, State.DONE, step)
+        return self._transition(State.SIGNED, State.DONE, step)
+
+    # -- checks (one method each, so a test double can remove exactly one) ------------------
+    def _check_terms(self, setup: RoundSetup) -> FixedPoint:
+        """The setup is the round this client derived itself; its encoding is computed here, not read."""
+        return check_terms(setup, self._roster, self._terms)
+
+    def _verify_adverts(self, session: Session) -> None:
+        """Every neighbour's keys are signed by that roster client for exactly the setup this client saw."""
+        session.verify_adverts(self._roster, session.graph[self.id])
+
+    def _check_sets(self, sets: SurvivorSets) -> None:
+        """Well-formed sets that match what this client knows: its own key-sharer list, itself a survivor,
+        at least t survivors."""
+        sets.check()
+        if self.id in sets.dropped:
+            raise ProtocolAbort("this client is listed as dropped")
+        if self.id not in sets.survivors:
+            raise ProtocolAbort("this client is not listed among the survivors")
+        if sets.key_sharers != self._key_sharers:
+            raise ProtocolAbort("the proposed key-sharer list is not the one this client was given and masked with")
+        if len(sets.survivors) < self._setup.threshold:
+            raise ProtocolAbort(f"only {len(sets.survivors)} survivors, fewer than the threshold {self._setup.threshold}")
+
+    def _check_neighbourhood(self, sets: SurvivorSets) -> None:
+        """This client's own holders keep t survivors (else its secrets could not be rebuilt honestly)."""
+        alive = len(self._session.holders(self.id) & set(sets.survivors))
+        if alive < self._setup.threshold:
+            raise ProtocolAbort(f"only {alive} of this client's {self._setup.neighbours + 1} share holders survive; "
+                                f"the threshold is {self._setup.threshold}: refusing to reveal anything")
+
+    def _check_certificate(self, request: UnmaskRequest) -> set[int]:
+        """The sets are the ones this client signed, certified by q signatures of distinct roster survivors.
+        Returns the signers whose signatures it verified: q of them, and every neighbour among them."""
+        if self._signed is None or request.sets != self._signed:
+            raise ProtocolAbort("the unmask request's survivor sets are not the ones this client signed")
+        digest, survivors, session = request.sets.digest(), set(request.sets.survivors), self._session
+        listed = [signer for signer, _ in request.certificate]
+        if len(set(listed)) != len(listed) or not set(listed) <= survivors:
+            raise ProtocolAbort("the certificate lists a client twice or outside the survivors")
+        neighbours, verified = session.graph[self.id], set()
+        for signer, signature in sorted(request.certificate, key=lambda entry: entry[0] not in neighbours):
+            if len(verified) >= session.quorum and signer not in neighbours:
+                break  # q verified, every neighbour among them: the rest need no check
+            self._roster.verify(session.session_id, ConsistencySignature.STAGE, signer, digest, signature)
+            verified.add(signer)
+        if len(verified) < session.quorum:
+            raise ProtocolAbort(f"only {len(verified)} survivors signed these survivor sets; {session.quorum} must, "
+                                "so that no other sets can be certified in this session")
+        return verified
+
+    def _check_headers(self, request: UnmaskRequest, signers: set[int]) -> None:
+        """Each surviving neighbour masked with exactly the proposed key-sharer list: it signed the sets (having
+        checked that list against its own), or its masked-input signature, which names the list it masked
+        with, is attached and verifies."""
+        session = self._session
+        unsigned = (session.graph[self.id] & set(request.sets.survivors)) - signers
+        if sorted(c for c, _, _ in request.headers) != sorted(unsigned):
+            raise ProtocolAbort("the unmask request does not carry the masked-input signature of every surviving "
+                                "neighbour that did not sign the survivor sets")
+        sharers = ids_digest(request.sets.key_sharers)
+        for client, words_digest, signature in request.headers:
+            try:
+                self._roster.verify(session.session_id, MaskedInput.STAGE, client,
+                                    input_digest(session.session_id, client, sharers, words_digest), signature)
+            except ProtocolAbort as exc:
+                raise ProtocolAbort(f"client {client}'s masked input was not made with the proposed key-sharer list "
+                                    f"(the server showed clients different lists), or is not its own: {exc}") from exc
+
+    def _reveal(self, sets: SurvivorSets) -> list[tuple[int, int, bytes]]:
+        """Per owner whose shares this client holds: its self-mask seed's share if it survived, its mask key's
+        share if it dropped; never both (one branch per owner), nothing for an owner in neither list."""
+        survivors, dropped = set(sets.survivors), set(sets.dropped)
+        shares = []
+        for owner in sorted(self._held):
+            seed_share, key_share = self._held[owner]
+            if owner in survivors:
+                shares.append((owner, SELF_MASK_SHARE, seed_share))
+            elif owner in dropped:
+                shares.append((owner, MASK_KEY_SHARE, key_share))
+        return shares
 
     # -- helpers ---------------------------------------------------------------------------
     def _check_session(self, session_id: bytes) -> None:
@@ -168,7 +316,7 @@ class MaskingClient:
             raise ProtocolAbort("a message for another session or round (replayed or misrouted)")
 
     def _transition(self, expected: State, following: State, step) -> bytes:
-        """Run one stage if the client is where that stage starts; abort on any failure."""
+        """Run one stage if the client is where that stage starts; abort on any failure whatsoever."""
         if self.state is not expected:
             was = self.state
             self._abort()
@@ -176,9 +324,13 @@ class MaskingClient:
                                 " (repeated, replayed or out of order)")
         try:
             reply = step()
-        except (ProtocolAbort, MalformedMessageError):
+        except ProtocolError:
             self._abort()
             raise
+        except Exception as exc:  # anything else a hostile message provokes is still a refusal
+            self._abort()
+            raise ProtocolAbort(f"client {self.id} refused a {following.value!r} request it could not process: "
+                                f"{type(exc).__name__}: {exc}") from exc
         self.state = following
         return reply
 

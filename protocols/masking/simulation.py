@@ -3,6 +3,9 @@
 This is the same code a deployment runs (the state machines exchange serialized messages here
 exactly as they would over a transport); the simulation only decides who drops at which stage,
 measures the bytes each side sends and the time each side spends, and records the server's view.
+It also plays the job's operator: each simulated client gets its own private identity and the
+roster, the server only the roster, and every client gets the round's terms as its own
+application would derive them.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocols.base import AggregationProtocol, RoundResult
+from protocols.base import RosteredProtocol, RoundResult
 from protocols.encoding import FixedPoint
 from protocols.errors import ParameterError
-from protocols.graph import GraphParameters, Targets, choose_parameters
+from protocols.graph import GraphParameters, Targets
+from protocols.identity import Member, enrol
 from protocols.masking.client import MaskingClient
 from protocols.masking.server import MaskingServer
-from protocols.masking.session import STAGES
+from protocols.masking.session import STAGES, MaskingOptions
+from protocols.terms import RoundTerms
 from protocols.transcript import RoundView
 
 
@@ -58,15 +63,28 @@ class MaskedRound:
         return self.encoding.decode(self.words)
 
 
-def simulate_round(round_id: str, vectors: Mapping[int, np.ndarray], encoding: FixedPoint,
-                   parameters: GraphParameters, drop: Mapping[str, Iterable[int]] | None = None) -> MaskedRound:
-    """One round with the given clients dropping (never sending) at the given stages."""
+def enrol_for(clients, encoding: FixedPoint, parameters: GraphParameters) -> dict[int, Member]:
+    """A one-round job whose roster fixes exactly these parameters (for callers that chose them directly)."""
+    options = MaskingOptions(parameters.threshold, parameters.neighbours, encoding.fraction_bits)
+    roster, identities = enrol("masking-round", clients, {"protocol": options.to_json()})
+    return {c: Member(identity, roster) for c, identity in identities.items()}
+
+
+def simulate_round(terms: RoundTerms | str, vectors: Mapping[int, np.ndarray], encoding: FixedPoint,
+                   parameters: GraphParameters, drop: Mapping[str, Iterable[int]] | None = None,
+                   members: Mapping[int, Member] | None = None) -> MaskedRound:
+    """One round with the given clients dropping (never sending) at the given stages. ``members`` are the
+    clients' identities and roster (a fresh one-round job when not given); a round id alone stands for
+    terms with the encoding's bound and no broadcast."""
     drop = dict(drop or {})
     _check_stages(drop)
     drop = {stage: frozenset(drop.get(stage, ())) for stage in STAGES}
+    terms = RoundTerms(terms, encoding.bound) if isinstance(terms, str) else terms
+    members = members or enrol_for(vectors, encoding, parameters)
     length = next(iter(vectors.values())).shape[0]
-    server = MaskingServer(round_id, list(vectors), length, encoding, parameters)
-    clients = {c: MaskingClient(c, v) for c, v in vectors.items()}
+    roster = next(iter(members.values())).roster
+    server = MaskingServer(roster, terms, list(vectors), length, encoding, parameters)
+    clients = {c: MaskingClient(members[c], v, terms) for c, v in vectors.items()}
     costs = {stage: StageCost() for stage in STAGES}
 
     def exchange(stage: str, inbound: Mapping[int, bytes], client_step, server_receive):
@@ -94,6 +112,8 @@ def simulate_round(round_id: str, vectors: Mapping[int, np.ndarray], encoding: F
     key_list = server_step("share", server.key_list)
     exchange("share", dict.fromkeys(server.session.adverts, key_list), MaskingClient.share_keys, server.receive_shares)
     exchange("input", server_step("input", server.deliveries), MaskingClient.masked_input, server.receive_masked)
+    exchange("consistency", server_step("consistency", server.consistency_requests), MaskingClient.sign_consistency,
+             server.receive_signature)
     exchange("unmask", server_step("unmask", server.unmask_requests), MaskingClient.unmask, server.receive_unmask)
     words = server_step("unmask", server.finish)
     return MaskedRound(words, encoding, parameters, server.included, drop, costs, server)
@@ -130,7 +150,7 @@ def check_dropout_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
     return dict(fractions)
 
 
-class MaskingProtocol(AggregationProtocol):
+class MaskingProtocol(RosteredProtocol):
     """SecAgg (complete graph) / SecAgg+ (k-regular graph) behind the common ``aggregate`` interface."""
 
     name = "mask"
@@ -150,21 +170,30 @@ class MaskingProtocol(AggregationProtocol):
         self.targets = targets
         self.rounds_run = 0
 
+    @property
+    def _options(self) -> MaskingOptions:
+        return MaskingOptions(self.threshold, self.neighbours, self.fraction_bits, self.targets)
+
+    def options(self, clients: list[int]) -> dict:
+        return self._options.to_json()
+
     def prepare(self, clients: int, bound: float) -> None:
         self.plan(clients, bound)
 
     def plan(self, clients: int, bound: float) -> tuple[FixedPoint, GraphParameters]:
         """Encoding and graph for a round, checkable before any vector exists."""
-        return (FixedPoint.for_round(clients, bound, self.fraction_bits),
-                choose_parameters(clients, self.threshold, self.neighbours, self.targets))
+        return self._options.plan(clients, bound)
 
-    def _aggregate(self, round_id, contributions, bound, length, drop):
-        encoding, parameters = self.plan(len(contributions), bound)
+    def _aggregate(self, terms, contributions, length, drop):
+        self._roster_for(contributions)
+        round_id = terms.round_id
+        encoding, parameters = self.plan(len(contributions), terms.bound)
         drawn = draw_dropouts(list(contributions), self.dropout, self.dropout_seed + self.rounds_run)
         forced = set().union(*drop.values()) if drop else set()
         drop = {stage: (drawn[stage] - forced) | drop.get(stage, frozenset()) for stage in STAGES}
         self.rounds_run += 1
-        result = simulate_round(round_id, contributions, encoding, parameters, drop)
+        members = {c: self.member(c) for c in contributions}
+        result = simulate_round(terms, contributions, encoding, parameters, drop, members)
         total = result.total
         upload = {c: sum(cost.upload.get(c, 0) for cost in result.costs.values()) for c in contributions}
         download = {c: sum(cost.download.get(c, 0) for cost in result.costs.values()) for c in contributions}

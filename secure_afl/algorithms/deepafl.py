@@ -24,6 +24,15 @@ is at most the total's. So the residual round's bound follows from ΣΦᵀΦ (di
 and the total residual energy diag RᵀR = counts − 2 diag WᵀΣΦᵀY + diag WᵀΣΦᵀΦW; the next
 classifier round's from diag Φ'ᵀΦ' ≤ 2 diag ΦᵀΦ + 2 diag ΩᵀFᵀFΩ. Cross terms follow by
 Cauchy–Schwarz. (Spectral-norm products instead lost 4–10 fixed-point bits per layer.)
+
+A client can check the first round's bound itself (it follows from the public configuration), but
+not the later ones: they follow from sums only the server received. A client whose vector exceeded
+such a bound and refused would tell a lying server one bit about its data, and fresh rounds would
+let the server bisect it (issue 12, finding 4). So in those rounds a client clips its vector to the
+declared bound instead of refusing, and counts what it clipped: an honest server's bound holds by
+construction, so nothing is ever clipped then, and a lying one gets the sum of clipped vectors of
+every client in the round (the bound is in the signed round setup, the same for all of them), never
+a refusal that depends on one client's data.
 """
 
 from __future__ import annotations
@@ -196,8 +205,18 @@ class DeepAFLClient(AlgorithmClient):
         self._residual_features: torch.Tensor | None = None
         self._layer = 0
         self._num_classes = num_classes
+        self.clipped = 0  # entries clipped to a declared bound (nonzero only if the server lied)
 
     def contribute(self, spec: RoundSpec) -> np.ndarray:
+        vector = self._statistics(spec)
+        if spec.name != _round(CLASSIFIER, 0):  # a bound derived from sums the server received: clip, never refuse
+            over = np.count_nonzero(np.abs(vector) > spec.bound)
+            if over:
+                self.clipped += int(over)
+                np.clip(vector, -spec.bound, spec.bound, out=vector)
+        return vector
+
+    def _statistics(self, spec: RoundSpec) -> np.ndarray:
         kind, layer = _parse(spec.name)
         if kind == CLASSIFIER:
             if layer != self._layer:
