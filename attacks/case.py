@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protocols import broadcast_digest
 from protocols.transcript import Transcript, TranscriptWriter
 from secure_afl.algorithms.afl import AFLConfig
 from secure_afl.config import RunConfig
@@ -139,7 +140,8 @@ class Case:
         vectors = {k: clients[k].contribute(spec) for k in asked}
         rounds = []
         for drop in [{}] + [{"input": [victim]} for victim in self.victims]:
-            result = plan.protocol.aggregate(spec.name, vectors, spec.bound, drop=drop)
+            result = plan.protocol.aggregate(spec.name, vectors, spec.bound, drop=drop,
+                                             broadcast_digest=broadcast_digest(spec.broadcast))
             writer.write_round(result.view, spec.public(), spec.broadcast)
             rounds.append({"round": spec.name, "included": sorted(result.included)})
         for victim in self.victims:
