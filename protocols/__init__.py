@@ -6,12 +6,13 @@ from protocols.base import AggregationProtocol, RoundResult, check_contributions
 from protocols.encoding import FixedPoint
 from protocols.errors import (
     AuthenticationError, EncodingError, InvalidContributionError, MalformedMessageError, ParameterError, ProtocolAbort,
-    ProtocolError, RosterError, ThresholdError, UnknownProtocolError, UnsafeContextError,
+    ProtocolError, RosterError, ThresholdError, TooFewClientsError, UnknownProtocolError, UnsafeContextError,
 )
 from protocols.graph import GraphParameters, Targets, choose_parameters
 from protocols.he import ApproximateCKKSProtocol, BFVProtocol, CKKSProtocol
 from protocols.identity import Identity, Member, Roster, enrol
 from protocols.masking import MaskingProtocol
+from protocols.minimum import default_min_clients
 from protocols.plaintext import PlaintextProtocol
 from protocols.terms import RoundTerms, broadcast_digest
 from protocols.transcript import RoundView, Transcript, TranscriptError, TranscriptWriter
@@ -47,6 +48,7 @@ __all__ = [
     "ProtocolError",
     "Targets",
     "ThresholdError",
+    "TooFewClientsError",
     "choose_parameters",
     "Roster",
     "RosterError",
@@ -60,6 +62,7 @@ __all__ = [
     "UnsafeContextError",
     "broadcast_digest",
     "check_contributions",
+    "default_min_clients",
     "enrol",
     "make_protocol",
 ]

@@ -48,5 +48,11 @@ class ThresholdError(ProtocolError):
     """Too few clients remain to finish the round; nothing beyond what was already sent is revealed."""
 
 
+class TooFewClientsError(ProtocolAbort, ThresholdError):
+    """A round, key list, survivor set or sum that holds fewer clients than the job's minimum aggregation size
+    m (protocols/minimum.py) or the certificate quorum allows. A client refuses it and aborts; the server
+    abandons the round."""
+
+
 class ParameterError(ProtocolError, ValueError):
     """Protocol parameters (threshold, neighbours, targets, dropouts) that cannot work."""

@@ -7,9 +7,10 @@ SecAgg+ (Bell et al. 2020): cost O(k · L) per client instead of O(n · L).
 
 Quorum. Before any share is revealed, the survivors sign the survivor / dropped / key-sharer sets
 (the consistency round, protocols/masking/client.py), and a client reveals only under sets
-certified by q = max(t, ⌊2n/3⌋ + 1) signatures of distinct roster clients. Each honest client
-signs once per session, so two different certified sets need 2q signatures from n clients:
-impossible while fewer than 2q − n clients collude (n/3 with the default). Then every honest
+certified by q = max(t, ⌊2n/3⌋ + 1, m) signatures of distinct roster clients (m: the job's minimum
+aggregation size, protocols/minimum.py, at most ⌊2n/3⌋ + 1 in a round of the job's usual size).
+Each honest client signs once per session, so two different certified sets need 2q signatures
+from n clients: impossible while fewer than 2q − n clients collude (n/3 with the default). Then every honest
 client reveals under the same sets, and no client is ever "survivor" to some holders and "dropped"
 to others.
 
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from protocols.errors import ParameterError
+from protocols.minimum import supermajority
 from protocols.prg import keystream
 
 
@@ -90,9 +92,11 @@ def minimum_threshold(neighbours: int) -> int:
     return (neighbours + 1) // 2 + 1
 
 
-def quorum(clients: int, threshold: int) -> int:
-    """Signatures that certify a round's survivor sets: max(t, ⌊2n/3⌋ + 1) (see the module docstring)."""
-    return max(threshold, 2 * clients // 3 + 1)
+def quorum(clients: int, threshold: int, min_clients: int = 1) -> int:
+    """Signatures that certify a round's survivor sets: max(t, ⌊2n/3⌋ + 1, m) (see the module docstring; m, the
+    job's minimum aggregation size, keeps a round the server made smaller than the job's as safe:
+    protocols/minimum.py)."""
+    return max(threshold, supermajority(clients), min_clients)
 
 
 def _log2_sum(*terms: float) -> float:

@@ -31,7 +31,7 @@ class MaskingJob:
                  vectors_=None):
         self.vectors = vectors_ or vectors(n, length, seed=seed)
         self.options = options
-        self.members = members(n, options.to_json())
+        self.members = members(n, options.to_json(n))
         self.roster = self.members[0].roster
         self.terms = terms or RoundTerms("r", BOUND)
         self.encoding, self.parameters = options.plan(n, self.terms.bound)

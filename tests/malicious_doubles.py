@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from protocols.encoding import FixedPoint
-from protocols.he import HEKeyHolder
+from protocols.he import HEClient, HEKeyHolder
 from protocols.he.messages import PublicContext
 from protocols.he.schemes import fingerprint
 from protocols.he.session import HEOptions, PublicSession
@@ -112,6 +112,14 @@ class NoAdvertCheckClient(MaskingClient):
         pass
 
 
+class NoMinimumClient(MaskingClient):
+    """Takes part in a round of any size the server sets up, and signs and reveals under any number of survivors
+    (the job's minimum m, protocols/minimum.py, ignored: the floor of 2 clients of ``check_setup`` is all that is
+    left). Colluders run it too: they are the server's."""
+
+    min_clients = 1
+
+
 def unverified_context(context_bytes: bytes, roster) -> PublicSession:
     """What a client that trusts the fingerprint of whatever context the server relays holds (finding 5)."""
     message = PublicContext.from_bytes(context_bytes)
@@ -128,3 +136,15 @@ class ServerSumKeyHolder(HEKeyHolder):
 
     def _verify_input(self, message, setup, session):
         pass
+
+
+class NoMinimumHEClient(HEClient):
+    """Encrypts for a round of any size the server sets up (no job minimum m)."""
+
+    min_clients = 1
+
+
+class NoMinimumKeyHolder(HEKeyHolder):
+    """Decrypts a sum of any number of verified clients (no job minimum m)."""
+
+    min_clients = 1

@@ -10,9 +10,9 @@ import pytest
 
 from attacks.protocol import he as attack
 from jobs import HEJob
-from malicious_doubles import ServerSumKeyHolder, unverified_context
-from protocols import UnsafeContextError
-from protocols.he import HEClient
+from malicious_doubles import NoMinimumHEClient, NoMinimumKeyHolder, ServerSumKeyHolder, unverified_context
+from protocols import TooFewClientsError, UnsafeContextError, default_min_clients
+from protocols.he import HEClient, HEKeyHolder
 from protocols.he.messages import PublicContext
 from protocols.he.schemes import SECURITY_128, BFV, check_plain_modulus, check_security
 from protocols.he.session import PublicSession
@@ -115,3 +115,51 @@ def test_malicious_setup_bounds_are_refused_typed_by_clients_and_key_holder(boun
         job.client(1).encrypt(setup)
     with pytest.raises(ProtocolAbort, match="bound"):
         job.holder.begin(setup)
+
+
+# -- the server chooses how many clients a round has ------------------------------------------------------
+def he_small_round(victim_class, holder_class, colluders, participants=None):
+    """A job of 6 clients with the default m = 5 and key holder 0: a genuine round of the victim (client 1) and
+    ``colluders`` roster clients whose vectors the server knows (running its code, without the minimum)."""
+    job = HEJob(n=6, min_clients=default_min_clients(6))
+    holder = holder_class(job.members[0])
+    job.public = job.server.receive_context(holder.public_context)
+    known = {c: job.vectors[c] for c in range(2, colluders + 2)}
+    clients = {1: victim_class(job.members[1], job.vectors[1], job.terms, job.public),
+               **{c: NoMinimumHEClient(job.members[c], v, job.terms, job.public) for c, v in known.items()}}
+    outcome = attack.small_round(holder, job.server, clients, 1, job.terms, job.length, known, participants)
+    encoding, _ = job.options.plan(len(participants or clients), job.terms.bound)  # the round's own encoding
+    return outcome, encoding.encode(job.vectors[1])
+
+
+@pytest.mark.parametrize("colluders", [1, 3])  # rounds of 2 and of m − 1 = 4 clients
+def test_malicious_he_round_of_the_victim_and_colluders_below_the_minimum(colluders):
+    """Under HE the colluders are roster clients too (no Sybil): the decrypted sum minus their inputs is the
+    victim's. The client and the key holder each refuse such a round on their own."""
+    assert default_min_clients(6) == 5
+    outcome, words = he_small_round(NoMinimumHEClient, NoMinimumKeyHolder, colluders)
+    assert outcome.leaked and np.array_equal(outcome.recovered, words)
+
+    outcome, _ = he_small_round(HEClient, NoMinimumKeyHolder, colluders)  # the key holder sums only the colluders
+    assert not outcome.leaked and set(outcome.refusals) == {1}
+    assert isinstance(outcome.refusals[1], TooFewClientsError)
+    assert f"the round setup holds {colluders + 1} clients, fewer than 5" in str(outcome.refusals[1])
+
+    outcome, _ = he_small_round(NoMinimumHEClient, HEKeyHolder, colluders)  # refused before any decryption
+    assert not outcome.leaked and isinstance(outcome.refusals[0], TooFewClientsError)
+    assert f"the round setup holds {colluders + 1} clients, fewer than 5" in str(outcome.refusals[0])
+
+    outcome, _ = he_small_round(HEClient, HEKeyHolder, colluders)
+    assert not outcome.leaked and set(outcome.refusals) == {0, 1}
+
+
+def test_malicious_he_round_of_the_minimum_with_the_other_clients_claimed_dropped():
+    """The setup names m = 5 clients, only the victim and 2 colluders answer: the client cannot tell (dropouts
+    happen), the key holder counts the verified inputs and decrypts nothing."""
+    outcome, words = he_small_round(HEClient, NoMinimumKeyHolder, 2, participants=[1, 2, 3, 4, 5])
+    assert outcome.leaked and np.array_equal(outcome.recovered, words)
+
+    outcome, _ = he_small_round(HEClient, HEKeyHolder, 2, participants=[1, 2, 3, 4, 5])
+    assert not outcome.leaked and set(outcome.refusals) == {0}
+    assert isinstance(outcome.refusals[0], TooFewClientsError)
+    assert "the sum of the verified clients' inputs holds 3 clients, fewer than 5" in str(outcome.refusals[0])

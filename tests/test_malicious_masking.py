@@ -15,10 +15,10 @@ from attacks.protocol import masking as attack
 from jobs import BOUND, LENGTH, MaskingJob
 from malicious_doubles import (
     IgnoresBroadcastClient, NoAdvertCheckClient, NoCertificateClient, NoConsistencyClient, NoHeaderClient,
-    NoQuorumClient, NoSetChecksClient, PreIssueClient, ReplayableClient, ServerBoundClient,
+    NoMinimumClient, NoQuorumClient, NoSetChecksClient, PreIssueClient, ReplayableClient, ServerBoundClient,
 )
 from protocols import AuthenticationError, FixedPoint, Identity, InvalidContributionError, MalformedMessageError, Member
-from protocols import ProtocolAbort, ProtocolError, Roster
+from protocols import ProtocolAbort, ProtocolError, Roster, TooFewClientsError
 from protocols.masking import MaskingClient, MaskingOptions, MaskingServer
 from protocols.masking.client import State
 from protocols.masking.messages import KeyList, RoundSetup, ShareDelivery, SurvivorSets
@@ -37,8 +37,10 @@ def victim_words(job, victim=0):
 
 
 # -- finding 1 ---------------------------------------------------------------------------------------
+# Findings 1 and 2 declare many clients dropped, so a job's default m (protocols/minimum.py) refuses their
+# proposals too; jobs with m = 2 (the floor before it) show that the consistency checks stop them alone.
 @pytest.mark.parametrize("n, options, double_class", [
-    (9, MaskingOptions(threshold=5), NoConsistencyClient),  # complete graph, the lowest threshold clients accept
+    (9, MaskingOptions(threshold=5, min_clients=2), NoConsistencyClient),  # complete graph, the lowest threshold
     (40, MaskingOptions(neighbours=10), PreIssueClient),  # SecAgg+: the neighbourhood check stops it too
 ])
 def test_malicious_restricted_view_finding_1(n, options, double_class):
@@ -70,7 +72,7 @@ def test_malicious_survivor_masked_with_another_key_sharer_list_is_refused_under
 # -- finding 2 ---------------------------------------------------------------------------------------
 def test_malicious_neighbourhood_wipe_finding_2():
     """SecAgg+ (n = 30, k = 10): each of the victim's neighbours is told the others dropped."""
-    options = MaskingOptions(neighbours=10)
+    options = MaskingOptions(neighbours=10, min_clients=2)
     double = job_with(NoQuorumClient, MaskingClient, n=30, options=options)
     outcome = attack.neighbourhood_wipe(double.server, double.clients, 0)
     assert outcome.leaked and np.array_equal(outcome.recovered, victim_words(double))
@@ -473,3 +475,52 @@ def test_a_client_dropping_before_key_sharing_does_not_break_its_neighbours():
     for c, message in job.server.unmask_requests().items():
         job.server.receive_unmask(job.clients[c].unmask(message))
     assert np.array_equal(job.server.finish(), job.expected(set(job.vectors) - {6}))
+
+
+# -- the server chooses how many clients a round has ------------------------------------------------------
+def small_round(victim_class, colluders, withheld=()):
+    """A job of 10 clients (default m = 7): the victim (client 0), ``colluders`` roster clients whose vectors the
+    server knows (running the server's code, without the minimum), and honest clients claimed dropped."""
+    job = MaskingJob(n=10)
+    known = {c: job.vectors[c] for c in range(1, colluders + 1)}
+    clients = {0: victim_class(job.members[0], job.vectors[0], job.terms),
+               **{c: NoMinimumClient(job.members[c], v, job.terms) for c, v in known.items()},
+               **{c: MaskingClient(job.members[c], job.vectors[c], job.terms) for c in withheld}}
+    outcome = attack.small_round(job.roster, job.terms, clients, 0, LENGTH, known, withheld)
+    encoding, _ = job.options.plan(len(clients), BOUND)  # the round's own encoding
+    return clients, outcome, encoding.encode(job.vectors[0])
+
+
+@pytest.mark.parametrize("colluders", [1, 5])  # rounds of 2 and of m − 1 = 6 clients
+def test_malicious_round_of_the_victim_and_colluders_below_the_minimum(colluders):
+    """No Sybil needed: the colluders are roster clients. The double takes part in the small round and the sum
+    minus the colluders' inputs is its vector; our client refuses the setup before sending anything."""
+    assert MaskingJob(n=10).options.to_json(10)["min_clients"] == 7
+    _, outcome, words = small_round(NoMinimumClient, colluders)
+    assert outcome.leaked and np.array_equal(outcome.recovered, words)
+
+    clients, outcome, _ = small_round(MaskingClient, colluders)
+    assert not outcome.leaked and outcome.notes["victim_sent"] == []
+    assert isinstance(outcome.refusals[0], TooFewClientsError) and clients[0].state is State.ABORTED
+    assert f"the round setup holds {colluders + 1} clients, fewer than 7" in str(outcome.refusals[0])
+
+
+def test_malicious_round_of_the_minimum_with_every_honest_client_but_the_victim_claimed_dropped():
+    """A setup of m = 7 (the victim, 4 colluders, 2 honest clients); the server withholds the honest clients'
+    deliveries, so 5 = q(7) survive: enough for the round's own quorum, fewer than m. Our client masks (a
+    uniformly random vector) and then refuses to sign the survivor sets; nothing of it is unmasked."""
+    _, outcome, words = small_round(NoMinimumClient, 4, withheld=(5, 6))
+    assert outcome.leaked and np.array_equal(outcome.recovered, words)
+
+    clients, outcome, _ = small_round(MaskingClient, 4, withheld=(5, 6))
+    assert not outcome.leaked and outcome.notes["victim_sent"] == ["advertise", "share", "input"]
+    assert isinstance(outcome.refusals[0], TooFewClientsError) and clients[0].state is State.ABORTED
+    assert "the proposed survivor set holds 5 clients, fewer than 7" in str(outcome.refusals[0])
+
+
+def test_malicious_unmask_request_under_fewer_survivors_than_the_minimum_is_refused():
+    """Refused at the reveal too, even by a client that signed: the certificate and the sets are checked again."""
+    r = Round(options=MaskingOptions(min_clients=10)).mask_all()
+    fewer = SurvivorSets(r.sets.key_sharers, r.sets.survivors[:-1], r.sets.survivors[-1:])
+    refuses(r.clients[0], "unmask", r.request(fewer), "survivor set holds 9 clients, fewer than 10")
+    assert r.server.session.quorum == 10  # the certificate quorum is never below m

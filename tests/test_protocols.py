@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from protocols import InvalidContributionError, PlaintextProtocol, UnknownProtocolError, make_protocol
+from protocols import InvalidContributionError, PlaintextProtocol, TooFewClientsError, UnknownProtocolError, make_protocol
 
 
 def vectors(n=4, length=10, seed=0):
@@ -75,3 +75,49 @@ def test_empty_round_and_bad_bound_are_refused():
 def test_unknown_protocol_is_refused():
     with pytest.raises(UnknownProtocolError, match="plaintext"):
         make_protocol("rot13")
+
+
+# -- the job's minimum aggregation size m (protocols/minimum.py) ---------------------------------------------
+@pytest.mark.parametrize("name", ["mask", "he-bfv"])
+def test_the_jobs_minimum_is_in_the_roster_and_the_honest_server_refuses_smaller_rounds(name):
+    protocol = make_protocol(name)
+    protocol.enrol(range(6))
+    assert protocol.roster.config["protocol"]["min_clients"] == 5  # ⌊2 · 6/3⌋ + 1
+    vs = vectors(6)
+    result = protocol.aggregate("r1", {c: vs[c] for c in range(1, 6)}, bound=5.0)
+    assert result.included == set(range(1, 6)) and result.details["min_clients"] == 5
+    with pytest.raises(TooFewClientsError, match="holds 4 clients, fewer than 5, the job's minimum"):
+        protocol.aggregate("r2", {c: vs[c] for c in range(4)}, bound=5.0)
+
+
+@pytest.mark.parametrize("name", ["mask", "he-bfv"])
+def test_dropouts_that_leave_fewer_than_the_minimum_abandon_the_round(name):
+    protocol = make_protocol(name, min_clients=6)
+    with pytest.raises(TooFewClientsError, match="holds 5 clients, fewer than 6"):
+        protocol.aggregate("r", vectors(6), bound=5.0, drop={"input": [3]})
+
+
+@pytest.mark.parametrize("name", ["mask", "he-bfv"])
+@pytest.mark.parametrize("value", [0, 7, True, 2.5])
+def test_a_minimum_outside_one_to_the_jobs_clients_is_refused(name, value):
+    from protocols import ParameterError
+
+    with pytest.raises(ParameterError, match="min_clients must be a whole number from 1 to the job's 6 clients"):
+        make_protocol(name, min_clients=value).enrol(range(6))
+
+
+@pytest.mark.parametrize("value", [None, 0, 5, "3"])
+def test_a_roster_without_a_usable_minimum_is_refused(value):
+    from protocols import RosterError, enrol
+    from protocols.he.session import HEOptions
+    from protocols.masking import MaskingOptions
+
+    for options, read in ((MaskingOptions().to_json(4), MaskingOptions.from_roster),
+                          (HEOptions("bfv", 4, 1, None, 3).to_json(), HEOptions.from_roster)):
+        if value is None:
+            del options["min_clients"]
+        else:
+            options["min_clients"] = value
+        roster, _ = enrol("job", range(4), {"protocol": options}, key_holder=0)
+        with pytest.raises(RosterError, match="malformed"):
+            read(roster)

@@ -1,5 +1,5 @@
 """A malicious server against homomorphic aggregation: key substitution, the key holder as a decryption
-oracle, and contexts too weak to trust (findings 5–7 of issue 12)."""
+oracle, contexts too weak to trust (findings 5–7 of issue 12), and rounds smaller than the job's minimum."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from collections.abc import Callable
 import numpy as np
 import tenseal as ts
 
-from attacks.protocol.outcome import Outcome
+from attacks.protocol.outcome import Outcome, ask, minus_known
 from protocols.errors import ProtocolError
 from protocols.he.messages import DecryptedSum, EncryptedInput, HERoundSetup, PublicContext
 from protocols.he.schemes import Scheme
+from protocols.he.roles import HEServer
 from protocols.he.session import HEOptions, PublicSession, pack, session_id, unpack
 from protocols.identity import Roster
 from protocols.terms import RoundTerms
@@ -82,6 +83,32 @@ def decryption_oracle(holder, setup_bytes: bytes, victim_input: bytes, padding: 
     return Outcome("finding 6: the key holder as a decryption oracle", ACTIVE, parameters, np.array(words))
 
 
+def small_round(holder, server: HEServer, clients, victim: int, terms: RoundTerms, length: int,
+                known: dict[int, np.ndarray], participants=None) -> Outcome:
+    """A genuine round, opened by the key holder, that holds only the victim and colluders (roster clients whose
+    vectors ``known`` the server has): the decrypted sum minus the colluders' encodings is the victim's input.
+    The setup names ``participants`` (default: only the answering ``clients``); naming more is the same attack
+    with the others claimed dropped. Exact schemes only (the comparison is on fixed-point words)."""
+    participants = sorted(participants or clients)
+    encoding, plan = HEOptions.from_roster(server.roster).plan(len(participants), terms.bound)
+    setup = server.setup(terms, participants, length, server.receive_open(holder.open_round(terms)), encoding, plan)
+    replies, refusals = ask(clients, "encrypt", dict.fromkeys(clients, setup))
+    for reply in replies.values():
+        server.receive_input(reply)
+    parameters = {"clients": len(participants), "answering": len(clients), "colluders": len(known),
+                  "min_clients": HEOptions.from_roster(server.roster).min_clients}
+    threat = f"active server with {len(known)} colluding roster clients"
+    try:
+        holder.begin(setup)
+        for message in server.inputs():
+            holder.add(message)
+        words, included = server.receive_decrypted(holder.finish())
+    except ProtocolError as exc:
+        return Outcome("a round smaller than the job's minimum", threat, parameters, refusals=refusals | {holder.id: exc})
+    recovered = minus_known(words, included, victim, {c: encoding.encode(v) for c, v in known.items()})
+    return Outcome("a round smaller than the job's minimum", threat, parameters, recovered, refusals)
+
+
 def weak_contexts() -> dict[str, bytes]:
     """Finding 7: contexts a careless or malicious key holder might publish (serialized, public key only)."""
     def public(context):
@@ -98,4 +125,5 @@ def weak_contexts() -> dict[str, bytes]:
     }
 
 
-__all__ = ["decryption_oracle", "key_substitution", "minted_setup", "padding_input", "rogue_context", "weak_contexts"]
+__all__ = ["decryption_oracle", "key_substitution", "minted_setup", "padding_input", "rogue_context", "small_round",
+           "weak_contexts"]

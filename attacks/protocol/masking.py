@@ -1,6 +1,7 @@
 """A malicious masking server: one driver per attack, over an honest ``MaskingServer``'s message builders.
 
-The drivers start from a server and clients that have not exchanged anything yet. They use the
+The drivers start from a server and clients that have not exchanged anything yet (``small_round``
+builds its own server: the round's size is the attack). They use the
 server's own message builders (``delivery``, ``consistency_request``, ``unmask_request``) with
 lists of their choosing, collect what clients answer, and try to strip every mask off the
 victim's masked input with the secrets that came back. A client that refuses contributes nothing.
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from attacks.protocol.outcome import Outcome, ask
+from attacks.protocol.outcome import Outcome, ask, minus_known
 from protocols import shamir
 from protocols.encoding import FixedPoint
 from protocols.errors import ProtocolError, ThresholdError
@@ -24,7 +25,7 @@ from protocols.masking.messages import (
     SELF_MASK_SHARE, ConsistencySignature, KeyAdvert, KeyList, MaskedInput, RoundSetup, ShareBundle,
     ShareDelivery, SurvivorSets, UnmaskResponse,
 )
-from protocols.masking.session import Session
+from protocols.masking.session import MaskingOptions, Session
 from protocols.prg import MaskExpander
 
 ACTIVE = "active server, no colluding client"
@@ -184,11 +185,13 @@ def neighbourhood_wipe(server: MaskingServer, clients, victim: int) -> Outcome:
 
 
 # -- an honest round, for the attacks that lie before it -------------------------------------------
-def honest_round(server: MaskingServer, clients) -> tuple[np.ndarray | None, dict[int, ProtocolError]]:
-    """Every stage as an honest server runs it; the sum's words, or None once too many refused."""
+def honest_round(server: MaskingServer, clients, withheld: Iterable[int] = ()
+                 ) -> tuple[np.ndarray | None, dict[int, ProtocolError]]:
+    """Every stage as an honest server runs it; the sum's words, or None once too many refused. ``withheld``:
+    clients whose share deliveries the server never sends, claiming they dropped before masking."""
     refusals: dict = {}
     try:
-        _share_and_mask(server, clients, refusals)
+        _share_and_mask(server, clients, refusals, withheld)
         _certify(server, clients, refusals)
         answers, more = ask(clients, "unmask", server.unmask_requests())
         refusals |= more
@@ -199,11 +202,11 @@ def honest_round(server: MaskingServer, clients) -> tuple[np.ndarray | None, dic
         return None, refusals
 
 
-def _share_and_mask(server: MaskingServer, clients, refusals: dict) -> tuple[int, ...]:
-    """Stages 1–3 as an honest server runs them; returns U2."""
+def _share_and_mask(server: MaskingServer, clients, refusals: dict, withheld: Iterable[int] = ()) -> tuple[int, ...]:
+    """Stages 1–3 as an honest server runs them (but for the ``withheld`` clients' deliveries); returns U2."""
     share(server, clients, refusals)
-    sharers = server.key_sharers()
-    mask(server, clients, {c: sharers for c in sharers}, refusals)
+    sharers, withheld = server.key_sharers(), set(withheld)
+    mask(server, clients, {c: sharers for c in sharers if c not in withheld}, refusals)
     return sharers
 
 
@@ -220,11 +223,7 @@ def split_model(server: MaskingServer, clients, victim: int, known: Mapping[int,
     """Finding 3: the clients other than the victim were sent a model under which their contributions are
     ``known`` (encoded words); one setup goes to all. The "sum" minus the known part is the victim's input."""
     total, refusals = honest_round(server, clients)
-    recovered = None
-    if total is not None and set(server.included) == {victim, *known}:
-        recovered = total.copy()
-        for words in known.values():
-            recovered -= words
+    recovered = minus_known(total, server.included, victim, dict(known))
     return Outcome("finding 3: different models in one session", ACTIVE, parameters(server), recovered, refusals)
 
 
@@ -245,6 +244,32 @@ def bound_oracle(probe, public_bound: float, rounds: int = 40) -> Outcome:
     recovered = np.array([high]) if any(answers) else None  # all refused: the answers carry nothing
     return Outcome("finding 4: the bound as an oracle", ACTIVE, {"rounds": rounds, "public_bound": public_bound},
                    recovered, refusals, {"answers": answers})
+
+
+# -- the server chooses how many clients a round has -------------------------------------------------
+class UncheckedServer(MaskingServer):
+    """The attacker's server: the honest message builders without the job's minimum m (m is what stops it)."""
+
+    min_clients = 1
+
+
+def small_round(roster, terms, clients, victim: int, length: int, known: Mapping[int, np.ndarray],
+                withheld: Iterable[int] = ()) -> Outcome:
+    """A round of the victim and colluders: roster clients whose vectors the server knows (``known``; they run
+    whatever code the server likes), planned as the job's options plan a round of that many clients. Without
+    ``withheld`` the setup names only them; with it the setup also names honest clients that the server lets
+    share keys and then claims dropped before masking, so the survivors are the victim and the colluders
+    again. The sum minus the colluders' encodings is the victim's input."""
+    participants = sorted(clients)
+    options = MaskingOptions.from_roster(roster)
+    encoding, graph = options.plan(len(participants), terms.bound)
+    server = UncheckedServer(roster, terms, participants, length, encoding, graph)
+    total, refusals = honest_round(server, clients, withheld)
+    recovered = minus_known(total, server.included, victim, encoded(known, encoding))
+    sent = [stage for stage, messages in server.received.items() if victim in messages]
+    return Outcome("a round smaller than the job's minimum", f"active server with {len(known)} colluding roster clients",
+                   parameters(server, colluders=len(known), withheld=len(set(withheld)), min_clients=options.min_clients),
+                   recovered, refusals, {"victim_sent": sent})
 
 
 # -- attacks refused before issue 12, kept as drivers -----------------------------------------------
@@ -313,7 +338,7 @@ def substituted_keys(server: MaskingServer, clients, victim: int) -> Outcome:
         bundle = ShareBundle.from_bytes(clients[victim].share_keys(key_list))
     except ProtocolError as exc:
         return Outcome("substituted keys (key-list split)", ACTIVE, parameters(server), None, refusals | {victim: exc})
-    session = Session.derive(server.setup_message(), key_list)
+    session = Session.derive(server.setup_message(), key_list, server.min_clients)
     setup = RoundSetup.from_bytes(server.setup_message())
     envelope_keys = {peer: derive(fakes[peer][1], real.share_key, session.session_id, SHARE_PURPOSE, peer, victim)
                      for peer in session.graph[victim]}
@@ -336,11 +361,7 @@ def sybil_isolation(server: MaskingServer, victim: MaskingClient, sybils: Mappin
     is the victim's input. It works exactly when the victim accepts the server's roster."""
     clients = {victim.id: victim, **sybils}
     total, refusals = honest_round(server, clients)
-    recovered = None
-    if total is not None and victim.id in server.included:
-        recovered = total.copy()
-        for words in sybil_words.values():
-            recovered -= words
+    recovered = minus_known(total, server.included, victim.id, dict(sybil_words))
     return Outcome("Sybil isolation", f"active server with {len(sybils)} Sybil clients", parameters(server),
                    recovered, refusals)
 
@@ -394,5 +415,5 @@ def encoded(vectors: Mapping[int, np.ndarray], encoding: FixedPoint) -> dict[int
 
 
 __all__ = ["Recruitable", "recruitable", "OverflowRevealer", "OverflowSharer", "bound_oracle", "encoded", "honest_round",
-           "neighbourhood_wipe", "replayed_unmask", "restricted_view", "split_model", "split_views", "substituted_keys",
-           "survivor_and_dropped", "sybil_isolation"]
+           "neighbourhood_wipe", "replayed_unmask", "restricted_view", "small_round", "split_model", "split_views",
+           "substituted_keys", "survivor_and_dropped", "sybil_isolation", "UncheckedServer"]

@@ -26,6 +26,18 @@ class Outcome:
         return client in self.refusals
 
 
+def minus_known(total: np.ndarray | None, included, victim: int, known: dict[int, np.ndarray]) -> np.ndarray | None:
+    """The victim's words from a sum (uint64 words) that holds exactly the victim and clients whose words the
+    attacker knows (colluders, Sybils, clients sent a crafted model): the sum minus theirs. None when there is
+    no sum or it holds anyone else."""
+    if total is None or set(included) != {victim, *known}:
+        return None
+    recovered = np.array(total, dtype=np.uint64)
+    for words in known.values():
+        recovered -= words
+    return recovered
+
+
 def ask(clients, method: str, messages: dict[int, bytes]) -> tuple[dict[int, bytes], dict[int, ProtocolError]]:
     """Send each client its message; collect replies and typed refusals (anything else is a bug: it propagates)."""
     replies, refusals = {}, {}

@@ -4,10 +4,12 @@ Key holder: one designated client (named in the roster). It alone creates the se
 signs the public context with its identity key. It opens each round itself with a fresh nonce,
 and it decrypts at most one sum per nonce it drew: a sum it computes itself from the individual
 ciphertexts, each signed by a distinct roster client for exactly that round's session, of at
-least ``min_clients`` clients; never a ciphertext the server assembled or chose. So the server
-can neither mint decryptions nor replay an earlier round's ciphertext nor pass one client's
-ciphertext off as a sum. Client: checks the setup against the round it derived itself and the
-authenticated context, encodes, splits into limbs, encrypts and signs. Server: holds only the
+least m clients (the job's minimum aggregation size, ``min_clients`` in the roster,
+protocols/minimum.py); never a ciphertext the server assembled or chose. So the server can
+neither mint decryptions nor replay an earlier round's ciphertext nor pass one client's
+ciphertext, or the sum of a victim's and its colluders', off as a sum. Client: checks the setup
+against the round it derived itself and the authenticated context, refuses a round of fewer than
+m participants, encodes, splits into limbs, encrypts and signs. Server: holds only the
 public context (asserted), checks every message's signature against the roster, session and
 fingerprint, relays the inputs to the key holder and receives the decoded sum.
 """
@@ -19,12 +21,13 @@ import os
 import numpy as np
 
 from protocols.base import check_vector
-from protocols.errors import MalformedMessageError, ProtocolAbort, ProtocolError, ThresholdError
+from protocols.errors import MalformedMessageError, ProtocolAbort, ProtocolError
 from protocols.he.limbs import LimbPlan
 from protocols.he.messages import DecryptedSum, EncryptedInput, HERoundSetup, PublicContext, RoundOpen
 from protocols.he.schemes import Scheme, fingerprint
 from protocols.he.session import HEOptions, PublicSession, check_terms, chunk_count, pack, session_id, unpack
 from protocols.identity import Member, Roster
+from protocols.minimum import require_min_clients
 from protocols.terms import RoundTerms
 
 NONCE_BYTES = 16
@@ -66,7 +69,7 @@ class HEKeyHolder:
         if member.roster.key_holder != self.id:
             raise ProtocolAbort(f"client {self.id} is not the job's key holder")
         self.scheme: Scheme = options.make_scheme()
-        self.min_clients = options.min_clients
+        self._options = options
         self._context = self.scheme.secret_context()
         public = self.scheme.public_bytes(self._context)
         self.public_context = PublicContext(self.scheme.label, options.capacity, public, self.id).signed(
@@ -88,6 +91,7 @@ class HEKeyHolder:
         setup = HERoundSetup.from_bytes(setup_bytes)
         terms = self._claim_nonce(setup)
         _, plan = _refusing(lambda: check_terms(setup, self._roster, terms, self.scheme, self.fingerprint))
+        require_min_clients(len(setup.participants), self.min_clients, "the round setup")
         self._round = (setup, session_id(setup_bytes), plan)
         self._total, self._included = None, []
 
@@ -112,9 +116,7 @@ class HEKeyHolder:
         """Decrypt the sum this key holder computed, once; its canary must count the clients it added."""
         setup, session, plan = self._require_round()
         self._round = None
-        if len(self._included) < self.min_clients:
-            raise ThresholdError(f"only {len(self._included)} verified clients' inputs; the key holder decrypts no sum "
-                                 f"of fewer than {self.min_clients}")
+        require_min_clients(len(self._included), self.min_clients, "the sum of the verified clients' inputs")
         decrypted = [self.scheme.decrypt(c.vector) for c in self._total]
         sums, canaries = unpack(decrypted, setup.limbs, setup.length)
         if any(abs(float(c) - len(self._included)) > 0.5 for c in canaries):
@@ -123,6 +125,11 @@ class HEKeyHolder:
         words = plan.join(sums) if plan else sums[0].astype(np.float64).view(np.uint64)
         message = DecryptedSum(session, self.id, tuple(sorted(self._included)), words)
         return message.signed(self._member.identity, session).to_bytes()
+
+    @property
+    def min_clients(self) -> int:
+        """m: the key holder takes no setup of fewer participants and decrypts no sum of fewer verified clients."""
+        return self._options.min_clients
 
     def _claim_nonce(self, setup: HERoundSetup) -> RoundTerms:
         """Spend the setup's nonce: one this key holder drew and has not used (one decryption per nonce)."""
@@ -155,6 +162,11 @@ class HEClient:
         self._terms = terms
         self._public = public  # authenticated and loaded once per job, shared by the rounds
 
+    @property
+    def min_clients(self) -> int:
+        """m from the roster: this client encrypts for no round of fewer participants."""
+        return HEOptions.from_roster(self._member.roster).min_clients
+
     def encrypt(self, setup_bytes: bytes) -> bytes:
         return _refusing(lambda: self._encrypt(setup_bytes))
 
@@ -164,6 +176,7 @@ class HEClient:
         encoding, plan = check_terms(setup, self._member.roster, self._terms, public.scheme, public.fingerprint)
         if self.id not in setup.participants:
             raise ProtocolAbort(f"client {self.id} is not among the round's participants")
+        require_min_clients(len(setup.participants), self.min_clients, "the round setup")
         if setup.length != self._vector.shape[0]:
             raise ProtocolAbort(f"the round expects {setup.length} values, this client holds {self._vector.shape[0]}")
         if plan is None:  # approximate CKKS: the floats themselves

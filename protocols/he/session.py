@@ -1,7 +1,7 @@
 """What every HE role derives for itself: the job's scheme, the authenticated context, a round's terms.
 
-The job's options (scheme, capacity, limbs, fraction bits, the fewest clients a decrypted sum may
-cover) come from the roster, so the scheme's exact parameters are known to every participant
+The job's options (scheme, capacity, limbs, fraction bits, the job's minimum aggregation size m:
+the fewest clients a round and its decrypted sum may hold) come from the roster, so the scheme's exact parameters are known to every participant
 before any context arrives. A public context counts only if the job's key holder signed it with
 its identity key (the fingerprint of a context the server relayed authenticates nothing) and its
 parameters are the scheme's (``Scheme.load_context``). A round setup is checked, by clients and
@@ -28,6 +28,7 @@ from protocols.he.limbs import LimbPlan
 from protocols.he.messages import HERoundSetup, PublicContext
 from protocols.he.schemes import BFV, CKKS, Scheme, fingerprint
 from protocols.identity import Roster
+from protocols.minimum import check_min_clients
 from protocols.terms import RoundTerms
 
 DOMAIN = b"secure-afl/he/v2"
@@ -51,7 +52,7 @@ class HEOptions:
     capacity: int  # clients in the job: the most one sum may hold
     limbs: int
     fraction_bits: int | None
-    min_clients: int  # the key holder decrypts no sum of fewer verified clients
+    min_clients: int  # m (protocols/minimum.py): clients refuse smaller rounds, the key holder smaller sums
 
     def to_json(self) -> dict[str, Any]:
         return {"name": PROTOCOLS[self.scheme], "scheme": self.scheme, "capacity": self.capacity, "limbs": self.limbs,
@@ -66,7 +67,7 @@ class HEOptions:
         options = roster.protocol_options(name)
         try:
             return cls(options["scheme"], int(options["capacity"]), int(options["limbs"]), options["fraction_bits"],
-                       int(options["min_clients"]))
+                       check_min_clients(options["min_clients"], len(roster.clients)))
         except (KeyError, TypeError, ValueError) as exc:
             raise RosterError(f"the roster's HE options are malformed: {exc}") from exc
 

@@ -20,6 +20,7 @@ from protocols.errors import ParameterError
 from protocols.he.limbs import LimbPlan
 from protocols.he.roles import HEClient, HEKeyHolder, HEServer
 from protocols.he.session import HEOptions, PublicSession
+from protocols.minimum import check_min_clients, default_min_clients, require_min_clients
 from protocols.transcript import RoundView
 
 
@@ -41,8 +42,9 @@ class HEProtocol(RosteredProtocol):
         self._clients_seen_context: set[int] = set()
 
     def _options(self, clients: int) -> HEOptions:
-        min_clients = self.min_clients if self.min_clients is not None else min(clients, 2)
-        return HEOptions(self.scheme_name, clients, self.limbs, self.fraction_bits, min_clients)
+        """The job's options for ``clients`` clients; m defaults to ⌊2K/3⌋ + 1 of them (protocols/minimum.py)."""
+        minimum = default_min_clients(clients) if self.min_clients is None else check_min_clients(self.min_clients, clients)
+        return HEOptions(self.scheme_name, clients, self.limbs, self.fraction_bits, minimum)
 
     def options(self, clients: list[int]) -> dict:
         return self._options(len(clients)).to_json()
@@ -75,6 +77,7 @@ class HEProtocol(RosteredProtocol):
             self._session = self._start_session()
         holder, server, public = self._session
         holder_id = holder.id
+        require_min_clients(len(clients), holder.min_clients, "the round the server was asked to run")
         encoding, plan = self.plan(len(clients), terms.bound)
         upload = dict.fromkeys(clients + [holder_id], 0)  # the key holder decrypts even in rounds it sits out
         download = dict.fromkeys(clients + [holder_id], 0)

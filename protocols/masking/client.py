@@ -5,12 +5,16 @@ reply (bytes). Every check that protects the client's input happens before it an
 failure, of whatever kind, moves the client to ABORTED, after which it answers nothing: an abort
 never reveals more than was already sent. The client checks the setup against the terms it
 derived itself (protocols/terms.py) and encodes its vector under its own bound before any message
-leaves it, so a refusal never depends on the server's choice of bound. Every reply is signed with
-the client's identity key; every peer key it uses is checked against the roster.
+leaves it, so a refusal never depends on the server's choice of bound. It refuses a round of fewer
+participants, and survivor sets of fewer survivors, than the job's minimum aggregation size m
+(protocols/minimum.py): the server chooses n, so without m it could run a round of the victim and
+its colluders. Every reply is signed with the client's identity key; every peer key it uses is
+checked against the roster.
 
 Why the consistency round closes the attacks of issue 12 (findings 1 and 2)
 ---------------------------------------------------------------------------
-Notation: n participants, k neighbours, t threshold, q = max(t, ⌊2n/3⌋ + 1) (graph.quorum);
+Notation: n participants, k neighbours, t threshold, m the job's minimum aggregation size,
+q = max(t, ⌊2n/3⌋ + 1, m) (graph.quorum);
 N(v) the neighbours of v, N[v] = N(v) ∪ {v} its share holders; U2_v the key-sharer list v was
 given and masked with, M_v = N(v) ∩ U2_v the peers whose pairwise masks hide v's input; a
 proposal τ = (U2, U3, D = U2 − U3). The server recovers an honest v's input x_v from
@@ -18,7 +22,8 @@ y_v = x_v + PRG(b_v) ± Σ_{u∈M_v} PRG(s_vu) only with b_v and every s_vu, and
 mask key, or u colluding. The rules a client follows (the checks below):
 
   (R1) it signs at most one τ per session, and only if τ is well formed, τ.U2 is exactly its own
-       key-sharer list, it is itself in U3, and its own holders N[h] keep ≥ t survivors in U3;
+       key-sharer list, it is itself in U3, U3 holds at least m clients, and its own holders N[h]
+       keep ≥ t survivors in U3;
   (R2) before revealing, it knows for each neighbour s ∈ U3 that s masked with τ.U2: s signed τ
        (so s checked it, R1), or s's own signature on its masked input, whose digest names the
        key-sharer list s masked with, verifies for τ.U2;
@@ -73,7 +78,8 @@ from protocols.masking.messages import (
     MASK_KEY_SHARE, SELF_MASK_SHARE, ConsistencyRequest, ConsistencySignature, KeyAdvert, MaskedInput, RoundSetup,
     ShareBundle, ShareDelivery, SurvivorSets, UnmaskRequest, UnmaskResponse, ids_digest, input_digest,
 )
-from protocols.masking.session import Session, check_terms, setup_id
+from protocols.masking.session import MaskingOptions, Session, check_terms, setup_id
+from protocols.minimum import require_min_clients
 from protocols.prg import MaskExpander
 from protocols.terms import RoundTerms
 
@@ -115,6 +121,7 @@ class MaskingClient:
         def step():
             setup = RoundSetup.from_bytes(setup_bytes)
             encoding = self._check_terms(setup)
+            require_min_clients(len(setup.participants), self.min_clients, "the round setup")
             if self.id not in setup.participants:
                 raise ProtocolAbort(f"client {self.id} is not among the round's participants")
             if setup.length != self._vector.shape[0]:
@@ -130,7 +137,7 @@ class MaskingClient:
     # -- stage 2 ---------------------------------------------------------------------------
     def share_keys(self, key_list_bytes: bytes) -> bytes:
         def step():
-            session = Session.derive(self._setup_bytes, key_list_bytes)
+            session = Session.derive(self._setup_bytes, key_list_bytes, self.min_clients)
             own = session.adverts.get(self.id)
             if own is None or (own.mask_key, own.share_key) != (self._mask_keys.public, self._share_keys.public):
                 raise ProtocolAbort("the key list does not carry this client's own keys")
@@ -231,6 +238,12 @@ class MaskingClient:
         return self._transition(State.SIGNED, State.DONE, step)
 
     # -- checks (one method each, so a test double can remove exactly one) ------------------
+    @property
+    def min_clients(self) -> int:
+        """m: the fewest clients a round, its survivor sets and its certificate may hold; the operator's
+        number from the roster, never the server's."""
+        return MaskingOptions.from_roster(self._roster).min_clients
+
     def _check_terms(self, setup: RoundSetup) -> FixedPoint:
         """The setup is the round this client derived itself; its encoding is computed here, not read."""
         return check_terms(setup, self._roster, self._terms)
@@ -241,7 +254,7 @@ class MaskingClient:
 
     def _check_sets(self, sets: SurvivorSets) -> None:
         """Well-formed sets that match what this client knows: its own key-sharer list, itself a survivor,
-        at least t survivors."""
+        at least t survivors and at least m."""
         sets.check()
         if self.id in sets.dropped:
             raise ProtocolAbort("this client is listed as dropped")
@@ -251,6 +264,7 @@ class MaskingClient:
             raise ProtocolAbort("the proposed key-sharer list is not the one this client was given and masked with")
         if len(sets.survivors) < self._setup.threshold:
             raise ProtocolAbort(f"only {len(sets.survivors)} survivors, fewer than the threshold {self._setup.threshold}")
+        require_min_clients(len(sets.survivors), self.min_clients, "the proposed survivor set")
 
     def _check_neighbourhood(self, sets: SurvivorSets) -> None:
         """This client's own holders keep t survivors (else its secrets could not be rebuilt honestly)."""

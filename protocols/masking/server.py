@@ -26,7 +26,8 @@ from protocols.masking.messages import (
     MASK_KEY_SHARE, SELF_MASK_SHARE, ConsistencyRequest, ConsistencySignature, KeyAdvert, KeyList, MaskedInput,
     RoundSetup, ShareBundle, ShareDelivery, SurvivorSets, UnmaskRequest, UnmaskResponse, ids_digest,
 )
-from protocols.masking.session import STAGES, Session, check_parameters_fit, setup_id
+from protocols.masking.session import STAGES, MaskingOptions, Session, check_parameters_fit, setup_id
+from protocols.minimum import require_min_clients
 from protocols.prg import MaskExpander
 from protocols.terms import RoundTerms
 
@@ -57,6 +58,11 @@ class MaskingServer:
     def threshold(self) -> int:
         return self.setup.threshold
 
+    @property
+    def min_clients(self) -> int:
+        """The job's m from the roster: the honest server abandons a round its clients would refuse for it."""
+        return MaskingOptions.from_roster(self.roster).min_clients
+
     def setup_message(self) -> bytes:
         return self._setup_bytes
 
@@ -73,7 +79,7 @@ class MaskingServer:
         """Broadcast of every advertised key; fixes the session."""
         self._require(len(self._adverts), "advertised keys")
         key_list = KeyList(self.setup.round_id, tuple(self._adverts[c] for c in sorted(self._adverts))).to_bytes()
-        self.session = Session.derive(self.setup_message(), key_list)
+        self.session = Session.derive(self.setup_message(), key_list, self.min_clients)
         return key_list
 
     # -- stage 2 ---------------------------------------------------------------------------
@@ -129,6 +135,7 @@ class MaskingServer:
         """The same proposal for every survivor."""
         sets = self.survivor_sets()
         self._require(len(sets.survivors), "masked inputs")
+        require_min_clients(len(sets.survivors), self.min_clients, "the round's survivor set")
         sharers = ids_digest(sets.key_sharers)
         if any(self._masked[c].sharers != sharers for c in sets.survivors):
             raise ProtocolError("a client masked with a key-sharer list other than the one it was sent")

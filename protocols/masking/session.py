@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocols.encoding import FixedPoint
-from protocols.errors import EncodingError, ParameterError, ProtocolAbort, RosterError
+from protocols.errors import EncodingError, ParameterError, ProtocolAbort, RosterError, TooFewClientsError
 from protocols.graph import GraphParameters, NeighbourGraph, Targets, choose_parameters, minimum_threshold, neighbour_graph
 from protocols.graph import quorum as certificate_quorum
 from protocols.identity import Roster
 from protocols.keys import KEY_BYTES
 from protocols.masking.messages import KeyAdvert, KeyList, RoundSetup
+from protocols.minimum import check_min_clients, default_min_clients
 from protocols.terms import RoundTerms
 
 DOMAIN = b"secure-afl/masking/v2"
@@ -33,17 +34,24 @@ STAGES = ("advertise", "share", "input", "consistency", "unmask")  # a client th
 
 @dataclass(frozen=True)
 class MaskingOptions:
-    """The job's masking options, as the roster records them (None: the default for the round's size)."""
+    """The job's masking options, as the roster records them (None: the default for the round's size).
+
+    ``min_clients`` (m, protocols/minimum.py) is never left to the round: a roster records the number,
+    resolved by ``to_json`` against the job's clients when not given."""
 
     threshold: int | None = None
     neighbours: int | None = None
     fraction_bits: int | None = None
     targets: Targets = Targets()
+    min_clients: int | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, clients: int) -> dict[str, Any]:
+        """The roster's record for a job of ``clients`` clients, every round of which asks all of them unless
+        ``min_clients`` says otherwise."""
         t = self.targets
+        minimum = default_min_clients(clients) if self.min_clients is None else check_min_clients(self.min_clients, clients)
         return {"name": NAME, "threshold": self.threshold, "neighbours": self.neighbours,
-                "fraction_bits": self.fraction_bits,
+                "fraction_bits": self.fraction_bits, "min_clients": minimum,
                 "targets": {"corrupt_fraction": t.corrupt_fraction, "dropout_fraction": t.dropout_fraction,
                             "security_bits": t.security_bits, "failure_bits": t.failure_bits}}
 
@@ -52,8 +60,8 @@ class MaskingOptions:
         options = roster.protocol_options(NAME)
         try:
             return cls(options["threshold"], options["neighbours"], options["fraction_bits"],
-                       Targets(**options["targets"]))
-        except (KeyError, TypeError) as exc:
+                       Targets(**options["targets"]), check_min_clients(options["min_clients"], len(roster.clients)))
+        except (KeyError, TypeError, ParameterError) as exc:
             raise RosterError(f"the roster's masking options are malformed: {exc}") from exc
 
     def plan(self, clients: int, bound: float) -> tuple[FixedPoint, GraphParameters]:
@@ -125,9 +133,10 @@ class Session:
     quorum: int
 
     @classmethod
-    def derive(cls, setup_bytes: bytes, key_list_bytes: bytes) -> Session:
+    def derive(cls, setup_bytes: bytes, key_list_bytes: bytes, min_clients: int) -> Session:
         """The session of a setup and key list, from their wire bytes (the format is canonical:
-        one byte string per message, so hashing the bytes received equals hashing the message)."""
+        one byte string per message, so hashing the bytes received equals hashing the message).
+        ``min_clients`` is the job's m from the roster: no certificate quorum is below it."""
         setup, key_list = RoundSetup.from_bytes(setup_bytes), KeyList.from_bytes(key_list_bytes)
         if key_list.round_id != setup.round_id:
             raise ProtocolAbort(f"the key list is for round {key_list.round_id!r}, not {setup.round_id!r}")
@@ -142,9 +151,9 @@ class Session:
             raise ProtocolAbort("the key list holds a public key of the wrong size")
         if len(set(keys)) != len(keys):
             raise ProtocolAbort("the key list repeats a public key")
-        quorum = certificate_quorum(len(setup.participants), setup.threshold)
+        quorum = certificate_quorum(len(setup.participants), setup.threshold, min_clients)
         if len(senders) < quorum:
-            raise ProtocolAbort(f"only {len(senders)} clients advertised keys; {quorum} must sign the survivor sets "
+            raise TooFewClientsError(f"only {len(senders)} clients advertised keys; {quorum} must sign the survivor sets "
                                 "before anything can be unmasked")
         session_id = hashlib.sha256(DOMAIN + setup_bytes + key_list_bytes).digest()
         graph = neighbour_graph(senders, setup.neighbours, session_id)

@@ -24,6 +24,7 @@ from protocols.identity import Member, enrol
 from protocols.masking.client import MaskingClient
 from protocols.masking.server import MaskingServer
 from protocols.masking.session import STAGES, MaskingOptions
+from protocols.minimum import require_min_clients
 from protocols.terms import RoundTerms
 from protocols.transcript import RoundView
 
@@ -66,7 +67,7 @@ class MaskedRound:
 def enrol_for(clients, encoding: FixedPoint, parameters: GraphParameters) -> dict[int, Member]:
     """A one-round job whose roster fixes exactly these parameters (for callers that chose them directly)."""
     options = MaskingOptions(parameters.threshold, parameters.neighbours, encoding.fraction_bits)
-    roster, identities = enrol("masking-round", clients, {"protocol": options.to_json()})
+    roster, identities = enrol("masking-round", clients, {"protocol": options.to_json(len(clients))})
     return {c: Member(identity, roster) for c, identity in identities.items()}
 
 
@@ -160,9 +161,10 @@ class MaskingProtocol(RosteredProtocol):
 
     def __init__(self, threshold: int | None = None, neighbours: int | None = None, fraction_bits: int | None = None,
                  dropout: Mapping[str, float] | None = None, dropout_seed: int = 0, targets: Targets = Targets(),
-                 record: bool = False):
+                 min_clients: int | None = None, record: bool = False):
         super().__init__(record)
         self.threshold = threshold
+        self.min_clients = min_clients  # m (protocols/minimum.py); None: ⌊2K/3⌋ + 1 of the K enrolled clients
         self.neighbours = neighbours
         self.fraction_bits = fraction_bits
         self.dropout = check_dropout_fractions(dropout or {})
@@ -172,10 +174,10 @@ class MaskingProtocol(RosteredProtocol):
 
     @property
     def _options(self) -> MaskingOptions:
-        return MaskingOptions(self.threshold, self.neighbours, self.fraction_bits, self.targets)
+        return MaskingOptions(self.threshold, self.neighbours, self.fraction_bits, self.targets, self.min_clients)
 
     def options(self, clients: list[int]) -> dict:
-        return self._options.to_json()
+        return self._options.to_json(len(clients))
 
     def prepare(self, clients: int, bound: float) -> None:
         self.plan(clients, bound)
@@ -185,7 +187,8 @@ class MaskingProtocol(RosteredProtocol):
         return self._options.plan(clients, bound)
 
     def _aggregate(self, terms, contributions, length, drop):
-        self._roster_for(contributions)
+        minimum = MaskingOptions.from_roster(self._roster_for(contributions)).min_clients
+        require_min_clients(len(contributions), minimum, "the round the server was asked to run")
         round_id = terms.round_id
         encoding, parameters = self.plan(len(contributions), terms.bound)
         drawn = draw_dropouts(list(contributions), self.dropout, self.dropout_seed + self.rounds_run)
@@ -202,6 +205,7 @@ class MaskingProtocol(RosteredProtocol):
             "quantization_bound": encoding.sum_error_bound,
             "threshold": parameters.threshold,
             "neighbours": parameters.neighbours,
+            "min_clients": minimum,
             "graph": "complete" if parameters.complete else "k-regular",
             "security_log2": _finite_or_none(parameters.security_log2),  # None: impossible under the model
             "failure_log2": _finite_or_none(parameters.failure_log2),
