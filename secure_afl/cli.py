@@ -29,6 +29,12 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=defaults.protocol,
                    help="mask: pairwise masking (SecAgg/SecAgg+); he-bfv / he-ckks: exact homomorphic sums; "
                         "he-ckks-approx: approximate; plaintext: the server sees every client's statistics")
+    secure = p.add_argument_group("secure protocols (mask, he-bfv, he-ckks, he-ckks-approx)")
+    secure.add_argument("--min-clients", type=int, default=None, metavar="M",
+                        help="the fewest clients whose inputs one sum may hold; every client and the HE key holder "
+                             "refuse smaller rounds, so a server cannot isolate a client among a few colluders "
+                             "(default ⌊2P/3⌋+1 of the P clients asked per round; at most P - M clients may drop out "
+                             "over a whole job)")
     masking = p.add_argument_group("masking protocol")
     masking.add_argument("--threshold", type=int, default=None,
                          help="shares needed to unmask (default ⌊2(k+1)/3⌋+1 for k neighbours)")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocols.minimum import default_min_clients
+from secure_afl.algorithms.fedavg import clients_per_round
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
 from secure_afl.errors import ConfigError
@@ -15,10 +17,10 @@ from secure_afl.features.extract import check_precision
 
 ALGORITHMS = ("afl", "apfl", "deepafl", "fedavg", "fedprox")
 PROTOCOL_OPTIONS = {
-    "mask": ("threshold", "neighbours", "fraction_bits", "dropout"),
-    "he-bfv": ("limbs", "fraction_bits", "key_holder"),
-    "he-ckks": ("limbs", "fraction_bits", "key_holder"),
-    "he-ckks-approx": ("key_holder",),
+    "mask": ("threshold", "neighbours", "fraction_bits", "dropout", "min_clients"),
+    "he-bfv": ("limbs", "fraction_bits", "key_holder", "min_clients"),
+    "he-ckks": ("limbs", "fraction_bits", "key_holder", "min_clients"),
+    "he-ckks-approx": ("key_holder", "min_clients"),
 }
 _GRADIENT = ("fedavg", "fedprox")
 _ALGORITHM_OPTIONS = {  # option → the algorithms it applies to
@@ -100,15 +102,27 @@ class RunConfig:
     dropout: dict[str, float] = field(default_factory=dict)  # masking: simulated dropout fraction per stage
     limbs: int | None = None  # he-bfv / he-ckks: limbs per value (default 1 for BFV, 2 for integer CKKS)
     key_holder: int | None = None  # he-*: the client that holds the secret key (default: the lowest id)
+    min_clients: int | None = None  # mask / he-*: the fewest clients a sum may hold (default ⌊2P/3⌋ + 1, P per round)
 
     def protocol_options(self) -> dict:
-        """Options passed to the chosen protocol (the ones set; ``validate`` refuses the others)."""
+        """Options passed to the chosen protocol (the ones set; ``validate`` refuses the others). A secure
+        protocol always gets its minimum aggregation size: the one given, or the default for this job's
+        rounds (the protocol alone would take every enrolled client as a round's size)."""
         defaults = RunConfig()
         options = {name: getattr(self, name) for name in PROTOCOL_OPTIONS.get(self.protocol, ())
                    if getattr(self, name) != getattr(defaults, name)}
         if self.protocol == "mask":
             options["dropout_seed"] = self.seed
+        if "min_clients" in PROTOCOL_OPTIONS.get(self.protocol, ()):
+            options["min_clients"] = self.min_clients or default_min_clients(self.clients_per_round())
         return options
+
+    def clients_per_round(self) -> int:
+        """P, the clients an honest server asks each round: all of them for AFL, APFL and DeepAFL, the sampled
+        ⌈client_fraction · K⌉ for FedAvg / FedProx."""
+        if self.algorithm in _GRADIENT:
+            return clients_per_round(self.client_fraction, self.clients)
+        return self.clients
 
     def validate(self) -> None:
         """Refuse values no run can use; names are checked against the registries they select from."""
@@ -140,3 +154,6 @@ class RunConfig:
             choice, accepted = OPTION_SCOPE[stray[0]]
             names = [name for name in stray if OPTION_SCOPE[name] == (choice, accepted)]
             raise ConfigError(f"{', '.join(names)} only apply to --{choice} {' / '.join(accepted)}")
+        if self.min_clients is not None and not 2 <= self.min_clients <= self.clients_per_round():
+            raise ConfigError(f"--min-clients must be from 2 (a sum of one client is that client's vector) to the "
+                              f"{self.clients_per_round()} clients a round asks, got {self.min_clients}")

@@ -71,6 +71,23 @@ def test_dropouts_leave_clients_out_and_match_centralized_training_on_the_rest(t
     assert results["metrics"]["max_rel_diff_to_centralized"] <= 1e-8
     dropped = results["bytes"]["per_round"][0]["protocol"]["dropped"]
     assert len(dropped["input"]) == 2 and len(dropped["unmask"]) == 1
+    assert results["bytes"]["per_round"][0]["protocol"]["min_clients"] == 7  # 8 survivors: enough
+
+
+@pytest.mark.parametrize("options, expected", [
+    (dict(), 14),  # AFL asks every client: ⌊2 · 20/3⌋ + 1
+    (dict(algorithm="deepafl", protocol="he-bfv", clients=10), 7),
+    (dict(algorithm="fedavg", client_fraction=0.5), 7),  # P = 10 of 20
+    (dict(algorithm="fedprox", client_fraction=0.1, clients=15), 2),  # P = ⌈1.5⌉ = 2
+    (dict(min_clients=5), 5),
+    (dict(protocol="plaintext"), None),
+])
+def test_the_minimum_aggregation_size_defaults_from_the_clients_each_round_asks(options, expected):
+    from secure_afl.config import RunConfig
+
+    config = RunConfig(**options)
+    config.validate()
+    assert config.protocol_options().get("min_clients") == expected
 
 
 def test_unknown_dropout_stage_is_a_usage_error(capsys):
@@ -114,6 +131,12 @@ def test_results_are_the_same_for_every_partition(tmp_path, capsys):
         (["--protocol", "he-bfv", "--neighbours", "4"], "neighbours only apply to --protocol mask"),
         (["--protocol", "he-bfv", "--fraction-bits", "60"], "cannot carry"),
         (["--protocol", "he-ckks", "--limbs", "0"], "limbs must be at least 1"),
+        (["--min-clients", "1"], "--min-clients must be from 2 (a sum of one client is that client's vector)"),
+        (["--protocol", "he-bfv", "--min-clients", "11"], "to the 10 clients a round asks, got 11"),
+        (["--algorithm", "fedavg", "--client-fraction", "0.5", "--min-clients", "6"], "to the 5 clients a round asks"),
+        (["--protocol", "plaintext", "--min-clients", "5"],
+         "min_clients only apply to --protocol mask / he-bfv / he-ckks / he-ckks-approx"),
+        (["--min-clients", "9", "--dropout", "input=0.2"], "survivor set holds 8 clients, fewer than 9"),
         (["--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
     ],
 )
@@ -169,6 +192,7 @@ def test_homomorphic_runs_match_centralized_training(tmp_path, capsys, protocol,
     assert results["metrics"]["max_rel_diff_to_centralized"] <= limit
     details = results["bytes"]["per_round"][0]["protocol"]
     assert details["exact"] == (protocol != "he-ckks-approx") and details["key_holder"] == 0
+    assert details["min_clients"] == 7  # ⌊2 · 10/3⌋ + 1, in the roster every participant holds
     length = results["bytes"]["per_round"][0]["length"]
     ciphertexts = details["ciphertexts_per_client"]
     assert ciphertexts == details["limbs"] * -(-(length + 1) // details["slots"])

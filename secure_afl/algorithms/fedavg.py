@@ -227,6 +227,12 @@ class FedAvgClient(AlgorithmClient):
         return np.concatenate([n * theta, [n]])
 
 
+def clients_per_round(client_fraction: float, clients: int) -> int:
+    """How many clients a round samples: ⌈client_fraction · K⌉, at least one (the job's public P, from which
+    the secure protocols' minimum aggregation size defaults)."""
+    return max(1, math.ceil(client_fraction * clients))
+
+
 class FedAvgServer(AlgorithmServer):
     def __init__(self, dim: int, num_classes: int, config: FedAvgConfig, clients: list[int], max_samples: int):
         self.config = config
@@ -240,7 +246,7 @@ class FedAvgServer(AlgorithmServer):
     def next_round(self) -> RoundSpec | None:
         if self.round == self.config.rounds:
             return None
-        count = max(1, math.ceil(self.config.client_fraction * len(self.clients)))
+        count = clients_per_round(self.config.client_fraction, len(self.clients))
         chosen = frozenset(int(c) for c in self._rng.choice(self.clients, size=count, replace=False))
         layout = {"kind": "weighted_parameters", "parameters": [0, self.theta.shape[0]], "weight": self.theta.shape[0],
                   "head": self.config.head}  # [n_k θ_k, n_k]
