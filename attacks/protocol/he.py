@@ -19,6 +19,7 @@ from protocols.identity import Roster
 from protocols.terms import RoundTerms
 
 ACTIVE = "active server, no colluding client"
+SMALL_ROUND = "a round smaller than the job's minimum"
 
 
 def rogue_context(scheme: Scheme, capacity: int, claimed_sender: int) -> tuple[bytes, object]:
@@ -104,9 +105,9 @@ def small_round(holder, server: HEServer, clients, victim: int, terms: RoundTerm
             holder.add(message)
         words, included = server.receive_decrypted(holder.finish())
     except ProtocolError as exc:
-        return Outcome("a round smaller than the job's minimum", threat, parameters, refusals=refusals | {holder.id: exc})
+        return Outcome(SMALL_ROUND, threat, parameters, refusals=refusals | {holder.id: exc})
     recovered = minus_known(words, included, victim, {c: encoding.encode(v) for c, v in known.items()})
-    return Outcome("a round smaller than the job's minimum", threat, parameters, recovered, refusals)
+    return Outcome(SMALL_ROUND, threat, parameters, recovered, refusals)
 
 
 def weak_contexts() -> dict[str, bytes]:

@@ -267,9 +267,9 @@ def small_round(roster, terms, clients, victim: int, length: int, known: Mapping
     total, refusals = honest_round(server, clients, withheld)
     recovered = minus_known(total, server.included, victim, encoded(known, encoding))
     sent = [stage for stage, messages in server.received.items() if victim in messages]
+    extra = {"colluders": len(known), "withheld": len(set(withheld)), "min_clients": options.min_clients}
     return Outcome("a round smaller than the job's minimum", f"active server with {len(known)} colluding roster clients",
-                   parameters(server, colluders=len(known), withheld=len(set(withheld)), min_clients=options.min_clients),
-                   recovered, refusals, {"victim_sent": sent})
+                   parameters(server, **extra), recovered, refusals, {"victim_sent": sent})
 
 
 # -- attacks refused before issue 12, kept as drivers -----------------------------------------------

@@ -1,8 +1,8 @@
 """What every HE role derives for itself: the job's scheme, the authenticated context, a round's terms.
 
 The job's options (scheme, capacity, limbs, fraction bits, the job's minimum aggregation size m:
-the fewest clients a round and its decrypted sum may hold) come from the roster, so the scheme's exact parameters are known to every participant
-before any context arrives. A public context counts only if the job's key holder signed it with
+the fewest clients a round and its decrypted sum may hold) come from the roster, so the scheme's
+exact parameters are known to every participant before any context arrives. A public context counts only if the job's key holder signed it with
 its identity key (the fingerprint of a context the server relayed authenticates nothing) and its
 parameters are the scheme's (``Scheme.load_context``). A round setup is checked, by clients and
 key holder alike, against the round's terms each derived itself, as in masking.
