@@ -31,3 +31,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/he_cost.py
 	$(BIN)/python benchmarks/accuracy_table.py
 	$(BIN)/python benchmarks/time_to_accuracy.py
+	$(BIN)/python benchmarks/active_security_cost.py
+	$(BIN)/python benchmarks/attack_sweep.py

@@ -164,7 +164,7 @@ class _Scorer:
         self.identification: dict | None = None
         self.by_round: dict[str, dict] = defaultdict(lambda: {"matched": 0, "recovered": 0})
 
-    def tally(self, score: "Score") -> None:
+    def tally(self, score: Score) -> None:
         """Every matched reconstruction, per round (the headline keeps each target's best round)."""
         row = self.by_round[score.round]
         row["matched"] += 1
@@ -221,7 +221,7 @@ class _Scorer:
                 self.tally(score)
                 if key not in scores or score.score > scores[key].score:
                     scores[key] = score
-        pool_space = sorted(spaces)[0] if spaces else "x"
+        pool_space = "x" if "x" in spaces or not spaces else sorted(spaces)[0]
         self.identification = {"rule": IDENTIFICATION.format(pool=len(self.truth.labels)), "spaces": sorted(spaces)}
         return targets, scores, self._feature_baseline(targets, pool_space)
 

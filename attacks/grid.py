@@ -29,10 +29,18 @@ COLUMNS: dict[str, Callable] = {
 
 
 def choose_rows(rows: list[dict]) -> list[dict]:
+    """Up to MAX_ROWS targets spread evenly over the report (so classes and clients vary): recovered ones,
+    then up to FAILURES_SHOWN that were not."""
     recovered = [r for r in rows if r["recovered"]]
     missed = [r for r in rows if not r["recovered"]]
-    shown_missed = missed[: min(FAILURES_SHOWN, len(missed), max(MAX_ROWS - len(recovered), FAILURES_SHOWN))]
-    return recovered[: MAX_ROWS - len(shown_missed)] + shown_missed
+    shown_missed = _spread(missed, min(FAILURES_SHOWN, len(missed), max(MAX_ROWS - len(recovered), FAILURES_SHOWN)))
+    return _spread(recovered, MAX_ROWS - len(shown_missed)) + shown_missed
+
+
+def _spread(rows: list[dict], count: int) -> list[dict]:
+    if count >= len(rows):
+        return rows
+    return [rows[i] for i in np.linspace(0, len(rows) - 1, count).round().astype(int)]
 
 
 def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:

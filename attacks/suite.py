@@ -132,7 +132,7 @@ def _attack(name: str, view: ServerView, truth: GroundTruth | None) -> tuple[dic
     output = attack.run(view)
     report = evaluate(attack, output, view, truth)
     picture = None
-    if truth is not None and attack.targets in PICTURED and report["per_target"]:
+    if truth is not None and output.applicable and attack.targets in PICTURED and report["per_target"]:
         picture = {"truth": truth, "rows": report["per_target"], "title": f"{name}: {report['targets']}"}
     return report, picture
 

@@ -103,9 +103,11 @@ def plot(rows: list[dict], path: Path) -> None:
             axes[0].plot(alphas, [r["exact_fraction"] for _, r in points], style, marker="o", label=label)
             axes[1].plot(alphas, [r["attacks"]["gram"]["recovered_fraction"] for _, r in points], style, marker="o",
                          label=label)
-            axes[2].plot(alphas, [r["clients_with_a_singleton"] for _, r in points], style, marker="o", label=label)
+            if protocol == "plaintext":  # ground truth: the same under every protocol
+                axes[2].plot(alphas, [r["clients_with_a_singleton"] for _, r in points], style, marker="o",
+                             label=f"K={clients}")
     titles = ("training samples recovered exactly (cos ≥ 0.9999)", "gram attack: samples at cos ≥ 0.95",
-              "clients with at least one singleton")
+              "clients holding at least one singleton (ground truth)")
     for axis, title in zip(axes, titles):
         axis.set_xscale("log")
         axis.set_xlabel("Dirichlet α")
@@ -113,6 +115,7 @@ def plot(rows: list[dict], path: Path) -> None:
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

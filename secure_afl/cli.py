@@ -159,74 +159,69 @@ def main(argv: list[str] | None = None) -> int:
     options = vars(args)
     options["dropout"] = dict(options["dropout"])
     config = RunConfig(**{k: v for k, v in options.items() if k in names})
-    if args.command == "attack":
-        return _attack(args, config)
+    command = _attack if args.command == "attack" else _run
     try:
-        from protocols.transcript import check_destination
-        from secure_afl.results import check_output_path, format_summary, write_results
-        from secure_afl.runner import run
-
-        check_output_path(args.out, args.overwrite)
-        if args.transcript is not None:
-            check_destination(args.transcript, args.overwrite)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = _warn_line
-            results = run(config, progress=not args.quiet, transcript=args.transcript, overwrite=args.overwrite)
-        if args.out:
-            write_results(args.out, results, overwrite=args.overwrite)
+            summary = command(args, config)
     except (SecureAFLError, ProtocolError) as exc:
         print(f"secure-afl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not args.quiet:
-        print(format_summary(results))
-        if args.out:
-            print(f"results written to {args.out}")
+        print(summary)
     return 0
 
 
-def _attack(args, config: RunConfig) -> int:
-    """``secure-afl attack``: one line on stderr and exit 2 for every expected failure, before any file is written."""
-    try:
-        from attacks.grid import save_grid
-        from attacks.suite import PICTURED, attack_names, attack_run, attack_transcript
-        from attacks.base import ATTACKS
-        from secure_afl.results import check_output_path, write_results
+def _run(args, config: RunConfig) -> str:
+    """``secure-afl run``: every output is checked before the run, written after it; returns the summary."""
+    from protocols.transcript import check_destination
+    from secure_afl.results import check_output_path, format_summary, write_results
+    from secure_afl.runner import run
 
-        names = attack_names(args.attack)
-        check_output_path(args.out, args.overwrite)
-        grids = {}
-        if args.grid is not None:
-            grids = {n: _grid_path(args.grid, n, len(names)) for n in names if ATTACKS[n].targets in PICTURED}
-            if not grids:
-                raise ConfigError(f"--grid: attack {args.attack!r} reconstructs no single images to picture")
-            for path in grids.values():
-                check_output_path(path, args.overwrite)
-        if args.victim and "difference" not in names:
-            raise ConfigError("--victim only applies to the difference attack")
-        config.validate()
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = _warn_line
-            if args.transcript is not None:
-                document, pictures = attack_transcript(names, args.transcript, config, progress=not args.quiet)
-            else:
-                document, pictures = attack_run(names, config, tuple(args.victim) or (0,), progress=not args.quiet)
-        for name, path in grids.items():
-            if name in pictures:
-                save_grid(path, pictures[name])
-        if args.out:
-            write_results(args.out, document, overwrite=args.overwrite)
-    except (SecureAFLError, ProtocolError) as exc:
-        print(f"secure-afl: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not args.quiet:
-        print(_attack_summary(document))
-        for name, path in grids.items():
-            print(f"picture written to {path}" if name in pictures else f"no picture for {name}: nothing to score")
-        if args.out:
-            print(f"report written to {args.out}")
-    return 0
+    check_output_path(args.out, args.overwrite)
+    if args.transcript is not None:
+        check_destination(args.transcript, args.overwrite)
+    results = run(config, progress=not args.quiet, transcript=args.transcript, overwrite=args.overwrite)
+    if args.out:
+        write_results(args.out, results, overwrite=args.overwrite)
+    return format_summary(results) + (f"\nresults written to {args.out}" if args.out else "")
+
+
+def _attack(args, config: RunConfig) -> str:
+    """``secure-afl attack``: outputs and options are checked before the case runs; returns the summary."""
+    from attacks.base import ATTACKS
+    from attacks.grid import save_grid
+    from attacks.suite import PICTURED, attack_names, attack_run, attack_transcript
+    from secure_afl.results import check_output_path, write_results
+
+    names = attack_names(args.attack)
+    check_output_path(args.out, args.overwrite)
+    grids = {}
+    if args.grid is not None:
+        grids = {n: _grid_path(args.grid, n, len(names)) for n in names if ATTACKS[n].targets in PICTURED}
+        if not grids:
+            raise ConfigError(f"--grid: attack {args.attack!r} reconstructs no single images to picture")
+        for path in grids.values():
+            check_output_path(path, args.overwrite)
+    if args.victim and "difference" not in names:
+        raise ConfigError("--victim only applies to the difference attack")
+    config.validate()
+    if args.transcript is not None:
+        document, pictures = attack_transcript(names, args.transcript, config, progress=not args.quiet)
+    else:
+        document, pictures = attack_run(names, config, tuple(args.victim) or (0,), progress=not args.quiet)
+    lines = [_attack_summary(document)]
+    for name, path in grids.items():
+        if name in pictures:
+            save_grid(path, pictures[name])
+            lines.append(f"picture written to {path}")
+        else:
+            lines.append(f"no picture for {name}: nothing to score")
+    if args.out:
+        write_results(args.out, document, overwrite=args.overwrite)
+        lines.append(f"report written to {args.out}")
+    return "\n".join(lines)
 
 
 def _grid_path(path: str, attack: str, count: int) -> str:
