@@ -23,13 +23,12 @@ import numpy as np
 
 from protocols import broadcast_digest
 from protocols.transcript import Transcript, TranscriptWriter
-from secure_afl.algorithms.afl import AFLConfig
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import Dataset
 from secure_afl.errors import ConfigError
 from secure_afl.runner import (
-    Features, PlaintextAggregationWarning, RunPlan, Timer, deepafl_config, fedavg_config, load_features, make_algorithm,
-    plan_run, public_knowledge, results_document, train,
+    Features, PlaintextAggregationWarning, RunPlan, Timer, build_algorithm, load_features, plan_run, public_knowledge,
+    results_document, train,
 )
 from secure_afl.statistics import packed_statistics
 
@@ -78,9 +77,13 @@ class GroundTruth:
         if (round_name, client) in self.contributions:
             return self.contributions[(round_name, client)]
         if layout.get("kind") == "statistics" and layout.get("rows") == "x":
-            rows = self.client_indices[client]
-            return packed_statistics(self.x[rows], self.labels[rows], self.num_classes)
+            return self.packed([client])
         return None
+
+    def packed(self, clients) -> np.ndarray:
+        """The packed statistics of X over these clients' samples (what they send, or its sum)."""
+        rows = np.concatenate([self.client_indices[k] for k in clients])
+        return packed_statistics(self.x[rows], self.labels[rows], self.num_classes)
 
     def images(self, samples: np.ndarray, size: int = 64) -> np.ndarray:
         """uint8 (B, H, W, 3) pixels of training samples, for pictures."""
@@ -127,11 +130,7 @@ class Case:
 
     def _retry(self, plan: RunPlan, features: Features, writer: TranscriptWriter, contributions: dict) -> dict:
         """The job's first round, then the same round again once per victim, who drops at the input stage."""
-        config = plan.config
-        deep = deepafl_config(config) if config.algorithm == "deepafl" else None
-        gradient = fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None
-        server, clients = make_algorithm(AFLConfig(config.gamma, config.restore), config.max_norm, features.data,
-                                         len(plan.train_y), deep, gradient)
+        server, clients = build_algorithm(plan, features)
         spec = server.next_round()
         asked = sorted(clients) if spec.participants is None else sorted(spec.participants)
         missing = [v for v in self.victims if v not in asked]

@@ -32,8 +32,10 @@ from scipy.optimize import linear_sum_assignment
 
 from attacks.base import Attack, AttackOutput, Reconstruction, ServerView
 from attacks.case import GroundTruth
-from attacks.statistics.difference import statistic_key
-from secure_afl.algorithms.deepafl import DeepAFLConfig, layer_features
+from attacks.statistics.difference import same_statistic
+from secure_afl.algorithms.deepafl import layer_features
+from secure_afl.config import RunConfig
+from secure_afl.runner import deepafl_config
 
 TARGETS = {
     "singletons": "training samples alone in their class on their client",
@@ -81,9 +83,7 @@ class Spaces:
 
     def _deepafl_layer(self, x: np.ndarray, layer: int) -> np.ndarray:
         """Φ_layer of rows of X, replayed with the Ω_t the server broadcast (public, in the transcript)."""
-        c = self.view.config
-        config = DeepAFLConfig(c["deep_width"], c["residual_width"], c["depth"], c["deep_lam"], c["deep_gamma"],
-                               c["deep_activation"], c["deep_seed"])
+        config = deepafl_config(RunConfig(**self.view.config))  # the partition fields it lacks play no part
         omegas = {entry.spec["layout"].get("layer"): entry.broadcast["omega"] for entry in self.view.rounds()
                   if "omega" in entry.broadcast}
         scale = next(entry.spec["layout"]["scale"] for entry in self.view.rounds()
@@ -291,11 +291,8 @@ class _Scorer:
         return targets, scores, baseline
 
     def _victims(self, items):
-        groups: dict[str, list] = defaultdict(list)
-        for entry in self.view.rounds():
-            groups[statistic_key(entry)].append(entry)
         victims: dict[tuple, tuple] = {}
-        for entries in groups.values():
+        for entries in same_statistic(self.view):
             for entry in entries:
                 for other in entries:
                     for client in set(other.included) - set(entry.included):

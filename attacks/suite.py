@@ -25,7 +25,6 @@ from secure_afl.device import resolve_device
 from secure_afl.errors import ConfigError
 from secure_afl.results import SCHEMA_VERSION, environment
 from secure_afl.runner import LOCAL_FIELDS, PARTITION_FIELDS
-from secure_afl.statistics import packed_statistics
 
 PICTURED = ("singletons", "samples")  # target kinds whose reconstructions are single images
 
@@ -56,11 +55,7 @@ def attack_run(names: list[str], config: RunConfig, victims: tuple[int, ...] = (
                                             "seconds": time.perf_counter() - started,
                                             **({"victims": list(victims)} if behaviour == "retry" else {}),
                                             **({"metrics": _model_metrics(ran.results)} if behaviour == "honest" else {})}
-            for name in members:
-                report, picture = _attack(name, ServerView(ran.transcript), ran.truth)
-                document["attacks"][name] = report
-                if picture:
-                    pictures[name] = picture
+            _attack_all(members, ServerView(ran.transcript), ran.truth, document, pictures)
     return _finish(document), pictures
 
 
@@ -77,11 +72,7 @@ def attack_transcript(names: list[str], path: str | Path, config: RunConfig | No
     document = _document(config)
     document["transcript"] = {"path": str(path), "rounds": len(view.transcript.rounds), "bytes": view.transcript.bytes}
     pictures = {}
-    for name in names:
-        report, picture = _attack(name, view, truth)
-        document["attacks"][name] = report
-        if picture:
-            pictures[name] = picture
+    _attack_all(names, view, truth, document, pictures)
     return _finish(document), pictures
 
 
@@ -109,9 +100,9 @@ def check_reproduces(view: ServerView, truth: GroundTruth) -> None:
         if layout.get("kind") != "statistics" or layout.get("rows") != "x":
             continue
         if entry.secure:
-            pairs = [(packed_sum(truth, entry.included), entry.total, 1e-4)]
+            pairs = [(truth.packed(entry.included), entry.total, 1e-4)]
         else:
-            pairs = [(packed_sum(truth, [k]), vector, 1e-9) for k, vector in entry.inputs().items()]
+            pairs = [(truth.packed([k]), vector, 1e-9) for k, vector in entry.inputs().items()]
         for expected, seen, tolerance in pairs:
             if expected.shape != seen.shape or \
                     np.max(np.abs(expected - seen)) > tolerance * max(float(np.max(np.abs(expected))), 1.0):
@@ -122,19 +113,14 @@ def check_reproduces(view: ServerView, truth: GroundTruth) -> None:
                       "it cannot be scored")
 
 
-def packed_sum(truth: GroundTruth, clients) -> np.ndarray:
-    rows = np.concatenate([truth.client_indices[k] for k in clients])
-    return packed_statistics(truth.x[rows], truth.labels[rows], truth.num_classes)
-
-
-def _attack(name: str, view: ServerView, truth: GroundTruth | None) -> tuple[dict, dict | None]:
-    attack = ATTACKS[name]()
-    output = attack.run(view)
-    report = evaluate(attack, output, view, truth)
-    picture = None
-    if truth is not None and output.applicable and attack.targets in PICTURED and report["per_target"]:
-        picture = {"truth": truth, "rows": report["per_target"], "title": f"{name}: {report['targets']}"}
-    return report, picture
+def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, document: dict, pictures: dict) -> None:
+    """Run, score and (where there is something to show) picture each attack on one view."""
+    for name in names:
+        attack = ATTACKS[name]()
+        output = attack.run(view)
+        report = document["attacks"][name] = evaluate(attack, output, view, truth)
+        if truth is not None and output.applicable and attack.targets in PICTURED and report["per_target"]:
+            pictures[name] = {"truth": truth, "rows": report["per_target"], "title": f"{name}: {report['targets']}"}
 
 
 def _model_metrics(results: dict) -> dict:

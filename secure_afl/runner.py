@@ -301,19 +301,29 @@ class Training:
     bytes: dict
 
 
+def algorithm_configs(config: RunConfig):
+    """(AFL, APFL or None, DeepAFL or None, FedAvg/FedProx or None) configurations of the run's algorithm."""
+    return (AFLConfig(config.gamma, config.restore),
+            APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None,
+            deepafl_config(config) if config.algorithm == "deepafl" else None,
+            fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None)
+
+
+def build_algorithm(plan: RunPlan, features: Features):
+    """The run's algorithm server and clients on the federation's features."""
+    afl, _, deep, gradient = algorithm_configs(plan.config)
+    return make_algorithm(afl, plan.config.max_norm, features.data, len(plan.train_y), deep, gradient)
+
+
 def train(plan: RunPlan, features: Features, timer: Timer, transcript: TranscriptWriter | None = None,
           protocol=None) -> Training:
     """The federation proper: clients, rounds through the protocol (``protocol`` replaces the plan's, e.g. a
     server that behaves differently), personalization and evaluation against the centralized reference."""
     config, data = plan.config, features.data
     protocol = protocol or plan.protocol
-    afl_config = AFLConfig(config.gamma, config.restore)
-    apfl_config = APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None
-    deep_config = deepafl_config(config) if config.algorithm == "deepafl" else None
-    gradient_config = fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None
+    afl_config, apfl_config, deep_config, gradient_config = algorithm_configs(config)
     with timer.phase("local"):
-        server, clients = make_algorithm(afl_config, config.max_norm, data, len(plan.train_y), deep_config,
-                                         gradient_config)
+        server, clients = build_algorithm(plan, features)
     history = History(data, timer) if gradient_config is not None else None
     bytes_report = federate(server, clients, protocol, timer, history, transcript)
     personal = None

@@ -28,6 +28,14 @@ def statistic_key(entry: TranscriptRound) -> str:
     return digest.hexdigest()
 
 
+def same_statistic(view: ServerView) -> list[list[TranscriptRound]]:
+    """The transcript's rounds grouped by the statistic they ask for (the difference attack's raw material)."""
+    groups: dict[str, list[TranscriptRound]] = defaultdict(list)
+    for entry in view.rounds():
+        groups[statistic_key(entry)].append(entry)
+    return list(groups.values())
+
+
 @register
 class DifferenceAttack(Attack):
     name = "difference"
@@ -39,10 +47,7 @@ class DifferenceAttack(Attack):
     targets = "victims"
 
     def reconstruct(self, view: ServerView, rounds: dict[str, str]) -> Iterator[Reconstruction]:
-        groups: dict[str, list[TranscriptRound]] = defaultdict(list)
-        for entry in view.rounds():
-            groups[statistic_key(entry)].append(entry)
-        for entries in groups.values():
+        for entries in same_statistic(view):
             for larger in entries:
                 for smaller in entries:
                     missing = set(larger.included) - set(smaller.included)
