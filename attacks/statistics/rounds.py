@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 
 from attacks.base import ServerView
 from protocols.transcript import TranscriptRound
