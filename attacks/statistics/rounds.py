@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-
 from attacks.base import ServerView
 from protocols.transcript import TranscriptRound
 from secure_afl.statistics import Statistics, StatisticsLayout
