@@ -49,6 +49,7 @@ class GroundTruth:
     test_backbone: np.ndarray
     test_labels: np.ndarray
     contributions: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)  # (round, client) → true vector
+    sent_indices: list[np.ndarray] | None = None  # the rows each client used (None: all it holds)
 
     @classmethod
     def from_features(cls, plan: RunPlan, features: Features, contributions: dict | None = None) -> GroundTruth:
@@ -56,7 +57,7 @@ class GroundTruth:
         return cls(plan.dataset, plan.train_y, plan.client_indices, plan.dataset.num_classes,
                    data.train_x.double().cpu().numpy(), data.test_x.double().cpu().numpy(),
                    np.asarray(features.train_raw, dtype=np.float64), np.asarray(features.test_raw, dtype=np.float64),
-                   plan.test_y, dict(contributions or {}))
+                   plan.test_y, dict(contributions or {}), plan.sent_indices)
 
     @classmethod
     def rebuild(cls, config: RunConfig, progress: bool = False) -> GroundTruth:
@@ -81,8 +82,9 @@ class GroundTruth:
         return None
 
     def packed(self, clients) -> np.ndarray:
-        """The packed statistics of X over these clients' samples (what they send, or its sum)."""
-        rows = np.concatenate([self.client_indices[k] for k in clients])
+        """The packed statistics of X over the rows these clients used (what they send, or its sum)."""
+        used = self.client_indices if self.sent_indices is None else self.sent_indices
+        rows = np.concatenate([used[k] for k in clients])
         return packed_statistics(self.x[rows], self.labels[rows], self.num_classes)
 
     def images(self, samples: np.ndarray, size: int = 64) -> np.ndarray:

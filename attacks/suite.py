@@ -124,8 +124,8 @@ def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, d
 
 
 def _model_metrics(results: dict) -> dict:
-    keep = ("accuracy", "centralized_accuracy", "max_rel_diff_to_centralized", "personalized_accuracy")
-    return {k: results["metrics"].get(k) for k in keep}
+    keep = ("accuracy", "centralized_accuracy", "max_rel_diff_to_centralized", "personalized_accuracy", "min_class_count")
+    return {k: results["metrics"][k] for k in keep if k in results["metrics"]}
 
 
 def _document(config: RunConfig | None) -> dict:

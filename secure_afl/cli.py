@@ -59,6 +59,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     data.add_argument("--alpha", type=float, default=defaults.alpha, help="Dirichlet concentration")
     data.add_argument("--shards-per-client", type=int, default=defaults.shards_per_client)
     data.add_argument("--min-client-size", type=int, default=defaults.min_client_size)
+    data.add_argument("--min-class-count", type=int, default=defaults.min_class_count, metavar="M",
+                      help="defence (afl, apfl, deepafl): each client withholds every class it holds fewer than M "
+                           "samples of, so no class mean it sends averages fewer than M rows (1: send everything)")
     data.add_argument("--seed", type=int, default=defaults.seed)
     feats = p.add_argument_group("features")
     feats.add_argument("--backbone", default=defaults.backbone, help="efficientnet_lite0 (shipped weights) or a timm name")

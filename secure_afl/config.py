@@ -30,6 +30,7 @@ _ALGORITHM_OPTIONS = {  # option → the algorithms it applies to
     **dict.fromkeys(("rounds", "local_epochs", "lr", "local_batch", "client_fraction", "head", "hidden", "param_bound",
                      "dp_noise", "dp_epsilon", "dp_delta", "dp_clip", "dp_accountant"), _GRADIENT),
     "mu": ("fedprox",),
+    "min_class_count": ("afl", "apfl", "deepafl"),
 }
 # option → (the choice it belongs to, the values of that choice it applies to); an option changed from
 # its default for any other value is refused, not ignored
@@ -52,6 +53,7 @@ class RunConfig:
     alpha: float = 0.1
     shards_per_client: int = 2
     min_client_size: int = 1
+    min_class_count: int = 1  # a client withholds every class it holds fewer samples of (1: sends all; public)
     seed: int = 0
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
@@ -138,7 +140,8 @@ class RunConfig:
             if getattr(self, name) not in accepted:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(accepted)}")
         positive = {"clients": self.clients, "resolution": self.resolution, "batch_size": self.batch_size,
-                    "min_client_size": self.min_client_size, "shards_per_client": self.shards_per_client}
+                    "min_client_size": self.min_client_size, "shards_per_client": self.shards_per_client,
+                    "min_class_count": self.min_class_count}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")

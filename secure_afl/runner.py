@@ -24,10 +24,12 @@ from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearM
 from secure_afl.algorithms.deepafl import DeepAFLClient, DeepAFLConfig, DeepAFLServer
 from secure_afl.algorithms.deepafl import centralized as deepafl_centralized
 from secure_afl.algorithms.fedavg import DPConfig, FedAvgClient, FedAvgConfig, FedAvgServer
+from secure_afl.class_minimum import withheld_summary, withhold_rare_classes
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import Dataset, load_dataset
 from secure_afl.data.partition import allocate_held_out, partition
 from secure_afl.device import resolve_device
+from secure_afl.errors import ConfigError
 from secure_afl.features.backbone import load_backbone
 from secure_afl.features.buffer import RandomBuffer
 from secure_afl.features.cache import FeatureCache
@@ -66,7 +68,7 @@ class FederatedData:
     train_y: np.ndarray
     test_x: torch.Tensor
     test_y: np.ndarray
-    client_indices: list[np.ndarray]  # into train
+    client_indices: list[np.ndarray]  # into train: the rows each client uses (all it holds but withheld classes)
     held_out_indices: list[np.ndarray]  # into test
     num_classes: int
     refine_train_x: torch.Tensor | None = None  # APFL's refinement-stream features; never leave a client
@@ -108,7 +110,8 @@ def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_sam
                    deep: DeepAFLConfig | None = None, gradient: FedAvgConfig | None = None):
     """The server and the clients; the public bounds follow from the feature norm bound and client size.
 
-    APFL's server is AFL's (its primary stream is AFL); its clients also hold refinement features.
+    APFL's server is AFL's (its primary stream is AFL); its clients also hold refinement features. A
+    client that withholds every row (the minimum-count rule) has nothing to send and is not built.
     """
     dim = data.train_x.shape[1]
     if gradient is not None:
@@ -120,15 +123,15 @@ def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_sam
     if deep is not None:
         server = DeepAFLServer(dim, data.num_classes, deep, max_samples, max_norm)
         clients = {k: DeepAFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, deep, max_norm)
-                   for k, idx in enumerate(data.client_indices)}
+                   for k, idx in enumerate(data.client_indices) if len(idx)}
         return server, clients
     server = AFLServer(dim, data.num_classes, afl, statistics_bound(max_samples, max_norm))
     if data.refine_train_x is None:
         clients = {k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes)
-                   for k, idx in enumerate(data.client_indices)}
+                   for k, idx in enumerate(data.client_indices) if len(idx)}
     else:
         clients = {k: APFLClient(data.train_x[idx], data.refine_train_x[idx], data.train_y[idx], data.num_classes)
-                   for k, idx in enumerate(data.client_indices)}
+                   for k, idx in enumerate(data.client_indices) if len(idx)}
     return server, clients
 
 
@@ -208,8 +211,9 @@ class RunPlan:
     dataset: Dataset
     train_y: np.ndarray
     test_y: np.ndarray
-    client_indices: list[np.ndarray]
+    client_indices: list[np.ndarray]  # what each client holds
     held_out: list[np.ndarray]
+    sent_indices: list[np.ndarray]  # what each client uses: its holdings less the classes it withholds
     feature_map: FeatureMap
     refinement_map: FeatureMap | None
     device: torch.device
@@ -238,10 +242,21 @@ def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
         shards_per_client=config.shards_per_client, min_size=config.min_client_size, seed=config.seed,
     )
     held_out = allocate_held_out(client_indices, train_y, test_y, seed=config.seed)
+    sent = withhold_rare_classes(client_indices, train_y, config.min_class_count)
+    _check_senders(sent, config)
     protocol.prepare(len(client_indices), statistics_bound(len(train_y), config.max_norm))
     protocol.enrol(range(len(client_indices)), job=public_config(config))  # the operator's roster for the job
-    return RunPlan(config, protocol, dataset, train_y, test_y, client_indices, held_out, feature_map, refinement_map,
-                   device)
+    return RunPlan(config, protocol, dataset, train_y, test_y, client_indices, held_out, sent, feature_map,
+                   refinement_map, device)
+
+
+def _check_senders(sent: list[np.ndarray], config: RunConfig) -> None:
+    """Refuse, before any slow work, a minimum-count rule that leaves too few clients with rows to send."""
+    senders = sum(len(rows) > 0 for rows in sent)
+    needed = config.protocol_options().get("min_clients", 1)
+    if senders < needed:
+        raise ConfigError(f"--min-class-count {config.min_class_count} leaves {senders} of {len(sent)} clients with "
+                          f"rows to send, fewer than the {needed} a sum must hold; lower it or use fewer clients")
 
 
 @dataclass(frozen=True)
@@ -263,7 +278,7 @@ def load_features(plan: RunPlan, timer: Timer, progress: bool = False) -> Featur
         test_x, _ = plan.feature_map.apply(torch.from_numpy(test_raw).to(device))
         refine = [plan.refinement_map.apply(torch.from_numpy(raw).to(device))[0] for raw in (train_raw, test_raw)] \
             if plan.refinement_map else [None, None]
-    data = FederatedData(train_x, plan.train_y, test_x, plan.test_y, plan.client_indices, plan.held_out,
+    data = FederatedData(train_x, plan.train_y, test_x, plan.test_y, plan.sent_indices, plan.held_out,
                          plan.dataset.num_classes, *refine)
     return Features(data, train_raw, test_raw, info, changed)
 
@@ -338,6 +353,8 @@ def train(plan: RunPlan, features: Features, timer: Timer, transcript: Transcrip
             metrics["history"] = history.rows
             metrics.update(gradient_report(clients, gradient_config))
     metrics["rows_changed_by_norm_bound"] = features.rows_changed
+    if config.min_class_count > 1:
+        metrics["min_class_count"] = withheld_summary(plan.client_indices, plan.sent_indices)
     if deep_config is not None:  # nonzero only when a declared bound was false (see algorithms/deepafl.py)
         metrics["values_clipped_to_bound"] = sum(client.clipped for client in clients.values())
     return Training(server, clients, metrics, bytes_report)
@@ -353,6 +370,7 @@ def results_document(plan: RunPlan, features: Features, training: Training, time
         "bytes": training.bytes,
         "clients": {
             "train_sizes": [len(i) for i in plan.client_indices],
+            "sent_sizes": [len(i) for i in plan.sent_indices],
             "held_out_sizes": [len(i) for i in plan.held_out],
         },
         "features": {**features.info, "dim": int(features.data.train_x.shape[1]), "train": len(plan.train_y),
@@ -452,7 +470,8 @@ def reference_model(data: FederatedData, included: list[int], afl_config: AFLCon
 def evaluate(model, central, data: FederatedData, included: list[int], personal: dict | None = None) -> dict:
     """Global accuracy, the centralized reference on the included clients' pooled data, and the paper's
     personalized metric: the mean over clients of the accuracy, on each client's held-out split, of
-    the model that client uses (the global model, or its own under APFL). Gradient baselines have
+    the model that client uses (the global model, or its own under APFL; a client with nothing to send
+    uses the global one). Gradient baselines have
     no closed-form centralized reference (``central`` None): those two metrics are null."""
     train_x = data.train_x.cpu().numpy()
     test_x = data.test_x.cpu().numpy()
@@ -460,8 +479,8 @@ def evaluate(model, central, data: FederatedData, included: list[int], personal:
     per_client = global_per_client
     if personal is not None:
         refine_x = data.refine_test_x.cpu().numpy()
-        per_client = [personal[k].accuracy(test_x[idx], refine_x[idx], data.test_y[idx])
-                      for k, idx in enumerate(data.held_out_indices)]
+        per_client = [personal[k].accuracy(test_x[idx], refine_x[idx], data.test_y[idx]) if k in personal
+                      else global_per_client[k] for k, idx in enumerate(data.held_out_indices)]
     evaluated = [acc for acc in per_client if not np.isnan(acc)]
     global_evaluated = [acc for acc in global_per_client if not np.isnan(acc)]
     return {
