@@ -152,17 +152,31 @@ def _attack_parser(sub) -> None:
     out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="turn the privacy grid's measurements into the claim-by-claim report",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Reads the JSON of benchmarks/privacy_grid.py and writes a markdown report, claim by "
+                                   "claim, with a picture per claim beside it.")
+    p.add_argument("--grid", default="benchmarks/results/privacy_grid.json", help="the privacy grid's results JSON")
+    p.add_argument("--out", default="benchmarks/results/privacy_report.md", help="the report (pictures go beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="secure-afl", description="Analytic federated learning with secure aggregation.")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _attack_parser(sub)
+    _report_parser(sub)
     args = parser.parse_args(argv)
-    names = {f.name for f in fields(RunConfig)}
-    options = vars(args)
-    options["dropout"] = dict(options["dropout"])
-    config = RunConfig(**{k: v for k, v in options.items() if k in names})
-    command = _attack if args.command == "attack" else _run
+    config = None
+    if args.command != "report":
+        names = {f.name for f in fields(RunConfig)}
+        options = vars(args)
+        options["dropout"] = dict(options["dropout"])
+        config = RunConfig(**{k: v for k, v in options.items() if k in names})
+    command = {"run": _run, "attack": _attack, "report": _report}[args.command]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -225,6 +239,16 @@ def _attack(args, config: RunConfig) -> str:
         write_results(args.out, document, overwrite=args.overwrite)
         lines.append(f"report written to {args.out}")
     return "\n".join(lines)
+
+
+def _report(args, config: None) -> str:
+    """``secure-afl report``: the grid is read and the output checked before anything is written."""
+    from attacks.report import load_grid, write_report
+    from secure_afl.results import check_output_path
+
+    check_output_path(args.out, args.overwrite)
+    paths = write_report(load_grid(args.grid), args.out)
+    return "\n".join(f"written {path}" for path in paths)
 
 
 def _grid_path(path: str, attack: str, count: int) -> str:

@@ -237,6 +237,10 @@ def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
     if not protocol.exact:
         warnings.warn(f"protocol {protocol.name!r}: sums are approximate", ApproximateAggregationWarning, stacklevel=3)
     train_y, test_y = dataset.labels(dataset.train), dataset.labels(dataset.test)
+    if len(test_y) == 0:  # a class needs three images before a fifth of them rounds to one test image
+        raise ConfigError(f"{dataset.name}: its {len(train_y)} images in {len(np.unique(train_y))} classes leave no "
+                          "test split (no class has 3 images), so no accuracy can be measured; choose a data set with "
+                          "more images per class")
     client_indices = partition(  # before the slow feature extraction, so an impossible split fails at once
         train_y, config.clients, config.partition, alpha=config.alpha,
         shards_per_client=config.shards_per_client, min_size=config.min_client_size, seed=config.seed,

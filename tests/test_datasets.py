@@ -3,7 +3,9 @@ import pytest
 from PIL import Image
 
 from secure_afl.data.datasets import load_dataset
-from secure_afl.errors import DataError
+from secure_afl.config import RunConfig
+from secure_afl.errors import ConfigError, DataError
+from secure_afl.runner import plan_run
 
 
 @pytest.mark.parametrize(
@@ -67,3 +69,8 @@ def test_empty_image_folder_is_refused(tmp_path):
     (tmp_path / "only").mkdir()
     with pytest.raises(DataError, match="no image files"):
         load_dataset("imagefolder", tmp_path)
+
+
+def test_a_data_set_without_a_test_split_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match="samples-imagenet: .* leave no test split"):
+        plan_run(RunConfig(dataset="samples-imagenet", clients=2, protocol="plaintext"))
