@@ -26,6 +26,34 @@ MEMBERSHIP_REFUTES = 0.6  # an AUC at or above this tells members apart (0.5: a 
 UTILITY_SMALL = 0.02  # "small utility cost": accuracy within this of the undefended job's
 
 
+def grid_row(document: dict, exact: float) -> dict:
+    """The figures the report reads from one setting's attack document (``attack_run``): the model's metrics,
+    the training samples recovered at cosine ≥ ``exact`` or identified by the singleton and gram attacks, and every
+    attack's metrics without its per-target lists."""
+    reports = document["attacks"]
+    recovered, identified, samples = set(), set(), None
+    for name in ("singleton", "gram"):
+        rows = reports[name]["per_target"] if reports[name]["applicable"] else []
+        recovered |= {row["sample"] for row in rows if row["score"] is not None and row["score"] >= exact}
+        identified |= {row["sample"] for row in rows if row["identified"]}
+    if reports["gram"]["applicable"]:
+        samples = len(reports["gram"]["per_target"])
+    attacks = {}
+    for name, report in reports.items():
+        metrics = {k: v for k, v in report["metrics"].items() if k not in ("by_round", "roc")}
+        attacks[name] = {"applicable": report["applicable"], "reason": report["reason"],
+                         "threshold": report["threshold"], "threat_model": report["threat_model"],
+                         "seconds": report["seconds"], "metrics": metrics}
+    return {
+        "model": document["cases"]["honest"]["metrics"],
+        "samples_recovered_exactly": len(recovered),
+        "samples_identified": len(identified),
+        "training_samples": samples,
+        "attacks": attacks,
+        "environment": document["environment"],
+    }
+
+
 def load_grid(path: str | Path) -> dict:
     """The grid's JSON, refused in one line when it is missing or not a privacy grid."""
     path = Path(path)
@@ -189,7 +217,7 @@ def _dp(rows):
         axis.set_xlabel("ε")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        _legend(axis, fontsize=7)
     figure.tight_layout()
     return "\n".join(text), figure
 
@@ -230,7 +258,7 @@ def _heterogeneity(rows):
     axis.set_xlabel("Dirichlet α")
     axis.set_ylabel("test accuracy")
     axis.set_title("Accuracy across splits (plaintext)")
-    axis.legend(fontsize=6, ncol=2)
+    _legend(axis, fontsize=6, ncol=2)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     return "\n".join(text), figure
@@ -245,4 +273,10 @@ def _by_alpha(axis, rows, value, title):
     axis.set_ylim(-0.02, 1.02)
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    _legend(axis, fontsize=7)
+
+
+def _legend(axis, **options) -> None:
+    """A legend only where something was drawn (a grid may hold no row for a panel)."""
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(**options)

@@ -90,6 +90,7 @@ def run_setting(setting: dict, pictures_dir: str | None = None) -> dict:
     import torch
 
     from attacks.grid import save_grid
+    from attacks.report import grid_row
     from attacks.suite import PICTURED, attack_run
     from secure_afl.config import RunConfig
     from secure_afl.runner import PlaintextAggregationWarning
@@ -110,33 +111,7 @@ def run_setting(setting: dict, pictures_dir: str | None = None) -> dict:
             if REGISTRY[name].targets in PICTURED:
                 save_grid(Path(pictures_dir) / f"privacy_grid-{name}.png", picture)
     return {**{k: v for k, v in setting.items() if k != "options"}, "options": setting["options"],
-            **summarise(document), "seconds": seconds}
-
-
-def summarise(document: dict) -> dict:
-    """The figures the report reads, from an attack document (per-target lists dropped)."""
-    reports = document["attacks"]
-    exact, identified, samples = set(), set(), None
-    for name in ("singleton", "gram"):
-        rows = reports[name]["per_target"] if reports[name]["applicable"] else []
-        exact |= {row["sample"] for row in rows if row["score"] is not None and row["score"] >= EXACT}
-        identified |= {row["sample"] for row in rows if row["identified"]}
-    if reports["gram"]["applicable"]:
-        samples = len(reports["gram"]["per_target"])
-    attacks = {}
-    for name, report in reports.items():
-        metrics = {k: v for k, v in report["metrics"].items() if k not in ("by_round", "roc")}
-        attacks[name] = {"applicable": report["applicable"], "reason": report["reason"],
-                         "threshold": report["threshold"], "threat_model": report["threat_model"],
-                         "seconds": report["seconds"], "metrics": metrics}
-    return {
-        "model": document["cases"]["honest"]["metrics"],
-        "samples_recovered_exactly": len(exact),
-        "samples_identified": len(identified),
-        "training_samples": samples,
-        "attacks": attacks,
-        "environment": document["environment"],
-    }
+            **grid_row(document, EXACT), "seconds": seconds}
 
 
 def main() -> None:
