@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from jobs import HEJob
+from attacks.protocol.jobs import HEJob
 from protocols import FixedPoint, InvalidContributionError, MalformedMessageError, ProtocolAbort, ProtocolError
 from protocols import ThresholdError, make_protocol
 from protocols.he import AddOnly, HEClient, HEServer

@@ -1,7 +1,7 @@
 """A malicious server against homomorphic aggregation (attacks/protocol/he.py): findings 5–7 of issue 12.
 
 Each attack runs against our key holder and clients (typed refusal, nothing decrypted) and against a
-double with the relevant check removed (tests/malicious_doubles.py), where it recovers the victim's
+double with the relevant check removed (attacks/protocol/doubles.py), where it recovers the victim's
 fixed-point vector exactly.
 """
 
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from attacks.protocol import he as attack
-from jobs import HEJob
-from malicious_doubles import NoMinimumHEClient, NoMinimumKeyHolder, ServerSumKeyHolder, unverified_context
+from attacks.protocol.doubles import NoMinimumHEClient, NoMinimumKeyHolder, ServerSumKeyHolder, unverified_context
+from attacks.protocol.jobs import HEJob
+from attacks.protocol.scenarios import he_small_round, key_substitution_round, oracle_round
 from protocols import TooFewClientsError, UnsafeContextError, default_min_clients
 from protocols.he import HEClient, HEKeyHolder
 from protocols.he.messages import PublicContext
@@ -23,47 +24,19 @@ def test_malicious_key_substitution_finding_5(scheme):
     """The server relays its own context; the fingerprint the client checks is that context's own."""
     job = HEJob(scheme=scheme)
 
-    def run(load):
-        return attack.key_substitution(job.roster, 1, load, lambda public: HEClient(job.members[1], job.vectors[1],
-                                       job.terms, public), job.terms, list(job.vectors), job.length)
-
-    outcome = run(unverified_context)
+    outcome = key_substitution_round(job, unverified_context)
     assert outcome.leaked and np.array_equal(outcome.recovered, job.encoding.encode(job.vectors[1]))
-    outcome = run(PublicSession.load)
+    outcome = key_substitution_round(job, PublicSession.load)
     assert not outcome.leaked and isinstance(outcome.refusals[1], UnsafeContextError)
     assert "not signed by the job's key holder" in str(outcome.refusals[1])
 
 
-def oracle_scenarios(job, holder):
-    """(how, setup, victim's input, padding) for the three ways the server asked for one client's plaintext."""
-    minted = attack.minted_setup(job.roster, job.terms, job.public.fingerprint, list(job.vectors), job.length)
-    earlier = job.setup()
-    replayed = job.client(1).encrypt(earlier)
-    holder.begin(earlier)  # the earlier round's one decryption, used honestly
-    for c in job.vectors:
-        holder.add(job.client(c).encrypt(earlier))
-    holder.finish()
-    nonce = job.server.receive_open(holder.open_round(job.terms))
-    genuine = job.server.setup(job.terms, sorted(job.vectors), job.length, nonce, job.encoding, job.plan)
-    return [
-        ("minted setup", minted, job.client(1).encrypt(minted), [attack.padding_input(job.public, minted, 2)]),
-        ("replayed input", genuine, replayed, [attack.padding_input(job.public, genuine, 2)]),
-        ("too few clients", genuine, job.client(1).encrypt(genuine), [attack.padding_input(job.public, genuine, 2)]),
-    ]
-
-
 @pytest.mark.parametrize("index, refusal", [(0, "nonce was not drawn"), (1, "another session"), (2, "client 2")])
 def test_malicious_decryption_oracle_finding_6(index, refusal):
-    double_job = HEJob()
-    double = ServerSumKeyHolder(double_job.members[0])
-    double_job.public = double_job.server.receive_context(double.public_context)
-    how, setup, victim, padding = oracle_scenarios(double_job, double)[index]
-    outcome = attack.decryption_oracle(double, setup, victim, padding, how)
-    assert outcome.leaked and np.array_equal(outcome.recovered, double_job.encoding.encode(double_job.vectors[1]))
+    outcome, words = oracle_round(ServerSumKeyHolder, index)
+    assert outcome.leaked and np.array_equal(outcome.recovered, words)
 
-    job = HEJob()
-    how, setup, victim, padding = oracle_scenarios(job, job.holder)[index]
-    outcome = attack.decryption_oracle(job.holder, setup, victim, padding, how)
+    outcome, _ = oracle_round(HEKeyHolder, index)
     assert not outcome.leaked and refusal in str(outcome.refusals[0])
 
 
@@ -118,20 +91,6 @@ def test_malicious_setup_bounds_are_refused_typed_by_clients_and_key_holder(boun
 
 
 # -- the server chooses how many clients a round has ------------------------------------------------------
-def he_small_round(victim_class, holder_class, colluders, participants=None):
-    """A job of 6 clients with the default m = 5 and key holder 0: a genuine round of the victim (client 1) and
-    ``colluders`` roster clients whose vectors the server knows (running its code, without the minimum)."""
-    job = HEJob(n=6, min_clients=default_min_clients(6))
-    holder = holder_class(job.members[0])
-    job.public = job.server.receive_context(holder.public_context)
-    known = {c: job.vectors[c] for c in range(2, colluders + 2)}
-    clients = {1: victim_class(job.members[1], job.vectors[1], job.terms, job.public),
-               **{c: NoMinimumHEClient(job.members[c], v, job.terms, job.public) for c, v in known.items()}}
-    outcome = attack.small_round(holder, job.server, clients, 1, job.terms, job.length, known, participants)
-    encoding, _ = job.options.plan(len(participants or clients), job.terms.bound)  # the round's own encoding
-    return outcome, encoding.encode(job.vectors[1])
-
-
 @pytest.mark.parametrize("colluders", [1, 3])  # rounds of 2 and of m − 1 = 4 clients
 def test_malicious_he_round_of_the_victim_and_colluders_below_the_minimum(colluders):
     """Under HE the colluders are roster clients too (no Sybil): the decrypted sum minus their inputs is the

@@ -1,7 +1,7 @@
 """A malicious masking server (attacks/protocol/masking.py) against our clients, and against doubles.
 
 Every attack meets a typed refusal from honest clients and rebuilds nothing; against a double with
-the relevant check removed (tests/malicious_doubles.py) the same driver rebuilds the victim's
+the relevant check removed (attacks/protocol/doubles.py) the same driver rebuilds the victim's
 fixed-point input bit for bit, which shows the attack is real. Then the refusals the spec lists,
 driven message by message.
 """
@@ -12,28 +12,20 @@ import numpy as np
 import pytest
 
 from attacks.protocol import masking as attack
-from jobs import BOUND, LENGTH, MaskingJob
-from malicious_doubles import (
+from attacks.protocol.doubles import (
     IgnoresBroadcastClient, NoAdvertCheckClient, NoCertificateClient, NoConsistencyClient, NoHeaderClient,
     NoMinimumClient, NoQuorumClient, NoSetChecksClient, PreIssueClient, ReplayableClient, ServerBoundClient,
 )
-from protocols import AuthenticationError, FixedPoint, Identity, InvalidContributionError, MalformedMessageError, Member
-from protocols import ProtocolAbort, ProtocolError, Roster, TooFewClientsError
+from attacks.protocol.jobs import BOUND, LENGTH, MaskingJob
+from attacks.protocol.scenarios import (
+    bound_probe, job_with, small_round, split_model_round, split_views_round, sybil_round, victim_words,
+)
+from protocols import AuthenticationError, InvalidContributionError, MalformedMessageError
+from protocols import ProtocolAbort, ProtocolError, TooFewClientsError
 from protocols.masking import MaskingClient, MaskingOptions, MaskingServer
 from protocols.masking.client import State
 from protocols.masking.messages import KeyList, RoundSetup, ShareDelivery, SurvivorSets
 from protocols.terms import RoundTerms, broadcast_digest
-
-
-def job_with(client_class, victim_class=None, victim=0, **kwargs):
-    job = MaskingJob(**kwargs)
-    job.clients = {c: (client_class if c != victim else (victim_class or client_class))(job.members[c], v, job.terms)
-                   for c, v in job.vectors.items()}
-    return job
-
-
-def victim_words(job, victim=0):
-    return job.encoding.encode(job.vectors[victim])
 
 
 # -- finding 1 ---------------------------------------------------------------------------------------
@@ -88,21 +80,10 @@ def test_malicious_neighbourhood_wipe_finding_2():
 # -- finding 3 ---------------------------------------------------------------------------------------
 def test_malicious_split_model_finding_3():
     """The others were sent a model under which their update is known (here: zero); one setup for all."""
-    victim_model, crafted = broadcast_digest({"w": np.ones(3)}), broadcast_digest({"w": np.zeros(3)})
-    base = MaskingJob(n=6, terms=RoundTerms("r", BOUND, victim_model))
-    known = {c: np.zeros(LENGTH) for c in base.vectors if c != 0}
-
-    def run(client_class):
-        job = MaskingJob(n=6, terms=RoundTerms("r", BOUND, victim_model), vectors_={0: base.vectors[0], **known})
-        others = RoundTerms("r", BOUND, crafted)  # what the other clients received
-        job.clients = {c: (MaskingClient(job.members[c], v, job.terms) if c == 0 else
-                           client_class(job.members[c], v, others)) for c, v in job.vectors.items()}
-        return job, attack.split_model(job.server, job.clients, 0, attack.encoded(known, job.encoding))
-
-    job, outcome = run(IgnoresBroadcastClient)
+    job, outcome = split_model_round(IgnoresBroadcastClient)
     assert outcome.leaked and np.array_equal(outcome.recovered, victim_words(job))
-    job, outcome = run(MaskingClient)
-    assert not outcome.leaked and set(outcome.refusals) == set(known)
+    job, outcome = split_model_round(MaskingClient)
+    assert not outcome.leaked and set(outcome.refusals) == set(job.vectors) - {0}
     assert all("broadcast (model / state) other than" in str(e) for e in outcome.refusals.values())
 
 
@@ -125,22 +106,6 @@ def test_malicious_setup_per_model_clients_cannot_verify_each_others_keys():
 
 
 # -- finding 4 ---------------------------------------------------------------------------------------
-def bound_probe(job, client_class, victim=0):
-    """One fresh round per probe: the server declares ``bound``; the victim answers or refuses."""
-    n = len(job.vectors)
-
-    def probe(bound):
-        encoding = FixedPoint.for_round(n, bound)
-        server = MaskingServer(job.roster, RoundTerms("r", bound), list(job.vectors), LENGTH, encoding, job.parameters)
-        try:
-            client_class(job.members[victim], job.vectors[victim], job.terms).advertise(server.setup_message())
-        except ProtocolError as exc:
-            return exc
-        return None
-
-    return probe
-
-
 def test_malicious_bound_oracle_finding_4():
     """40 fresh rounds bisect the victim's largest |value| to 8 digits when the client takes B from the server."""
     job = MaskingJob(n=5)
@@ -192,14 +157,9 @@ def test_malicious_victim_listed_as_survivor_and_dropped():
 def test_malicious_split_views_with_colluders():
     """SecAgg+ (n = 30, k = 10, t = 8) with 5 colluding neighbours of the victim (2t ≤ k + 1 + c): some of its
     holders hear "the victim survived", the others "it dropped". Only the quorum stops it (c < 2q − n = 12)."""
-    def run(client_class):
-        job = MaskingJob(n=30, options=MaskingOptions(neighbours=10))
-        job.clients = {c: attack.recruitable(client_class)(job.members[c], v, job.terms) for c, v in job.vectors.items()}
-        return job, attack.split_views(job.server, job.clients, 0, recruit=5)
-
-    job, outcome = run(NoCertificateClient)
+    job, outcome = split_views_round(NoCertificateClient)
     assert outcome.leaked and np.array_equal(outcome.recovered, victim_words(job))
-    job, outcome = run(MaskingClient)
+    job, outcome = split_views_round(MaskingClient)
     assert not outcome.leaked and outcome.refusals
     assert all("signed these survivor sets" in str(e) for e in outcome.refusals.values())
 
@@ -223,22 +183,6 @@ def test_malicious_substituted_keys_key_list_split():
     honest = MaskingJob(n=10)
     outcome = attack.substituted_keys(honest.server, honest.clients, 0)
     assert not outcome.leaked and isinstance(outcome.refusals[0], AuthenticationError)
-
-
-def sybil_round(victim_roster_from_server: bool):
-    """The server enrols Sybils (identities it holds) with the victim's public key in a roster of its own."""
-    operator = MaskingJob(n=10)
-    victim_identity = operator.members[0].identity
-    sybils = {c: Identity.generate(c) for c in range(1, 10)}
-    fake = Roster("server-made", {0: victim_identity.public, **{c: i.public for c, i in sybils.items()}},
-                  operator.roster.config)
-    victim_roster = fake if victim_roster_from_server else operator.roster
-    victim = MaskingClient(Member(victim_identity, victim_roster), operator.vectors[0], operator.terms)
-    zeros = np.zeros(LENGTH)
-    clients = {c: MaskingClient(Member(i, fake), zeros, operator.terms) for c, i in sybils.items()}
-    server = MaskingServer(fake, operator.terms, list(range(10)), LENGTH, operator.encoding, operator.parameters)
-    known = attack.encoded(dict.fromkeys(sybils, zeros), operator.encoding)
-    return operator, attack.sybil_isolation(server, victim, clients, known)
 
 
 def test_malicious_sybil_isolation_without_an_operator_roster_and_stopped_by_one():
@@ -478,19 +422,6 @@ def test_a_client_dropping_before_key_sharing_does_not_break_its_neighbours():
 
 
 # -- the server chooses how many clients a round has ------------------------------------------------------
-def small_round(victim_class, colluders, withheld=()):
-    """A job of 10 clients (default m = 7): the victim (client 0), ``colluders`` roster clients whose vectors the
-    server knows (running the server's code, without the minimum), and honest clients claimed dropped."""
-    job = MaskingJob(n=10)
-    known = {c: job.vectors[c] for c in range(1, colluders + 1)}
-    clients = {0: victim_class(job.members[0], job.vectors[0], job.terms),
-               **{c: NoMinimumClient(job.members[c], v, job.terms) for c, v in known.items()},
-               **{c: MaskingClient(job.members[c], job.vectors[c], job.terms) for c in withheld}}
-    outcome = attack.small_round(job.roster, job.terms, clients, 0, LENGTH, known, withheld)
-    encoding, _ = job.options.plan(len(clients), BOUND)  # the round's own encoding
-    return clients, outcome, encoding.encode(job.vectors[0])
-
-
 @pytest.mark.parametrize("colluders", [1, 5])  # rounds of 2 and of m − 1 = 6 clients
 def test_malicious_round_of_the_victim_and_colluders_below_the_minimum(colluders):
     """No Sybil needed: the colluders are roster clients. The double takes part in the small round and the sum

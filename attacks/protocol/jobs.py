@@ -1,4 +1,5 @@
-"""Small jobs for tests: the operator's roster and identities, and role objects built from them."""
+"""Small jobs for the attack scenarios and the tests: the operator's roster and identities, and role objects built
+from them."""
 
 from __future__ import annotations
 
