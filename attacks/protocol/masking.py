@@ -230,10 +230,14 @@ def split_model(server: MaskingServer, clients, victim: int, known: Mapping[int,
 # -- finding 4 ------------------------------------------------------------------------------------
 def bound_oracle(probe, public_bound: float, rounds: int = 40) -> Outcome:
     """Finding 4: bisect the victim's largest |value| with the bound of fresh rounds. ``probe(bound)`` sends
-    the victim a new setup declaring ``bound`` and returns its typed refusal or None if it advertised keys."""
+    the victim a new setup declaring ``bound`` and returns its typed refusal or None if it advertised keys.
+    It stops once no float lies between the bounds (about 55 rounds): ``high`` is then the value itself, and a
+    further probe would only ask for the public bound, which every client accepts."""
     low, high, answers, refusals = 0.0, public_bound, [], {}
     for index in range(rounds):
         guess = (low + high) / 2
+        if not low < guess < high:
+            break
         refusal = probe(guess)
         answers.append(refusal is None)
         if refusal is None:
