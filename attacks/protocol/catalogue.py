@@ -46,6 +46,11 @@ class Case:
     run: Callable[[object], tuple[Outcome, np.ndarray]]
     target: str = WORDS
 
+    @property
+    def name(self) -> str:
+        """The driver as ``module.function``, e.g. ``masking.restricted_view``."""
+        return f"{self.driver.__module__.rsplit('.', 1)[-1]}.{self.driver.__name__}"
+
 
 def _masking_round(driver, roles, **job) -> tuple[Outcome, np.ndarray]:
     """``roles``: (the other clients' class, the victim's class); the victim is client 0."""
@@ -145,30 +150,29 @@ CASES = (
 )
 
 
-def attack_drivers() -> list[Callable[..., Outcome]]:
-    """Every function of masking.py and he.py that returns an Outcome: the attacks the catalogue must hold."""
-    return [f for module in (masking, he) for _, f in inspect.getmembers(module, inspect.isfunction)
-            if f.__module__ == module.__name__ and inspect.signature(f).return_annotation in ("Outcome", Outcome)]
-
-
 def active_server_outcomes(progress: bool = False) -> list[dict]:
-    """One JSON-ready row per case: the attack, its threat model and parameters, and its outcome against the double
-    and against the shipped code."""
+    """One JSON-ready row per case of ``CASES`` (``progress``: a line per case on stderr)."""
     rows = []
     for index, case in enumerate(CASES):
         if progress:
-            print(f"[{index + 1}/{len(CASES)}] {_name(case.driver)}: {case.variant}", file=sys.stderr, flush=True)
-        leaky, truth = case.run(case.double)
-        refused, shipped_truth = case.run(case.shipped)
-        finding = re.match(r"finding (\d+)", refused.attack)
-        rows.append({
-            "attack": _name(case.driver), "name": refused.attack, "variant": case.variant,
-            "finding": int(finding.group(1)) if finding else None, "threat_model": refused.threat_model,
-            "parameters": _plain(refused.parameters), "target": case.target,
-            "without_defence": {"runs": _roles(case.double), "lacks": _lacks(case.double), **_summary(leaky, truth)},
-            "shipped": {"runs": _roles(case.shipped), "defence": case.defence, **_summary(refused, shipped_truth)},
-        })
+            print(f"[{index + 1}/{len(CASES)}] {case.name}: {case.variant}", file=sys.stderr, flush=True)
+        rows.append(outcome_row(case))
     return rows
+
+
+def outcome_row(case: Case) -> dict:
+    """The attack, its threat model and parameters (both runs stage the same job), and its outcome against the
+    double and against the shipped code."""
+    leaky, truth = case.run(case.double)
+    refused, shipped_truth = case.run(case.shipped)
+    finding = re.match(r"finding (\d+)", refused.attack)
+    return {
+        "attack": case.name, "name": refused.attack, "variant": case.variant,
+        "finding": int(finding.group(1)) if finding else None, "threat_model": refused.threat_model,
+        "parameters": _plain(refused.parameters), "target": case.target,
+        "without_defence": {"runs": _roles(case.double), "lacks": _lacks(case.double), **_summary(leaky, truth)},
+        "shipped": {"runs": _roles(case.shipped), "defence": case.defence, **_summary(refused, shipped_truth)},
+    }
 
 
 def _summary(outcome: Outcome, truth: np.ndarray) -> dict:
@@ -182,10 +186,6 @@ def _summary(outcome: Outcome, truth: np.ndarray) -> dict:
             "notes": _plain(outcome.notes)}
 
 
-def _name(driver) -> str:
-    return f"{driver.__module__.rsplit('.', 1)[-1]}.{driver.__name__}"
-
-
 def _parts(roles) -> list:
     parts = list(roles) if isinstance(roles, tuple) else [roles]
     return list(dict.fromkeys(parts))
@@ -196,7 +196,7 @@ def _roles(roles) -> str:
 
 
 def _lacks(roles) -> str:
-    """The first sentence of each double's docstring: the defence it was built without."""
+    """The first paragraph of each double's docstring: the defence it was built without."""
     removed = [p for p in _parts(roles) if not isinstance(p, str) and p.__module__ == doubles.__name__]
     return " / ".join(f"{p.__name__}: {inspect.getdoc(p).split(chr(10) + chr(10))[0].replace(chr(10), ' ')}"
                       for p in removed) or "the victim accepts " + _roles(roles)
@@ -211,4 +211,4 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-__all__ = ["CASES", "Case", "active_server_outcomes", "attack_drivers"]
+__all__ = ["CASES", "Case", "active_server_outcomes", "outcome_row"]
