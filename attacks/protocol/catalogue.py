@@ -35,8 +35,9 @@ BISECTION_ROUNDS = 64  # more than float64 bisection needs to stop on the exact 
 
 @dataclass(frozen=True)
 class Case:
-    """One attack in one setting. ``run(roles)`` stages it with ``double`` or ``shipped`` as the parties' code
-    (a class, a tuple of classes, or a named roster) and returns the outcome with the victim's true input."""
+    """One attack in one setting. ``run(roles)`` stages it with ``double`` or ``shipped`` as the parties' code and
+    returns the outcome with the victim's true input. Roles are a class, a named roster, a context loader, or a
+    pair: (the other clients' class, the victim's) under masking, (the clients' class, the key holder's) under HE."""
 
     driver: Callable[..., Outcome]
     variant: str
