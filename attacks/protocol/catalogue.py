@@ -162,15 +162,16 @@ def active_server_outcomes(progress: bool = False) -> list[dict]:
 
 
 def outcome_row(case: Case) -> dict:
-    """The attack, its threat model and parameters (both runs stage the same job), and its outcome against the
-    double and against the shipped code."""
+    """The attack, its threat model and parameters (both runs stage the same job; the parameters are those of the
+    run against the double, which went through every stage), and its outcome against the double and against the
+    shipped code."""
     leaky, truth = case.run(case.double)
     refused, shipped_truth = case.run(case.shipped)
     finding = re.match(r"finding (\d+)", refused.attack)
     return {
         "attack": case.name, "name": refused.attack, "variant": case.variant,
         "finding": int(finding.group(1)) if finding else None, "threat_model": refused.threat_model,
-        "parameters": _plain(refused.parameters), "target": case.target,
+        "parameters": _plain(leaky.parameters), "target": case.target,
         "without_defence": {"runs": _roles(case.double), "lacks": _lacks(case.double), **_summary(leaky, truth)},
         "shipped": {"runs": _roles(case.shipped), "defence": case.defence, **_summary(refused, shipped_truth)},
     }
