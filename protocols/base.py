@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 import secrets
+import shutil
 import tempfile
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -142,7 +144,7 @@ class RosteredProtocol(AggregationProtocol):
         self._identities: dict[int, Identity] = {}
         self.ledger = ledger
         self.ledger_dir = ledger_dir
-        self._scratch: tempfile.TemporaryDirectory | None = None  # the default ledger directory, removed with the object
+        self._scratch: str | None = None  # the default ledger directory, removed with this object
 
     @abstractmethod
     def options(self, clients: list[int]) -> dict:
@@ -174,8 +176,9 @@ class RosteredProtocol(AggregationProtocol):
         if not self.ledger:
             return None
         if self.ledger_dir is None and self._scratch is None:
-            self._scratch = tempfile.TemporaryDirectory(prefix="secure-afl-ledgers-")
-        return ContributionLedger.in_directory(self.ledger_dir or self._scratch.name, client)
+            self._scratch = tempfile.mkdtemp(prefix="secure-afl-ledgers-")
+            weakref.finalize(self, shutil.rmtree, self._scratch, ignore_errors=True)
+        return ContributionLedger.in_directory(self.ledger_dir or self._scratch, client)
 
     def _roster_for(self, clients) -> Roster:
         self.enrol(clients)
