@@ -4,7 +4,12 @@ A case is a run configuration plus the server's behaviour. ``honest`` runs the w
 ``secure-afl run`` does, recording the transcript. ``retry`` plays the curious server of the
 difference attack: it runs the job's first aggregation once with every client, then again (the
 same statistic, the same broadcast) once per victim, each time with that victim dropping out at
-the input stage through the protocol's own dropout path, and stops there.
+the input stage through the protocol's own dropout path, and stops there. Under a secure protocol
+the clients' contribution ledgers (protocols/ledger.py) refuse every repeat, typed
+(``StatisticReusedError``); the case records each refusal and the transcript holds the first round
+only. ``defended=False`` gives the clients no ledger: the clients before the defence, kept only to
+demonstrate the attack it stops (the plaintext protocol has no client side to defend: its server
+reads every vector anyway).
 
 Ground truth reaches only the evaluator, through ``GroundTruth``: the partition, labels and
 features the configuration re-derives on a machine that holds the data (the same configuration
@@ -21,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protocols import broadcast_digest
+from protocols import StatisticReusedError, broadcast_digest
+from protocols.base import RosteredProtocol
 from protocols.transcript import Transcript, TranscriptWriter
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import Dataset
@@ -105,6 +111,7 @@ class Case:
     config: RunConfig
     behaviour: str = "honest"
     victims: tuple[int, ...] = (0,)  # for ``retry``: who drops out of the repeated aggregation
+    defended: bool = True  # False: clients without a contribution ledger (only to demonstrate the difference attack)
 
     def __post_init__(self) -> None:
         if self.behaviour not in BEHAVIOURS:
@@ -118,6 +125,8 @@ class Case:
 
     def run(self, transcript: str | Path, overwrite: bool = False, progress: bool = False) -> CaseRun:
         plan = plan_run(self.config, record=True)
+        if isinstance(plan.protocol, RosteredProtocol):
+            plan.protocol.ledger = self.defended  # before the first round, so no client has a ledger yet
         timer = Timer()
         features = load_features(plan, timer, progress)
         contributions: dict[tuple[str, int], np.ndarray] = {}
@@ -131,7 +140,8 @@ class Case:
         return CaseRun(Transcript.load(transcript), truth, results)
 
     def _retry(self, plan: RunPlan, features: Features, writer: TranscriptWriter, contributions: dict) -> dict:
-        """The job's first round, then the same round again once per victim, who drops at the input stage."""
+        """The job's first round, then the same round again once per victim, who drops at the input stage; a repeat
+        the clients refuse is recorded (round, victim, the typed error) and leaves nothing in the transcript."""
         server, clients = build_algorithm(plan, features)
         spec = server.next_round()
         asked = sorted(clients) if spec.participants is None else sorted(spec.participants)
@@ -139,15 +149,24 @@ class Case:
         if missing:
             raise ConfigError(f"victims {missing} are not asked in the first round")
         vectors = {k: clients[k].contribute(spec) for k in asked}
-        rounds = []
-        for drop in [{}] + [{"input": [victim]} for victim in self.victims]:
+        rounds, refusals = [], []
+
+        def aggregate(drop: dict) -> None:
             result = plan.protocol.aggregate(spec.name, vectors, spec.bound, drop=drop,
                                              broadcast_digest=broadcast_digest(spec.broadcast))
             writer.write_round(result.view, spec.public(), spec.broadcast)
             rounds.append({"round": spec.name, "included": sorted(result.included)})
+
+        aggregate({})
+        for victim in self.victims:
+            try:
+                aggregate({"input": [victim]})
+            except StatisticReusedError as exc:
+                refusals.append({"round": spec.name, "victim": victim, "error": type(exc).__name__, "message": str(exc)})
         for victim in self.victims:
             contributions[(spec.name, victim)] = vectors[victim]
-        return {"behaviour": "retry", "victims": list(self.victims), "rounds": rounds}
+        return {"behaviour": "retry", "victims": list(self.victims), "defended": self.defended, "rounds": rounds,
+                "refusals": refusals}
 
 
 def _quiet_plan(config: RunConfig) -> RunPlan:

@@ -2,7 +2,10 @@
 
 This is the one entry point the CLI, tests and benchmarks share. The difference attack needs a
 server that aggregates a statistic twice, so when it is asked for on a fresh case it gets its own
-``retry`` case; every other attack runs on the honest case. A saved transcript is scored when the
+``retry`` case; every other attack runs on the honest case. Under a secure protocol the clients
+refuse the retry (their contribution ledgers, protocols/ledger.py): the attack's report then says
+it was defended and lists each typed refusal; ``defended=False`` runs the clients without the
+ledger, to show what the defence stops. A saved transcript is scored when the
 machine has the data: the ground truth is rebuilt from the transcript's public configuration plus
 the partition options given here, and refused unless it reproduces the transcript's sums.
 """
@@ -38,9 +41,9 @@ def attack_names(requested: str) -> list[str]:
 
 
 def attack_run(names: list[str], config: RunConfig, victims: tuple[int, ...] = (0,), progress: bool = False,
-               work_dir: str | Path | None = None) -> tuple[dict, dict]:
+               work_dir: str | Path | None = None, defended: bool = True) -> tuple[dict, dict]:
     """Run the case(s) these attacks need, attack and score. Returns (document, pictures) where pictures maps
-    an attack to what ``grid.save_grid`` draws."""
+    an attack to what ``grid.save_grid`` draws. ``defended=False``: the clients keep no contribution ledger."""
     document = _document(config)
     pictures = {}
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="secure-afl-case-") as scratch:
@@ -48,14 +51,17 @@ def attack_run(names: list[str], config: RunConfig, victims: tuple[int, ...] = (
         for behaviour, members in cases.items():
             if not members:
                 continue
-            case = Case(config, behaviour, victims)
+            case = Case(config, behaviour, victims, defended)
             started = time.perf_counter()
             ran = case.run(Path(scratch) / behaviour, progress=progress)
             document["cases"][behaviour] = {"rounds": len(ran.transcript.rounds), "transcript_bytes": ran.transcript.bytes,
                                             "seconds": time.perf_counter() - started,
-                                            **({"victims": list(victims)} if behaviour == "retry" else {}),
-                                            **({"metrics": _model_metrics(ran.results)} if behaviour == "honest" else {})}
+                                            **({"metrics": _model_metrics(ran.results)} if behaviour == "honest" else
+                                               {key: ran.results[key] for key in ("victims", "defended", "refusals")})}
             _attack_all(members, ServerView(ran.transcript), ran.truth, document, pictures)
+            if behaviour == "retry":
+                for name in members:
+                    _report_refusals(document["attacks"][name], ran.results["refusals"])
     return _finish(document), pictures
 
 
@@ -121,6 +127,16 @@ def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, d
         report = document["attacks"][name] = evaluate(attack, output, view, truth)
         if truth is not None and output.applicable and attack.targets in PICTURED and report["per_target"]:
             pictures[name] = {"truth": truth, "rows": report["per_target"], "title": f"{name}: {report['targets']}"}
+
+
+def _report_refusals(report: dict, refusals: list[dict]) -> None:
+    """The clients' refusals of the retried aggregation: the defence held where there is one (typed, per victim)."""
+    report["refusals"] = refusals
+    report["defended"] = bool(refusals)
+    if refusals:
+        errors = ", ".join(sorted({refusal["error"] for refusal in refusals}))
+        report["reason"] = (f"defended: the clients refused {len(refusals)} repeated aggregation(s) of the same "
+                            f"statistic ({errors}; each keeps a ledger of what it released); {report['reason']}")
 
 
 def _model_metrics(results: dict) -> dict:

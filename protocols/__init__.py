@@ -5,12 +5,14 @@ from __future__ import annotations
 from protocols.base import AggregationProtocol, RoundResult, check_contributions
 from protocols.encoding import FixedPoint
 from protocols.errors import (
-    AuthenticationError, EncodingError, InvalidContributionError, MalformedMessageError, ParameterError, ProtocolAbort,
-    ProtocolError, RosterError, ThresholdError, TooFewClientsError, UnknownProtocolError, UnsafeContextError,
+    AuthenticationError, EncodingError, InvalidContributionError, LedgerError, MalformedMessageError, ParameterError,
+    ProtocolAbort, ProtocolError, RosterError, StatisticReusedError, ThresholdError, TooFewClientsError,
+    UnknownProtocolError, UnsafeContextError,
 )
 from protocols.graph import GraphParameters, Targets, choose_parameters
 from protocols.he import ApproximateCKKSProtocol, BFVProtocol, CKKSProtocol
 from protocols.identity import Identity, Member, Roster, enrol
+from protocols.ledger import ContributionLedger, Statistic
 from protocols.masking import MaskingProtocol
 from protocols.minimum import default_min_clients
 from protocols.plaintext import PlaintextProtocol
@@ -34,11 +36,13 @@ __all__ = [
     "PROTOCOLS",
     "AggregationProtocol",
     "AuthenticationError",
+    "ContributionLedger",
     "EncodingError",
     "FixedPoint",
     "GraphParameters",
     "Identity",
     "InvalidContributionError",
+    "LedgerError",
     "MalformedMessageError",
     "MaskingProtocol",
     "Member",
@@ -55,6 +59,8 @@ __all__ = [
     "RoundResult",
     "RoundTerms",
     "RoundView",
+    "Statistic",
+    "StatisticReusedError",
     "Transcript",
     "TranscriptError",
     "TranscriptWriter",

@@ -13,21 +13,28 @@ protocols give them to their simulated clients as what each client derived itsel
 refuse a server setup that differs. Protocols whose clients sign their messages
 (``RosteredProtocol``) play the job's operator in simulation: ``enrol`` draws an identity per client
 and the roster, hands each simulated client its own private key and the server only the roster.
+Their clients also keep a contribution ledger (``protocols.ledger``): one aggregation per statistic
+and job; asking for a statistic again, under any round id, gets ``StatisticReusedError``.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
+import shutil
+import tempfile
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from protocols.errors import InvalidContributionError, ParameterError
 from protocols.identity import Identity, Member, Roster, enrol
+from protocols.ledger import ContributionLedger
 from protocols.terms import EMPTY_BROADCAST, RoundTerms
 from protocols.transcript import RoundView
 
@@ -122,12 +129,22 @@ class RosteredProtocol(AggregationProtocol):
     The roster is drawn once per protocol object (one object is one job): by ``enrol`` or, failing
     that, for the clients of the first round. A later round with a client outside it is refused, as
     a deployment would refuse a stranger.
+
+    Each simulated client keeps a contribution ledger (protocols/ledger.py) and refuses to release a
+    statistic twice in the job, so no caller can aggregate a statistic again over other clients.
+    The ledgers live in ``ledger_dir``, by default a temporary directory of this object's own (one
+    per job, so honest runs never collide); a fixed directory lets a test restart clients on the
+    same record. ``ledger=False`` gives the clients no ledger: the clients before the defence, only
+    to demonstrate the difference attack.
     """
 
-    def __init__(self, record: bool = False):
+    def __init__(self, record: bool = False, ledger: bool = True, ledger_dir: str | Path | None = None):
         super().__init__(record)
         self.roster: Roster | None = None
         self._identities: dict[int, Identity] = {}
+        self.ledger = ledger
+        self.ledger_dir = ledger_dir
+        self._scratch: str | None = None  # the default ledger directory, removed with this object
 
     @abstractmethod
     def options(self, clients: list[int]) -> dict:
@@ -153,6 +170,15 @@ class RosteredProtocol(AggregationProtocol):
     def member(self, client: int) -> Member:
         """What simulated client ``client`` holds: its own private identity and the roster."""
         return Member(self._identities[client], self.roster)
+
+    def ledger_of(self, client: int) -> ContributionLedger | None:
+        """Simulated client ``client``'s contribution ledger; None when the job's clients keep none."""
+        if not self.ledger:
+            return None
+        if self.ledger_dir is None and self._scratch is None:
+            self._scratch = tempfile.mkdtemp(prefix="secure-afl-ledgers-")
+            weakref.finalize(self, shutil.rmtree, self._scratch, ignore_errors=True)
+        return ContributionLedger.in_directory(self.ledger_dir or self._scratch, client)
 
     def _roster_for(self, clients) -> Roster:
         self.enrol(clients)

@@ -56,3 +56,14 @@ class TooFewClientsError(ProtocolAbort, ThresholdError):
 
 class ParameterError(ProtocolError, ValueError):
     """Protocol parameters (threshold, neighbours, targets, dropouts) that cannot work."""
+
+
+class StatisticReusedError(ProtocolAbort):
+    """A client refused to release a statistic it already released into an aggregation of the same job: a second
+    sum of it over a client set that differs by one client would give that client's vector away (the difference
+    attack). Raised before anything derived from the input leaves the client (protocols/ledger.py)."""
+
+
+class LedgerError(ProtocolAbort):
+    """A client's contribution ledger cannot be read or written: the client refuses the round rather than risk
+    releasing a statistic twice (protocols/ledger.py)."""

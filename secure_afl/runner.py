@@ -139,7 +139,10 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
              observer=None, transcript: TranscriptWriter | None = None) -> dict:
     """Drive every round: clients contribute, the protocol sums, the server consumes. Returns byte counts.
 
-    A round asks the clients its spec names (all by default). Clients that drop out of a round are
+    A round asks the clients its spec names (all by default), once: a round that fails is never
+    retried and no statistic is aggregated twice, since two sums of one statistic over client sets
+    that differ by one client give that client's vector away (the secure protocols' clients refuse
+    a repeat anyway: protocols/ledger.py). Clients that drop out of a round are
     left out of every later round too (``included`` in the report), as a deployment would; the
     evaluation compares against centralized training on them. ``observer(spec, server)`` runs after
     each round (the runner records per-round accuracy of iterative algorithms with it). With a

@@ -65,14 +65,26 @@ def test_secure_protocols_leave_the_per_client_attacks_nothing(protocol):
 
 
 @pytest.mark.parametrize("protocol", ["plaintext", "mask", "he-bfv"])
-def test_the_difference_attack_recovers_a_dropped_clients_vector_exactly(protocol):
-    document, _ = attack_run(["difference"], replace(SMALL, protocol=protocol), victims=(3, 11))
+def test_without_the_ledger_the_difference_attack_recovers_a_dropped_clients_vector_exactly(protocol):
+    document, _ = attack_run(["difference"], replace(SMALL, protocol=protocol), victims=(3, 11), defended=False)
     report = document["attacks"]["difference"]
     assert report["applicable"] and report["metrics"]["targets"] == 2
     assert report["metrics"]["recovered_fraction"] == 1.0
     assert max(row["score"] for row in report["per_target"]) <= 1e-9
     assert report["metrics"]["baseline"]["recovered_fraction"] == 0.0
-    assert document["cases"]["retry"]["rounds"] == 3
+    assert document["cases"]["retry"]["rounds"] == 3 and report["refusals"] == [] and not report["defended"]
+
+
+@pytest.mark.parametrize("protocol", ["mask", "he-bfv"])
+def test_the_clients_ledgers_refuse_the_retry_and_the_attack_reports_the_defence(protocol):
+    document, _ = attack_run(["difference"], replace(SMALL, protocol=protocol), victims=(3, 11))
+    report = document["attacks"]["difference"]
+    assert not report["applicable"] and report["defended"] and report["reason"].startswith("defended")
+    assert [(r["victim"], r["error"]) for r in report["refusals"]] == [(3, "StatisticReusedError"),
+                                                                      (11, "StatisticReusedError")]
+    assert report["metrics"]["recovered_fraction"] == 0.0 and report["reconstructions"] == {}
+    assert "curious server" in report["threat_model"] and report["threshold"] == 1e-9
+    assert document["cases"]["retry"]["rounds"] == 1 and document["cases"]["retry"]["defended"]
 
 
 def test_an_honest_transcript_gives_the_difference_attack_nothing(default_plaintext, tmp_path):

@@ -6,6 +6,10 @@ arrival, a second attempt with one client missing — gets the missing client's 
 subtraction, under masking and HE alike: the attack reads nothing but the decoded sums. Rounds are
 "the same statistic" when their public specs (name, length, bound, layout) and broadcast state
 agree, so each client computes the same vector for both.
+
+The defence is on the clients' side: each keeps a ledger of the statistics it released and refuses
+a second aggregation of one (protocols/ledger.py), so a transcript of clients with ledgers holds
+each statistic once and this attack finds nothing to subtract; the case records the refusals.
 """
 
 from __future__ import annotations

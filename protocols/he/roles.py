@@ -9,9 +9,11 @@ protocols/minimum.py); never a ciphertext the server assembled or chose. So the 
 neither mint decryptions nor replay an earlier round's ciphertext nor pass one client's
 ciphertext, or the sum of a victim's and its colluders', off as a sum. Client: checks the setup
 against the round it derived itself and the authenticated context, refuses a round of fewer than
-m participants, encodes, splits into limbs, encrypts and signs. Server: holds only the
-public context (asserted), checks every message's signature against the roster, session and
-fingerprint, relays the inputs to the key holder and receives the decoded sum.
+m participants or a statistic its contribution ledger shows it already released in the job
+(protocols/ledger.py; recorded just before the ciphertexts leave), encodes, splits into limbs,
+encrypts and signs. Server: holds only the public context (asserted), checks every message's
+signature against the roster, session and fingerprint, relays the inputs to the key holder and
+receives the decoded sum.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from protocols.he.messages import DecryptedSum, EncryptedInput, HERoundSetup, Pu
 from protocols.he.schemes import Scheme, fingerprint
 from protocols.he.session import HEOptions, PublicSession, check_terms, chunk_count, pack, session_id, unpack
 from protocols.identity import Member, Roster
+from protocols.ledger import ContributionLedger, Statistic
 from protocols.minimum import require_min_clients
 from protocols.terms import RoundTerms
 
@@ -155,12 +158,17 @@ class HEKeyHolder:
 
 
 class HEClient:
-    def __init__(self, member: Member, vector: np.ndarray, terms: RoundTerms, public: PublicSession):
+    """``ledger``: the client's record of released statistics (protocols/ledger.py); None only for a client
+    without the difference attack's defence (single-round tests, the attack's demonstration)."""
+
+    def __init__(self, member: Member, vector: np.ndarray, terms: RoundTerms, public: PublicSession,
+                 ledger: ContributionLedger | None = None):
         self.id = member.id
         self._member = member
         self._vector = vector
         self._terms = terms
         self._public = public  # authenticated and loaded once per job, shared by the rounds
+        self._ledger = ledger
 
     @property
     def min_clients(self) -> int:
@@ -179,6 +187,10 @@ class HEClient:
         require_min_clients(len(setup.participants), self.min_clients, "the round setup")
         if setup.length != self._vector.shape[0]:
             raise ProtocolAbort(f"the round expects {setup.length} values, this client holds {self._vector.shape[0]}")
+        ledger = self._ledger
+        statistic = None if ledger is None else Statistic.of(self._member.roster.digest, self._terms, self._vector)
+        if ledger is not None:
+            ledger.check(statistic)  # before the work of encrypting
         if plan is None:  # approximate CKKS: the floats themselves
             check_vector(self._vector, self._terms.bound, "the vector to encrypt")
             limbs = [self._vector]
@@ -186,8 +198,11 @@ class HEClient:
             limbs = plan.split(encoding.encode(self._vector))  # refuses NaN/Inf/beyond the client's own bound
         ciphertexts = tuple(public.scheme.encrypt(public.context, chunk) for chunk in pack(limbs, public.scheme.slots))
         session = session_id(setup_bytes)
-        return EncryptedInput(session, self.id, public.fingerprint, ciphertexts).signed(
+        reply = EncryptedInput(session, self.id, public.fingerprint, ciphertexts).signed(
             self._member.identity, session).to_bytes()
+        if ledger is not None:  # the point of no return: recorded before the ciphertexts leave
+            ledger.claim(statistic, session)
+        return reply
 
 
 class HEServer:

@@ -11,6 +11,7 @@ download (every client's ciphertexts) included.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -30,8 +31,9 @@ class HEProtocol(RosteredProtocol):
     default_limbs: int = 1
 
     def __init__(self, limbs: int | None = None, fraction_bits: int | None = None, key_holder: int | None = None,
-                 min_clients: int | None = None, record: bool = False):
-        super().__init__(record)
+                 min_clients: int | None = None, record: bool = False, ledger: bool = True,
+                 ledger_dir: str | Path | None = None):
+        super().__init__(record, ledger, ledger_dir)
         self.limbs = self.default_limbs if limbs is None else limbs
         if self.limbs < 1:
             raise ParameterError(f"limbs must be at least 1, got {self.limbs}")
@@ -90,7 +92,7 @@ class HEProtocol(RosteredProtocol):
         setup = server.setup(terms, clients, length, server.receive_open(opening), encoding, plan)
         dropped = drop.get("input", frozenset())
         for c in clients:
-            client = HEClient(self.member(c), contributions[c], terms, public)
+            client = HEClient(self.member(c), contributions[c], terms, public, self.ledger_of(c))
             if c not in self._clients_seen_context:  # the public context travels once per session
                 download[c] += context_bytes
                 self._clients_seen_context.add(c)

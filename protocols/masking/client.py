@@ -9,7 +9,10 @@ leaves it, so a refusal never depends on the server's choice of bound. It refuse
 participants, and survivor sets of fewer survivors, than the job's minimum aggregation size m
 (protocols/minimum.py): the server chooses n, so without m it could run a round of the victim and
 its colluders. Every reply is signed with the client's identity key; every peer key it uses is
-checked against the roster.
+checked against the roster. With a contribution ledger (protocols/ledger.py) it refuses, typed, a
+statistic it already released in the job: it checks when the round starts and records the release
+just before its masked input leaves it (the point of no return: a round abandoned at advertise or
+share spends nothing, one that fails after the input stage spends the statistic).
 
 Why the consistency round closes the attacks of issue 12 (findings 1 and 2)
 ---------------------------------------------------------------------------
@@ -65,6 +68,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+from functools import cached_property
 
 import numpy as np
 
@@ -74,6 +78,7 @@ from protocols.envelope import open_sealed, seal
 from protocols.errors import MalformedMessageError, ProtocolAbort, ProtocolError
 from protocols.identity import Member
 from protocols.keys import MASK_PURPOSE, SHARE_PURPOSE, KeyPair, derive
+from protocols.ledger import ContributionLedger, Statistic
 from protocols.masking.messages import (
     MASK_KEY_SHARE, SELF_MASK_SHARE, ConsistencyRequest, ConsistencySignature, KeyAdvert, MaskedInput, RoundSetup,
     ShareBundle, ShareDelivery, SurvivorSets, UnmaskRequest, UnmaskResponse, ids_digest, input_digest,
@@ -97,12 +102,16 @@ class State(enum.Enum):
 
 
 class MaskingClient:
-    def __init__(self, member: Member, vector: np.ndarray, terms: RoundTerms):
+    """``ledger``: the client's record of released statistics; None only for a client without the difference
+    attack's defence (single-round tests, the attack's demonstration)."""
+
+    def __init__(self, member: Member, vector: np.ndarray, terms: RoundTerms, ledger: ContributionLedger | None = None):
         self.id = member.id
         self._member = member
         self._roster = member.roster
         self._vector = vector
         self._terms = terms
+        self._ledger = ledger
         self.state = State.NEW
         self._setup: RoundSetup | None = None
         self._setup_bytes = b""
@@ -121,6 +130,7 @@ class MaskingClient:
         def step():
             setup = RoundSetup.from_bytes(setup_bytes)
             encoding = self._check_terms(setup)
+            self._check_ledger()
             require_min_clients(len(setup.participants), self.min_clients, "the round setup")
             if self.id not in setup.participants:
                 raise ProtocolAbort(f"client {self.id} is not among the round's participants")
@@ -199,7 +209,10 @@ class MaskingClient:
             words, self._encoded = self._encoded, None
             MaskExpander(words.shape[0]).apply(words, plus, minus)
             message = MaskedInput(session.session_id, self.id, ids_digest(self._key_sharers), words)
-            return message.signed(self._member.identity, session.session_id).to_bytes()
+            reply = message.signed(self._member.identity, session.session_id).to_bytes()
+            if self._ledger is not None:  # the point of no return: recorded before the masked input leaves
+                self._ledger.claim(self._statistic, session.session_id)
+            return reply
 
         return self._transition(State.SHARED, State.MASKED, step)
 
@@ -247,6 +260,15 @@ class MaskingClient:
     def _check_terms(self, setup: RoundSetup) -> FixedPoint:
         """The setup is the round this client derived itself; its encoding is computed here, not read."""
         return check_terms(setup, self._roster, self._terms)
+
+    def _check_ledger(self) -> None:
+        """The round does not ask again for a statistic this client already released in the job."""
+        if self._ledger is not None:
+            self._ledger.check(self._statistic)
+
+    @cached_property
+    def _statistic(self) -> Statistic:
+        return Statistic.of(self._roster.digest, self._terms, self._vector)
 
     def _verify_adverts(self, session: Session) -> None:
         """Every neighbour's keys are signed by that roster client for exactly the setup this client saw."""

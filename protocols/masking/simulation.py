@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from protocols.encoding import FixedPoint
 from protocols.errors import ParameterError
 from protocols.graph import GraphParameters, Targets
 from protocols.identity import Member, enrol
+from protocols.ledger import ContributionLedger
 from protocols.masking.client import MaskingClient
 from protocols.masking.server import MaskingServer
 from protocols.masking.session import STAGES, MaskingOptions
@@ -73,10 +75,12 @@ def enrol_for(clients, encoding: FixedPoint, parameters: GraphParameters) -> dic
 
 def simulate_round(terms: RoundTerms | str, vectors: Mapping[int, np.ndarray], encoding: FixedPoint,
                    parameters: GraphParameters, drop: Mapping[str, Iterable[int]] | None = None,
-                   members: Mapping[int, Member] | None = None) -> MaskedRound:
+                   members: Mapping[int, Member] | None = None,
+                   ledgers: Mapping[int, ContributionLedger | None] | None = None) -> MaskedRound:
     """One round with the given clients dropping (never sending) at the given stages. ``members`` are the
     clients' identities and roster (a fresh one-round job when not given); a round id alone stands for
-    terms with the encoding's bound and no broadcast."""
+    terms with the encoding's bound and no broadcast. ``ledgers``: each client's contribution ledger
+    (protocols/ledger.py); a client without one keeps no record (a one-round job needs none)."""
     drop = dict(drop or {})
     _check_stages(drop)
     drop = {stage: frozenset(drop.get(stage, ())) for stage in STAGES}
@@ -85,7 +89,8 @@ def simulate_round(terms: RoundTerms | str, vectors: Mapping[int, np.ndarray], e
     length = next(iter(vectors.values())).shape[0]
     roster = next(iter(members.values())).roster
     server = MaskingServer(roster, terms, list(vectors), length, encoding, parameters)
-    clients = {c: MaskingClient(members[c], v, terms) for c, v in vectors.items()}
+    ledgers = ledgers or {}
+    clients = {c: MaskingClient(members[c], v, terms, ledgers.get(c)) for c, v in vectors.items()}
     costs = {stage: StageCost() for stage in STAGES}
 
     def exchange(stage: str, inbound: Mapping[int, bytes], client_step, server_receive):
@@ -161,8 +166,9 @@ class MaskingProtocol(RosteredProtocol):
 
     def __init__(self, threshold: int | None = None, neighbours: int | None = None, fraction_bits: int | None = None,
                  dropout: Mapping[str, float] | None = None, dropout_seed: int = 0, targets: Targets = Targets(),
-                 min_clients: int | None = None, record: bool = False):
-        super().__init__(record)
+                 min_clients: int | None = None, record: bool = False, ledger: bool = True,
+                 ledger_dir: str | Path | None = None):
+        super().__init__(record, ledger, ledger_dir)
         self.threshold = threshold
         self.min_clients = min_clients  # m (protocols/minimum.py); None: ⌊2K/3⌋ + 1 of the K enrolled clients
         self.neighbours = neighbours
@@ -196,7 +202,8 @@ class MaskingProtocol(RosteredProtocol):
         drop = {stage: (drawn[stage] - forced) | drop.get(stage, frozenset()) for stage in STAGES}
         self.rounds_run += 1
         members = {c: self.member(c) for c in contributions}
-        result = simulate_round(terms, contributions, encoding, parameters, drop, members)
+        ledgers = {c: self.ledger_of(c) for c in contributions}
+        result = simulate_round(terms, contributions, encoding, parameters, drop, members, ledgers)
         total = result.total
         upload = {c: sum(cost.upload.get(c, 0) for cost in result.costs.values()) for c in contributions}
         download = {c: sum(cost.download.get(c, 0) for cost in result.costs.values()) for c in contributions}
