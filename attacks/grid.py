@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 import numpy as np  # noqa: E402
 
+from protocols.files import write_atomically  # noqa: E402
+
 MAX_ROWS = 12
 FAILURES_SHOWN = 4
 
@@ -71,7 +73,8 @@ def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:
     figure.suptitle(picture["title"], fontsize=8)
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:  # atomically: an interrupted save leaves no half-drawn picture
+        write_atomically(path, lambda out: figure.savefig(out, dpi=110, format=path.suffix[1:] or "png"), binary=True)
+    finally:
+        plt.close(figure)
     return path

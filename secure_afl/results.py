@@ -1,7 +1,8 @@
 """The results document: schema version, environment, atomic writing and the short human summary.
 
 Results files are never silently replaced: an existing file is refused unless overwriting was
-asked for, and the check happens before the run starts so a long run cannot end in a refusal.
+asked for, and the check (with whether the directory takes a new file at all) happens before the run
+starts, so a long run cannot end in a refusal. Files appear atomically with the user's normal mode.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from protocols.files import unwritable_reason, write_atomically
 from secure_afl.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -54,7 +55,8 @@ def _cpu_model() -> str:
 
 
 def check_output_path(path: str | Path | None, overwrite: bool) -> None:
-    """Refuse, before any work, an output that exists (unless ``overwrite``) or that is a directory."""
+    """Refuse, before any work, an output that exists (unless ``overwrite``), that is a directory, or that
+    cannot be created."""
     if path is None:
         return
     path = Path(path)
@@ -62,21 +64,18 @@ def check_output_path(path: str | Path | None, overwrite: bool) -> None:
         raise ConfigError(f"output {str(path)!r} is a directory; give a file name such as results/run.json")
     if path.exists() and not overwrite:
         raise ConfigError(f"output {str(path)!r} already exists; choose another path or pass --overwrite")
+    if (reason := unwritable_reason(path)) is not None:
+        raise ConfigError(f"cannot write output {str(path)!r}: {reason}")
 
 
 def write_results(path: str | Path, results: dict, overwrite: bool = False) -> None:
     check_output_path(path, overwrite)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(results, out, indent=2, allow_nan=False)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def dump(out) -> None:
+        json.dump(results, out, indent=2, allow_nan=False)
+        out.write("\n")
+
+    write_atomically(path, dump)
 
 
 def format_summary(results: dict) -> str:
