@@ -83,13 +83,13 @@ def format_summary(results: dict) -> str:
     rows = [
         ("algorithm / protocol", f"{config['algorithm']} / {config['protocol']}"),
         ("dataset", f"{config['dataset']}: {results['features']['train']} train, {results['features']['test']} test, "
-                    f"{config['clients']} clients ({config['partition']}, alpha={config['alpha']})"),
+                    f"{config['clients']} clients ({_partition(config)})"),
         ("features", f"{config['backbone']} @ {config['resolution']}px, dim {results['features']['dim']}"),
-        ("global accuracy", f"{metrics['accuracy']:.4f}"),
-        ("centralized accuracy", _maybe(metrics["centralized_accuracy"])),
+        ("global accuracy", _accuracy(metrics["accuracy"], results["features"]["test"])),
+        ("centralized accuracy", _accuracy(metrics["centralized_accuracy"], results["features"]["test"])),
         ("max rel diff to central", "n/a" if metrics["max_rel_diff_to_centralized"] is None
          else f"{metrics['max_rel_diff_to_centralized']:.2e}"),
-        ("personalized accuracy", _maybe(metrics["personalized_accuracy"])),
+        ("personalized accuracy", _accuracy(metrics["personalized_accuracy"], *_held_out(results))),
         ("upload per client", f"{sent['per_client_upload_max'] / 2**20:.2f} MiB"),
         *([("transcript", f"{results['transcript']['path']} ({results['transcript']['rounds']} rounds, "
                           f"{results['transcript']['bytes'] / 2**20:.1f} MiB)")] if "transcript" in results else []),
@@ -100,5 +100,19 @@ def format_summary(results: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def _maybe(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _accuracy(value, n: int, clients: int | None = None) -> str:
+    """An accuracy with the number of test samples behind it: 1.0000 on two images is no result."""
+    over = "" if clients is None else f" over {clients} clients"
+    return "n/a" if value is None else f"{value:.4f} (n = {n}{over})"
+
+
+def _held_out(results: dict) -> tuple[int, int]:
+    """Test samples and clients behind the personalized accuracy (a client without held-out samples has none)."""
+    sizes = [size for size in results["clients"]["held_out_sizes"] if size]
+    return sum(sizes), len(sizes)
+
+
+def _partition(config: dict) -> str:
+    """The partition with only the parameter it uses."""
+    return {"dirichlet": f"dirichlet, alpha={config['alpha']}",
+            "shards": f"shards, {config['shards_per_client']} per client"}.get(config["partition"], config["partition"])
