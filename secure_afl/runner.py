@@ -267,6 +267,8 @@ def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
         shards_per_client=config.shards_per_client, min_size=config.min_client_size, seed=config.seed,
     )
     held_out = allocate_held_out(client_indices, train_y, test_y, seed=config.seed)
+    log.info("plan: %s, %d train / %d test images, %d clients (%s), protocol %s", dataset.name, len(train_y),
+             len(test_y), len(client_indices), config.partition, protocol.name)
     sent = withhold_rare_classes(client_indices, train_y, config.min_class_count)
     _check_senders(sent, config)
     protocol.prepare(len(client_indices), statistics_bound(len(train_y), config.max_norm))
