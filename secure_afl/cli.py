@@ -282,7 +282,7 @@ def _run(args, config: RunConfig) -> str:
 def _attack(args, config: RunConfig) -> str:
     """``secure-afl attack``: outputs and options are checked before the case runs; returns the summary."""
     from attacks.base import ATTACKS
-    from attacks.grid import save_grid
+    from attacks.grid import picture_format, save_grid
     from attacks.suite import PICTURED, attack_names, attack_run, attack_transcript
     from secure_afl.results import check_output_path, write_results
 
@@ -295,6 +295,7 @@ def _attack(args, config: RunConfig) -> str:
         if not grids:
             raise ConfigError(f"--grid: attack {args.attack!r} reconstructs no single images to picture")
         for path in grids.values():
+            picture_format(path)
             check_output_path(path, args.overwrite)
     if args.victim and "difference" not in names:
         raise ConfigError("--victim only applies to the difference attack")

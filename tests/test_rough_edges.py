@@ -122,9 +122,20 @@ def test_an_unwritable_output_is_refused_before_any_work(tmp_path, capsys, monke
     monkeypatch.setattr("attacks.suite.attack_run", started)
     command, flag = option.split()
     extra = ["--attack", "singleton"] if command == "attack" else []
-    code, _, err = cli([command, *extra, *TINY, flag, str(where(tmp_path))], capsys)
+    path = where(tmp_path).with_suffix(".png" if flag == "--grid" else ".json")
+    code, _, err = cli([command, *extra, *TINY, flag, str(path)], capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("secure-afl: error: cannot") and message in err
+
+
+def test_a_picture_format_matplotlib_cannot_draw_is_refused_before_the_attack(tmp_path, capsys, monkeypatch):
+    def started(*args, **kwargs):
+        raise AssertionError("the attack started")
+
+    monkeypatch.setattr("attacks.suite.attack_run", started)
+    code, _, err = cli(["attack", "--attack", "singleton", *TINY, "--grid", str(tmp_path / "grid.txt")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "cannot draw a 'txt' picture; use one of" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_outputs_get_the_users_normal_mode_and_a_failed_write_leaves_nothing(tmp_path):
