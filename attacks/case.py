@@ -132,7 +132,7 @@ class Case:
         contributions: dict[tuple[str, int], np.ndarray] = {}
         with TranscriptWriter(transcript, public_knowledge(plan, features), overwrite) as writer:
             if self.behaviour == "honest":
-                training = train(plan, features, timer, writer)
+                training = train(plan, features, timer, writer, progress=progress)
                 results = results_document(plan, features, training, timer)
             else:
                 results = self._retry(plan, features, writer, contributions)

@@ -17,6 +17,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 import numpy as np  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+
+from protocols.files import write_atomically  # noqa: E402
+from secure_afl.errors import ConfigError  # noqa: E402
 
 MAX_ROWS = 12
 FAILURES_SHOWN = 4
@@ -41,6 +45,15 @@ def _spread(rows: list[dict], count: int) -> list[dict]:
     if count >= len(rows):
         return rows
     return [rows[i] for i in np.linspace(0, len(rows) - 1, count).round().astype(int)]
+
+
+def picture_format(path: str | Path) -> str:
+    """The image format ``path``'s suffix names (PNG without one); refused before the attack runs, not after."""
+    suffix = Path(path).suffix[1:].lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise ConfigError(f"--grid {str(path)!r}: cannot draw a {suffix!r} picture; use one of {', '.join(formats)}")
+    return suffix
 
 
 def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:
@@ -71,7 +84,8 @@ def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:
     figure.suptitle(picture["title"], fontsize=8)
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:  # atomically: an interrupted save leaves no half-drawn picture
+        write_atomically(path, lambda out: figure.savefig(out, dpi=110, format=picture_format(path)), binary=True)
+    finally:
+        plt.close(figure)
     return path

@@ -41,7 +41,7 @@ def main() -> None:
         for alpha in ALPHAS:
             config = RunConfig(
                 dataset=args.dataset, clients=clients, device=args.device,
-                partition="iid" if math.isinf(alpha) else "dirichlet", alpha=1.0 if math.isinf(alpha) else alpha,
+                **(dict(partition="iid") if math.isinf(alpha) else dict(partition="dirichlet", alpha=alpha)),
             )
             start = time.perf_counter()
             result = run(config)

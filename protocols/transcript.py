@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from protocols.errors import ProtocolError
+from protocols.files import default_mode, unwritable_reason
 
 FORMAT = "secure-afl/transcript"
 VERSION = 1
@@ -75,13 +76,6 @@ class RoundView:
                    "mask": lambda data: MaskedInput.from_bytes(data).words}
         read = readers.get(self.protocol, lambda data: np.frombuffer(data, dtype=np.uint8))
         return {client: read(data) for client, data in self.messages.get("input", {}).items()}
-
-
-def _default_mode(base: int) -> int:
-    """``base`` under the process umask: a transcript gets the user's normal permissions, as files do."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
 
 
 def _sha256(data: bytes | memoryview) -> str:
@@ -122,10 +116,8 @@ def check_destination(path: str | Path, overwrite: bool) -> Path:
             raise TranscriptError(f"transcript {str(path)!r} already exists; choose another path or pass --overwrite")
         if not is_transcript(path):
             raise TranscriptError(f"{str(path)!r} exists and is not a transcript; refusing to replace it")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise TranscriptError(f"cannot create transcript {str(path)!r}: {str(existing or parent)!r} is not a writable directory")
+    if (reason := unwritable_reason(path)) is not None:
+        raise TranscriptError(f"cannot create transcript {str(path)!r}: {reason}")
     return path
 
 
@@ -136,7 +128,7 @@ class TranscriptWriter:
         self.path = check_destination(path, overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
-        os.chmod(self._tmp, _default_mode(0o777))  # mkdtemp makes it private to the user
+        os.chmod(self._tmp, default_mode(0o777))  # mkdtemp makes it private to the user
         self._manifest = {"format": FORMAT, "version": VERSION, "complete": False, "public": dict(public), "rounds": []}
         self.bytes = 0
         self._write_manifest()
@@ -210,7 +202,7 @@ class TranscriptWriter:
         handle, tmp = tempfile.mkstemp(dir=self._tmp, suffix=".tmp")
         with os.fdopen(handle, "w") as out:
             out.write(text)
-        os.chmod(tmp, _default_mode(0o666))
+        os.chmod(tmp, default_mode(0o666))
         os.replace(tmp, self._tmp / MANIFEST)
 
 

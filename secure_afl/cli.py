@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from dataclasses import fields
+from importlib import metadata
 from pathlib import Path
 
 from protocols import PROTOCOLS, ProtocolError
@@ -20,12 +22,33 @@ from secure_afl.features.extract import PRECISIONS
 from secure_afl.features.feature_map import ROW_NORMS
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a job stopped by Ctrl-C
+LOGGERS = ("secure_afl", "protocols", "attacks")
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line and a pointer to the help, not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"secure-afl: error: {message}\n(see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults only where they say something: not for flags (``--no-cache`` is not "default: True"), not
+    for options without a fixed default (None, empty) and not where the help already explains it."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if (action.nargs == 0 or action.default in (None, [], argparse.SUPPRESS) or "default" in help_text
+                or not action.option_strings):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     """Every option of a run; ``attack`` takes them too, to build the case it attacks."""
     defaults = RunConfig()
-    p.add_argument("--algorithm", choices=ALGORITHMS, default=defaults.algorithm)
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=defaults.algorithm, help="the federated algorithm")
     p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=defaults.protocol,
                    help="mask: pairwise masking (SecAgg/SecAgg+); he-bfv / he-ckks: exact homomorphic sums; "
                         "he-ckks-approx: approximate; plaintext: the server sees every client's statistics")
@@ -54,35 +77,39 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     data.add_argument("--dataset", default=defaults.dataset, help=f"one of {', '.join(DATASETS)}")
     data.add_argument("--data-dir", default=None, help="root of an on-disk dataset (cifar10, cifar100, imagefolder)")
     data.add_argument("--download", action="store_true", help="let torchvision download CIFAR (needs internet)")
-    data.add_argument("--clients", type=int, default=defaults.clients)
-    data.add_argument("--partition", choices=PARTITIONS, default=defaults.partition)
-    data.add_argument("--alpha", type=float, default=defaults.alpha, help="Dirichlet concentration")
-    data.add_argument("--shards-per-client", type=int, default=defaults.shards_per_client)
-    data.add_argument("--min-client-size", type=int, default=defaults.min_client_size)
+    data.add_argument("--clients", type=int, default=defaults.clients, help="K, the clients of the federation")
+    data.add_argument("--partition", choices=PARTITIONS, default=defaults.partition, help="how samples go to clients")
+    data.add_argument("--alpha", type=float, default=defaults.alpha, help="--partition dirichlet: concentration")
+    data.add_argument("--shards-per-client", type=int, default=defaults.shards_per_client, help="--partition shards")
+    data.add_argument("--min-client-size", type=int, default=defaults.min_client_size, help="fewest samples per client")
     data.add_argument("--min-class-count", type=int, default=defaults.min_class_count, metavar="M",
                       help="defence (afl, apfl, deepafl): each client withholds every class it holds fewer than M "
                            "samples of, so no class mean it sends averages fewer than M rows (1: send everything)")
-    data.add_argument("--seed", type=int, default=defaults.seed)
+    data.add_argument("--seed", type=int, default=defaults.seed, help="seed of the partition and the simulation")
     feats = p.add_argument_group("features")
     feats.add_argument("--backbone", default=defaults.backbone, help="efficientnet_lite0 (shipped weights) or a timm name")
     feats.add_argument("--weights", default=None, help="local weights file for the backbone")
     feats.add_argument("--random-weights", action="store_true", help="use an untrained backbone on purpose")
-    feats.add_argument("--resolution", type=int, default=defaults.resolution)
-    feats.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    feats.add_argument("--resolution", type=int, default=defaults.resolution, help="backbone input size in pixels")
+    feats.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per backbone batch")
     feats.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     feats.add_argument("--precision", choices=tuple(PRECISIONS), default=defaults.precision,
                        help="backbone autocast on CUDA (the CPU always runs fp32)")
     feats.add_argument("--cache-dir", default=None, help="feature cache (default $SECURE_AFL_CACHE or ~/.cache/secure_afl)")
-    feats.add_argument("--no-cache", dest="use_cache", action="store_false", help="always extract features")
+    feats.add_argument("--no-cache", dest="use_cache", action="store_false",
+                       help="always extract features; neither read nor write the cache")
     feats.add_argument("--buffer-width", type=int, default=defaults.buffer_width, help="0 disables the random buffer")
-    feats.add_argument("--buffer-activation", choices=tuple(ACTIVATIONS), default=defaults.buffer_activation)
-    feats.add_argument("--buffer-seed", type=int, default=defaults.buffer_seed)
-    feats.add_argument("--buffer-bias", action="store_true")
-    feats.add_argument("--feature-norm", choices=ROW_NORMS, default=defaults.feature_norm)
+    feats.add_argument("--buffer-activation", choices=tuple(ACTIVATIONS), default=defaults.buffer_activation,
+                       help="activation of the random buffer")
+    feats.add_argument("--buffer-seed", type=int, default=defaults.buffer_seed, help="public seed of the random buffer")
+    feats.add_argument("--buffer-bias", action="store_true", help="give the random buffer a bias")
+    feats.add_argument("--feature-norm", choices=ROW_NORMS, default=defaults.feature_norm,
+                       help="public row normalisation of the features")
     feats.add_argument("--max-norm", type=float, default=defaults.max_norm, help="public bound on feature row norms")
     apfl = p.add_argument_group("APFL (--algorithm apfl)")
     apfl.add_argument("--refine-width", type=int, default=defaults.refine_width, help="refinement-stream buffer width")
-    apfl.add_argument("--refine-activation", choices=tuple(ACTIVATIONS), default=defaults.refine_activation)
+    apfl.add_argument("--refine-activation", choices=tuple(ACTIVATIONS), default=defaults.refine_activation,
+                      help="refinement-stream activation")
     apfl.add_argument("--refine-seed", type=int, default=defaults.refine_seed, help="public seed of the refinement buffer")
     apfl.add_argument("--lam", type=float, default=defaults.lam, help="ridge λ of the refinement stream")
     apfl.add_argument("--beta", type=float, default=defaults.beta, help="weight β of the refinement stream, in [0, 1]")
@@ -93,24 +120,25 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     deep.add_argument("--residual-width", type=int, default=defaults.residual_width, help="d_F")
     deep.add_argument("--deep-lam", type=float, default=defaults.deep_lam, help="λ of the classifier solves")
     deep.add_argument("--deep-gamma", type=float, default=defaults.deep_gamma, help="γ of the sandwiched solves")
-    deep.add_argument("--deep-activation", choices=tuple(ACTIVATIONS), default=defaults.deep_activation)
+    deep.add_argument("--deep-activation", choices=tuple(ACTIVATIONS), default=defaults.deep_activation,
+                      help="activation σ of the expansion and the blocks")
     deep.add_argument("--deep-seed", type=int, default=defaults.deep_seed, help="public seed of A and the B_t")
     grad = p.add_argument_group("FedAvg / FedProx (--algorithm fedavg | fedprox)")
-    grad.add_argument("--rounds", type=int, default=defaults.rounds)
-    grad.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
-    grad.add_argument("--lr", type=float, default=defaults.lr)
-    grad.add_argument("--local-batch", type=int, default=defaults.local_batch)
+    grad.add_argument("--rounds", type=int, default=defaults.rounds, help="communication rounds")
+    grad.add_argument("--local-epochs", type=int, default=defaults.local_epochs, help="epochs per client and round")
+    grad.add_argument("--lr", type=float, default=defaults.lr, help="local learning rate")
+    grad.add_argument("--local-batch", type=int, default=defaults.local_batch, help="local minibatch size")
     grad.add_argument("--client-fraction", type=float, default=defaults.client_fraction, help="clients sampled per round")
     grad.add_argument("--mu", type=float, default=defaults.mu, help="FedProx proximal weight")
-    grad.add_argument("--head", choices=HEADS, default=defaults.head)
+    grad.add_argument("--head", choices=HEADS, default=defaults.head, help="the model trained on the features")
     grad.add_argument("--hidden", type=int, default=defaults.hidden, help="MLP head width")
     grad.add_argument("--param-bound", type=float, default=defaults.param_bound,
                       help="public box |θ_i| ≤ bound on what a client sends (the protocols' declared bound)")
     grad.add_argument("--dp-noise", type=float, default=None, help="DP-SGD noise multiplier (Opacus)")
     grad.add_argument("--dp-epsilon", type=float, default=None, help="DP-SGD target ε for the whole run")
-    grad.add_argument("--dp-delta", type=float, default=defaults.dp_delta)
+    grad.add_argument("--dp-delta", type=float, default=defaults.dp_delta, help="DP-SGD δ")
     grad.add_argument("--dp-clip", type=float, default=defaults.dp_clip, help="per-sample gradient norm bound")
-    grad.add_argument("--dp-accountant", choices=ACCOUNTANTS, default=defaults.dp_accountant)
+    grad.add_argument("--dp-accountant", choices=ACCOUNTANTS, default=defaults.dp_accountant, help="privacy accountant")
     solve = p.add_argument_group("solve")
     solve.add_argument("--gamma", type=float, default=defaults.gamma, help="ridge regularisation, added once")
     solve.add_argument("--restore", action="store_true", help="plain least squares (the paper's restored result)")
@@ -118,7 +146,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def _run_parser(sub) -> None:
     p = sub.add_parser("run", help="simulate a federation and write its results JSON",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     _run_options(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", default=None, help="results JSON path")
@@ -127,11 +155,12 @@ def _run_parser(sub) -> None:
                      help="write the server's view of every round to this directory (manifest.json + arrays; "
                           "the input of `secure-afl attack --transcript`)")
     out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    out.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
 
 
 def _attack_parser(sub) -> None:
     p = sub.add_parser("attack", help="attack what a run's server saw and score it against the private data",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_HelpFormatter,
                        description="Runs the case described by the run options (or loads --transcript) and attacks it. "
                                    "Attacks see only the transcript and public knowledge; ground truth reaches only "
                                    "the evaluator.")
@@ -150,21 +179,24 @@ def _attack_parser(sub) -> None:
                           "attack that has one, named PNG's stem + -ATTACK)")
     out.add_argument("--overwrite", action="store_true", help="replace existing output files")
     out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    out.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
 
 
 def _report_parser(sub) -> None:
     p = sub.add_parser("report", help="turn the privacy grid's measurements into the claim-by-claim report",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_HelpFormatter,
                        description="Reads the JSON of benchmarks/privacy_grid.py and writes a markdown report, claim by "
                                    "claim, with a picture per claim beside it.")
     p.add_argument("--grid", default="benchmarks/results/privacy_grid.json", help="the privacy grid's results JSON")
     p.add_argument("--out", default="benchmarks/results/privacy_report.md", help="the report (pictures go beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="secure-afl", description="Analytic federated learning with secure aggregation.")
+    parser = _Parser(prog="secure-afl", description="Analytic federated learning with secure aggregation.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _attack_parser(sub)
@@ -177,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         options["dropout"] = dict(options["dropout"])
         config = RunConfig(**{k: v for k, v in options.items() if k in names})
     command = {"run": _run, "attack": _attack, "report": _report}[args.command]
+    handler = _log_to_stderr() if args.verbose else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -185,9 +218,49 @@ def main(argv: list[str] | None = None) -> int:
     except (SecureAFLError, ProtocolError) as exc:
         print(f"secure-afl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # every writer is atomic: nothing partial is left behind
+        print("secure-afl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if handler is not None:
+            _stop_logging(handler)
     if not args.quiet:
         print(summary)
     return 0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("secure-afl")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        import secure_afl
+
+        return secure_afl.__version__
+
+
+def _log_to_stderr() -> logging.Handler:
+    """--verbose: the package's INFO log lines on stderr, each prefixed like every other message."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("secure-afl: %(name)s: %(message)s"))
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+    return handler
+
+
+def _stop_logging(handler: logging.Handler) -> None:
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
+def _refuse_silent_run(args, *outputs) -> None:
+    """--quiet with nowhere to write would run the whole job and show nothing: refuse it before any work."""
+    if args.quiet and not any(outputs):
+        raise ConfigError("--quiet without --out would run the whole job and show nothing; add --out FILE or drop "
+                          "--quiet")
 
 
 def _run(args, config: RunConfig) -> str:
@@ -196,6 +269,7 @@ def _run(args, config: RunConfig) -> str:
     from secure_afl.results import check_output_path, format_summary, write_results
     from secure_afl.runner import run
 
+    _refuse_silent_run(args, args.out, args.transcript)
     check_output_path(args.out, args.overwrite)
     if args.transcript is not None:
         check_destination(args.transcript, args.overwrite)
@@ -208,10 +282,11 @@ def _run(args, config: RunConfig) -> str:
 def _attack(args, config: RunConfig) -> str:
     """``secure-afl attack``: outputs and options are checked before the case runs; returns the summary."""
     from attacks.base import ATTACKS
-    from attacks.grid import save_grid
+    from attacks.grid import picture_format, save_grid
     from attacks.suite import PICTURED, attack_names, attack_run, attack_transcript
     from secure_afl.results import check_output_path, write_results
 
+    _refuse_silent_run(args, args.out, args.grid)
     names = attack_names(args.attack)
     check_output_path(args.out, args.overwrite)
     grids = {}
@@ -220,6 +295,7 @@ def _attack(args, config: RunConfig) -> str:
         if not grids:
             raise ConfigError(f"--grid: attack {args.attack!r} reconstructs no single images to picture")
         for path in grids.values():
+            picture_format(path)
             check_output_path(path, args.overwrite)
     if args.victim and "difference" not in names:
         raise ConfigError("--victim only applies to the difference attack")

@@ -38,6 +38,8 @@ OPTION_SCOPE = {
     **{name: ("algorithm", algorithms) for name, algorithms in _ALGORITHM_OPTIONS.items()},
     **{name: ("protocol", tuple(p for p, names in PROTOCOL_OPTIONS.items() if name in names))
        for names in PROTOCOL_OPTIONS.values() for name in names},
+    "alpha": ("partition", ("dirichlet",)),
+    "shards_per_client": ("partition", ("shards",)),
 }
 
 

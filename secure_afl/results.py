@@ -1,7 +1,8 @@
 """The results document: schema version, environment, atomic writing and the short human summary.
 
 Results files are never silently replaced: an existing file is refused unless overwriting was
-asked for, and the check happens before the run starts so a long run cannot end in a refusal.
+asked for, and the check (with whether the directory takes a new file at all) happens before the run
+starts, so a long run cannot end in a refusal. Files appear atomically with the user's normal mode.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from protocols.files import unwritable_reason, write_atomically
 from secure_afl.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -54,7 +55,8 @@ def _cpu_model() -> str:
 
 
 def check_output_path(path: str | Path | None, overwrite: bool) -> None:
-    """Refuse, before any work, an output that exists (unless ``overwrite``) or that is a directory."""
+    """Refuse, before any work, an output that exists (unless ``overwrite``), that is a directory, or that
+    cannot be created."""
     if path is None:
         return
     path = Path(path)
@@ -62,21 +64,18 @@ def check_output_path(path: str | Path | None, overwrite: bool) -> None:
         raise ConfigError(f"output {str(path)!r} is a directory; give a file name such as results/run.json")
     if path.exists() and not overwrite:
         raise ConfigError(f"output {str(path)!r} already exists; choose another path or pass --overwrite")
+    if (reason := unwritable_reason(path)) is not None:
+        raise ConfigError(f"cannot write output {str(path)!r}: {reason}")
 
 
 def write_results(path: str | Path, results: dict, overwrite: bool = False) -> None:
     check_output_path(path, overwrite)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(results, out, indent=2, allow_nan=False)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def dump(out) -> None:
+        json.dump(results, out, indent=2, allow_nan=False)
+        out.write("\n")
+
+    write_atomically(path, dump)
 
 
 def format_summary(results: dict) -> str:
@@ -84,13 +83,13 @@ def format_summary(results: dict) -> str:
     rows = [
         ("algorithm / protocol", f"{config['algorithm']} / {config['protocol']}"),
         ("dataset", f"{config['dataset']}: {results['features']['train']} train, {results['features']['test']} test, "
-                    f"{config['clients']} clients ({config['partition']}, alpha={config['alpha']})"),
+                    f"{config['clients']} clients ({_partition(config)})"),
         ("features", f"{config['backbone']} @ {config['resolution']}px, dim {results['features']['dim']}"),
-        ("global accuracy", f"{metrics['accuracy']:.4f}"),
-        ("centralized accuracy", _maybe(metrics["centralized_accuracy"])),
+        ("global accuracy", _accuracy(metrics["accuracy"], results["features"]["test"])),
+        ("centralized accuracy", _accuracy(metrics["centralized_accuracy"], results["features"]["test"])),
         ("max rel diff to central", "n/a" if metrics["max_rel_diff_to_centralized"] is None
          else f"{metrics['max_rel_diff_to_centralized']:.2e}"),
-        ("personalized accuracy", _maybe(metrics["personalized_accuracy"])),
+        ("personalized accuracy", _accuracy(metrics["personalized_accuracy"], *_held_out(results))),
         ("upload per client", f"{sent['per_client_upload_max'] / 2**20:.2f} MiB"),
         *([("transcript", f"{results['transcript']['path']} ({results['transcript']['rounds']} rounds, "
                           f"{results['transcript']['bytes'] / 2**20:.1f} MiB)")] if "transcript" in results else []),
@@ -101,5 +100,19 @@ def format_summary(results: dict) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
-def _maybe(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _accuracy(value, n: int, clients: int | None = None) -> str:
+    """An accuracy with the number of test samples behind it: 1.0000 on two images is no result."""
+    over = "" if clients is None else f" over {clients} clients"
+    return "n/a" if value is None else f"{value:.4f} (n = {n}{over})"
+
+
+def _held_out(results: dict) -> tuple[int, int]:
+    """Test samples and clients behind the personalized accuracy (a client without held-out samples has none)."""
+    sizes = [size for size in results["clients"]["held_out_sizes"] if size]
+    return sum(sizes), len(sizes)
+
+
+def _partition(config: dict) -> str:
+    """The partition with only the parameter it uses."""
+    return {"dirichlet": f"dirichlet, alpha={config['alpha']}",
+            "shards": f"shards, {config['shards_per_client']} per client"}.get(config["partition"], config["partition"])

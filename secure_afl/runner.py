@@ -8,6 +8,7 @@ protocols only through ``AggregationProtocol.aggregate``, so secure protocols sl
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from contextlib import contextmanager
@@ -39,12 +40,19 @@ from secure_afl.results import SCHEMA_VERSION, environment
 from secure_afl.statistics import compute_statistics
 
 
+log = logging.getLogger(__name__)
+
+
 class PlaintextAggregationWarning(UserWarning):
     """The chosen protocol lets the server read every client's statistics."""
 
 
 class ApproximateAggregationWarning(UserWarning):
     """The chosen protocol's sums are approximate, so the model is not exactly the centralized one."""
+
+
+class SmallTestSplitWarning(UserWarning):
+    """The test split has fewer samples than classes: its accuracy says next to nothing."""
 
 
 @dataclass
@@ -136,7 +144,8 @@ def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_sam
 
 
 def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], protocol, timer: Timer,
-             observer=None, transcript: TranscriptWriter | None = None) -> dict:
+             observer=None, transcript: TranscriptWriter | None = None, progress: bool = False,
+             expected_rounds: int | None = None) -> dict:
     """Drive every round: clients contribute, the protocol sums, the server consumes. Returns byte counts.
 
     A round asks the clients its spec names (all by default), once: a round that fails is never
@@ -147,41 +156,49 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
     evaluation compares against centralized training on them. ``observer(spec, server)`` runs after
     each round (the runner records per-round accuracy of iterative algorithms with it). With a
     ``transcript`` (the protocol must record), each round's server view is written to disk as soon
-    as the round ends, with the round's public spec and broadcast.
+    as the round ends, with the round's public spec and broadcast. With ``progress``, a bar counts the
+    rounds (out of ``expected_rounds``) on stderr: a DeepAFL job or a CKKS sum runs for minutes.
     """
+    from tqdm.auto import tqdm
+
     included = set(clients)
     upload = dict.fromkeys(clients, 0)
     download = dict.fromkeys(clients, 0)
     rounds = []
     protocol.enrol(clients)  # every client of the job, before its first round (a no-op once enrolled)
-    while (spec := server.next_round()) is not None:
-        asked = included if spec.participants is None else included & spec.participants
-        with timer.phase("local"):
-            vectors = {k: clients[k].contribute(spec) for k in sorted(asked)}
-        with timer.phase("aggregation"):
-            result = protocol.aggregate(spec.name, vectors, spec.bound,
-                                        broadcast_digest=broadcast_digest(spec.broadcast))
-        if transcript is not None:
-            with timer.phase("transcript"):
-                transcript.write_round(result.view, spec.public(), spec.broadcast)
-        with timer.phase("solve"):
-            server.receive(spec, result.total)
-        for k in result.upload_bytes:
-            upload[k] += result.upload_bytes[k]
-            download[k] += result.download_bytes[k] + (spec.broadcast_bytes if k in vectors else 0)
-        if result.included is not None:
-            included -= set(vectors) - result.included
-        if observer is not None:
-            observer(spec, server)
-        rounds.append({
-            "round": spec.name,
-            "length": spec.length,
-            "upload_per_client_max": max(result.upload_bytes.values()),
-            "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in vectors),
-            "clients_asked": len(vectors),
-            "clients_included": len(included),
-            "protocol": result.details,
-        })
+    with tqdm(total=expected_rounds, desc=f"rounds ({protocol.name})", unit="round", disable=not progress,
+              leave=False) as bar:
+        while (spec := server.next_round()) is not None:
+            asked = included if spec.participants is None else included & spec.participants
+            bar.set_postfix_str(spec.name)
+            log.info("round %s: %d clients asked, %d values each", spec.name, len(asked), spec.length)
+            with timer.phase("local"):
+                vectors = {k: clients[k].contribute(spec) for k in sorted(asked)}
+            with timer.phase("aggregation"):
+                result = protocol.aggregate(spec.name, vectors, spec.bound,
+                                            broadcast_digest=broadcast_digest(spec.broadcast))
+            if transcript is not None:
+                with timer.phase("transcript"):
+                    transcript.write_round(result.view, spec.public(), spec.broadcast)
+            with timer.phase("solve"):
+                server.receive(spec, result.total)
+            for k in result.upload_bytes:
+                upload[k] += result.upload_bytes[k]
+                download[k] += result.download_bytes[k] + (spec.broadcast_bytes if k in vectors else 0)
+            if result.included is not None:
+                included -= set(vectors) - result.included
+            if observer is not None:
+                observer(spec, server)
+            rounds.append({
+                "round": spec.name,
+                "length": spec.length,
+                "upload_per_client_max": max(result.upload_bytes.values()),
+                "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in vectors),
+                "clients_asked": len(vectors),
+                "clients_included": len(included),
+                "protocol": result.details,
+            })
+            bar.update()
     model_bytes = int(server.model().weights.nbytes)  # the final model is broadcast to every client
     for k in clients:
         download[k] += model_bytes
@@ -244,11 +261,17 @@ def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
         raise ConfigError(f"{dataset.name}: its {len(train_y)} images in {len(np.unique(train_y))} classes leave no "
                           "test split (no class has 3 images), so no accuracy can be measured; choose a data set with "
                           "more images per class")
+    if len(test_y) < dataset.num_classes:
+        warnings.warn(f"{dataset.name}: the test split holds {len(test_y)} images for {dataset.num_classes} classes, "
+                      "fewer than one per class; its accuracy says next to nothing",
+                      SmallTestSplitWarning, stacklevel=3)
     client_indices = partition(  # before the slow feature extraction, so an impossible split fails at once
         train_y, config.clients, config.partition, alpha=config.alpha,
         shards_per_client=config.shards_per_client, min_size=config.min_client_size, seed=config.seed,
     )
     held_out = allocate_held_out(client_indices, train_y, test_y, seed=config.seed)
+    log.info("plan: %s, %d train / %d test images, %d clients (%s), protocol %s", dataset.name, len(train_y),
+             len(test_y), len(client_indices), config.partition, protocol.name)
     sent = withhold_rare_classes(client_indices, train_y, config.min_class_count)
     _check_senders(sent, config)
     protocol.prepare(len(client_indices), statistics_bound(len(train_y), config.max_norm))
@@ -278,6 +301,7 @@ class Features:
 def load_features(plan: RunPlan, timer: Timer, progress: bool = False) -> Features:
     """Backbone features (cached) and the public feature maps, for the whole federation."""
     config, device = plan.config, plan.device
+    log.info("features: %s on %s (%s, %d px)", config.backbone, device, config.dataset, config.resolution)
     with timer.phase("features"):
         train_raw, test_raw, info = backbone_features(config, plan.dataset, device, progress)
     with timer.phase("feature_map"):
@@ -338,7 +362,7 @@ def build_algorithm(plan: RunPlan, features: Features):
 
 
 def train(plan: RunPlan, features: Features, timer: Timer, transcript: TranscriptWriter | None = None,
-          protocol=None) -> Training:
+          protocol=None, progress: bool = False) -> Training:
     """The federation proper: clients, rounds through the protocol (``protocol`` replaces the plan's, e.g. a
     server that behaves differently), personalization and evaluation against the centralized reference."""
     config, data = plan.config, features.data
@@ -347,11 +371,13 @@ def train(plan: RunPlan, features: Features, timer: Timer, transcript: Transcrip
     with timer.phase("local"):
         server, clients = build_algorithm(plan, features)
     history = History(data, timer) if gradient_config is not None else None
-    bytes_report = federate(server, clients, protocol, timer, history, transcript)
+    log.info("training: %s over %s, %d clients", config.algorithm, protocol.name, len(clients))
+    bytes_report = federate(server, clients, protocol, timer, history, transcript, progress, expected_rounds(config))
     personal = None
     if apfl_config is not None:
         with timer.phase("personalization"):  # local only: nothing is sent
             personal = {k: client.personalize(server.model().weights, apfl_config) for k, client in clients.items()}
+    log.info("evaluation: %d test images", len(data.test_y))
     with timer.phase("evaluation"):
         included = bytes_report["included_clients"]
         central = None if gradient_config else reference_model(data, included, afl_config, deep_config, config.max_norm)
@@ -398,7 +424,7 @@ def run(config: RunConfig, progress: bool = False, transcript: str | None = None
         features = load_features(plan, timer, progress)
         writer = TranscriptWriter(transcript, public_knowledge(plan, features), overwrite) if transcript else None
         try:
-            training = train(plan, features, timer, writer)
+            training = train(plan, features, timer, writer, progress=progress)
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -410,6 +436,11 @@ def run(config: RunConfig, progress: bool = False, transcript: str | None = None
             extra["transcript"] = {"path": str(path), "rounds": len(training.bytes["per_round"]),
                                    "bytes": size_on_disk(path)}
     return results_document(plan, features, training, timer, **extra)
+
+
+def expected_rounds(config: RunConfig) -> int:
+    """Aggregation rounds the job's algorithm asks for (fewer only if it stops early): the progress bar's total."""
+    return {"deepafl": 2 * config.depth + 1, "fedavg": config.rounds, "fedprox": config.rounds}.get(config.algorithm, 1)
 
 
 TRAINING_PHASES = ("local", "aggregation", "solve")  # building clients, the sums, the server's solves

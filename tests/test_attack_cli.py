@@ -60,8 +60,7 @@ def test_a_run_transcript_is_attacked_and_pictured(tmp_path, capsys):
 ])
 def test_bad_attack_options_get_one_line(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = cli(["attack", *args, "--dataset", "digits", "--resolution", "32", "--clients", "10", "--quiet"],
-                       capsys)
+    code, _, err = cli(["attack", *args, "--dataset", "digits", "--resolution", "32", "--clients", "10"], capsys)
     assert code == 2 and err.count("\n") == 1 and message in err
     assert list(tmp_path.iterdir()) == []
 

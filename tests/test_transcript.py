@@ -66,7 +66,7 @@ def test_destinations_are_checked_and_nothing_stored_is_lost(tmp_path):
     with pytest.raises(TranscriptError, match="not a transcript"):
         TranscriptWriter(tmp_path / "notes", {}, overwrite=True)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(TranscriptError, match="not a writable directory"):
+    with pytest.raises(TranscriptError, match="is not a directory"):
         TranscriptWriter(tmp_path / "file" / "t", {})
     # a run that fails half-way leaves the earlier transcript as it was, and no partial directory
     with pytest.raises(RuntimeError):

@@ -4,19 +4,31 @@ The key is a SHA-256 over everything that determines the features: the dataset a
 fingerprint of the pixels, the backbone, the weights file's hash, the resolution and the
 preprocessing. Files are plain ``.npz`` arrays loaded with ``allow_pickle=False`` and written
 atomically (temporary file, then rename), so an interrupted run never leaves a half-written entry.
+
+An entry is never trusted: it carries a SHA-256 over its key and arrays, so a damaged file (a disk
+that filled up, a copy cut short) or a foreign one (another key's file, or one written by something
+else) is reported in one warning and recomputed, never used and never fatal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from protocols.files import write_atomically
+
 CACHE_FORMAT = 1
+log = logging.getLogger(__name__)
+
+
+class CacheWarning(UserWarning):
+    """A cache entry could not be used and is being recomputed."""
 
 
 def default_cache_dir() -> Path:
@@ -36,26 +48,44 @@ class FeatureCache:
         return self.directory / f"{key}.npz"
 
     def load(self, key: str, expected_labels: np.ndarray) -> np.ndarray | None:
-        """The cached features, or None when absent or not matching the labels they were made for."""
+        """The cached features, or None (with a warning unless simply absent) when the entry is unreadable,
+        fails its checksum or was not made for these labels."""
         path = self.path(key)
         if not path.is_file():
+            log.info("feature cache: no entry %s", path)
             return None
         try:
             with np.load(path, allow_pickle=False) as stored:
-                features, labels = stored["features"], stored["labels"]
-        except (OSError, ValueError, KeyError):
-            return None
+                features, labels, checksum = stored["features"], stored["labels"], stored.get("checksum")
+        except Exception as exc:  # whatever a damaged file raises (BadZipFile, EOFError, ...): recompute
+            return _unusable(path, f"is unreadable ({type(exc).__name__}: {exc})")
+        if checksum is None:
+            return _unusable(path, "has no checksum (written by an older secure-afl, or by something else)")
+        if str(checksum) != entry_checksum(key, features, labels):
+            return _unusable(path, "fails its checksum (damaged, or another entry's file)")
         if features.shape[0] != len(expected_labels) or not np.array_equal(labels, expected_labels):
-            return None
+            return _unusable(path, "was made for other labels")
+        log.info("feature cache: hit %s", path)
         return features
 
     def store(self, key: str, features: np.ndarray, labels: np.ndarray) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                np.savez(out, features=features, labels=labels)
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        checksum = np.array(entry_checksum(key, features, labels))
+        write_atomically(self.path(key), lambda out: np.savez(out, features=features, labels=labels, checksum=checksum),
+                         binary=True)
+        log.info("feature cache: stored %s", self.path(key))
+
+
+def entry_checksum(key: str, features: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 binding an entry's arrays (dtype, shape, bytes) to its key, so a file under another key's
+    name fails it too."""
+    digest = hashlib.sha256(key.encode())
+    for array in (features, labels):
+        array = np.ascontiguousarray(array)
+        digest.update(f"|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def _unusable(path: Path, reason: str) -> None:
+    warnings.warn(f"feature cache entry {path} {reason}; recomputing it", CacheWarning, stacklevel=3)
+    return None

@@ -87,13 +87,12 @@ def extract_features(
     mean = torch.tensor(backbone.preprocessing.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(backbone.preprocessing.std, device=device).view(1, 3, 1, 1)
     chunks = []
-    bar = tqdm(total=len(source), desc=description, unit="img", disable=not progress, leave=False)
-    for batch in _batches(source, resolution, batch_size, pin=on_cuda):
-        x = prepare(batch, mean, std, resolution)
-        with torch.autocast(device_type="cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            chunks.append(model(x).float())
-        bar.update(len(batch))
-    bar.close()
+    with tqdm(total=len(source), desc=description, unit="img", disable=not progress, leave=False) as bar:
+        for batch in _batches(source, resolution, batch_size, pin=on_cuda):
+            x = prepare(batch, mean, std, resolution)
+            with torch.autocast(device_type="cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                chunks.append(model(x).float())
+            bar.update(len(batch))
     features = torch.cat(chunks).cpu().numpy() if chunks else np.zeros((0, backbone.feature_dim), np.float32)
     if not np.isfinite(features).all():
         raise FeatureError(f"the backbone produced NaN/Inf features for {description}; check the weights and inputs")
