@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from protocols.files import write_atomically
 from secure_afl.errors import ConfigError
 
 MEMBERSHIP_REFUTES = 0.6  # an AUC at or above this tells members apart (0.5: a coin)
@@ -77,7 +78,7 @@ def write_report(grid: dict, out: str | Path) -> list[Path]:
     for claim in (_theorem4, _secure_aggregation, _dp, _heterogeneity):
         text, figure = claim(rows)
         picture = out.with_name(f"{out.stem}-{claim.__name__.strip('_')}.png")
-        figure.savefig(picture, dpi=110)
+        write_atomically(picture, lambda handle: figure.savefig(handle, format="png", dpi=110), binary=True)
         plt.close(figure)
         written.append(picture)
         sections.append(f"{text}\n\n![{claim.__name__.strip('_')}]({picture.name})\n")
@@ -98,7 +99,7 @@ def write_report(grid: dict, out: str | Path) -> list[Path]:
         "evaluator.",
         "",
     ]
-    out.write_text("\n".join(header + sections))
+    write_atomically(out, lambda handle: handle.write("\n".join(header + sections)))
     return [out, *written]
 
 

@@ -15,7 +15,7 @@ from protocols.masking import MaskingClient, simulate_round
 from protocols.masking.client import State
 from protocols.masking.simulation import enrol_for
 from protocols.terms import RoundTerms
-from tests.jobs import BOUND, HEJob, MaskingJob, vectors
+from attacks.protocol.jobs import BOUND, HEJob, MaskingJob, vectors
 
 JOB, OTHER_JOB = b"j" * 32, b"k" * 32
 MODEL = broadcast_digest({"w": np.arange(3.0)})

@@ -102,8 +102,8 @@ def _parent_is_a_file(tmp_path):
 
 
 def _read_only(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only directories")
+    if os.geteuid() == 0:  # root writes into a 0555 directory; sysfs refuses new files even to root
+        return Path("/sys/secure-afl-test.json")
     (tmp_path / "ro").mkdir(mode=0o555)
     return tmp_path / "ro" / "out.json"
 
