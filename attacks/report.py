@@ -76,7 +76,7 @@ def write_report(grid: dict, out: str | Path) -> list[Path]:
     rows = grid["rows"]
     sections, written = [], []
     for claim in (_theorem4, _secure_aggregation, _dp, _heterogeneity):
-        text, figure = claim(rows)
+        text, figure = claim(rows, grid)
         picture = out.with_name(f"{out.stem}-{claim.__name__.strip('_')}.png")
         write_atomically(picture, lambda handle: figure.savefig(handle, format="png", dpi=110), binary=True)
         plt.close(figure)
@@ -138,7 +138,7 @@ def _verdict(refuting: list[dict], supporting: list[dict]) -> str:
     return "**refuted**" if refuting else "**supported**" if supporting else "not measured"
 
 
-def _theorem4(rows):
+def _theorem4(rows, grid):
     """APFL Theorem 4: the server cannot infer any client's private information from what clients send."""
     chosen = [r for r in rows if r["protocol"] == "plaintext" and r["defence"] == "none"]
     refuting = [r for r in chosen if _leaks(r)]
@@ -157,7 +157,7 @@ def _theorem4(rows):
     return "\n".join(text), figure
 
 
-def _secure_aggregation(rows):
+def _secure_aggregation(rows, grid):
     """Secure aggregation reveals only the sum."""
     chosen = [r for r in rows if r["protocol"] != "plaintext" and r["defence"] == "none"]
     refuting = [r for r in chosen if _leaks(r)]
@@ -168,13 +168,29 @@ def _secure_aggregation(rows):
             "remains is what the sum itself gives away.", "",
             f"Verdict for an honest server: {_verdict(refuting, [r for r in chosen if not _leaks(r)])} "
             f"({len(refuting)} of {len(chosen)} settings leak through the sum alone).", "", _table(chosen)]
-    retried = [r for r in rows if r.get("difference")]
+    retried = grid.get("difference") or []
     if retried:
         text += ["", "A server that runs the same aggregation twice, the second time without one client, learns that "
-                     "client's statistics as the difference of the sums (the difference attack):", "",
-                 "| protocol | clients refuse a statistic twice | victim's vector recovered |", "|---|---|---|"]
-        text += [f"| {r['protocol']} | {'yes' if r['difference']['defended'] else 'no'} | "
-                 f"{r['difference']['recovered_fraction']:.3f} |" for r in retried]
+                     "client's statistics as the difference of the sums (the difference attack). Each client's "
+                     "contribution ledger refuses a statistic it already released in the job:", "",
+                 "| protocol | K | α | ledgers | victims' vectors recovered | baseline | refusals |",
+                 "|---|---|---|---|---|---|---|"]
+        text += [f"| {r['protocol']} | {r['clients']} | {r['alpha']:g} | {'on' if r['defended'] else 'off'} | "
+                 f"{r['recovered_fraction']:.3f} | {r['baseline_recovered_fraction']:.3f} | "
+                 f"{', '.join(r['refusals']) or '—'} |" for r in retried]
+    active = grid.get("active_server") or []
+    if active:
+        leaked = [a for a in active if a["shipped"]["leaked"]]
+        text += ["", f"A server that lies (the active-server attacks of attacks/protocol, each run against a client "
+                     f"with exactly one defence removed and against the shipped client): {len(active) - len(leaked)} "
+                     f"of {len(active)} attacks that rebuild a victim's input without the defence meet typed "
+                     "refusals from the shipped code.", "",
+                 "| attack | variant | threat model | without the defence | shipped clients | refusals |",
+                 "|---|---|---|---|---|---|"]
+        text += [f"| {a['name']} | {a['variant']} | {a['threat_model']} | "
+                 f"{'input rebuilt exactly' if a['without_defence']['exact'] else 'leaked' if a['without_defence']['leaked'] else 'nothing'} | "
+                 f"{'LEAKED' if a['shipped']['leaked'] else 'nothing'} | "
+                 f"{', '.join(f'{k} ×{v}' for k, v in a['shipped']['refusals'].items())} |" for a in active]
     figure, axis = plt.subplots(figsize=(6, 3.8))
     protocols = sorted({r["protocol"] for r in rows})
     exact = [np.mean([r["samples_recovered_exactly"] > 0 for r in rows
@@ -187,7 +203,7 @@ def _secure_aggregation(rows):
     return "\n".join(text), figure
 
 
-def _dp(rows):
+def _dp(rows, grid):
     """DP on the statistics restores privacy at a small utility cost."""
     dp = [r for r in rows if r["defence"].startswith("dp-")]
     baseline = {(r["protocol"], r["dataset"], r["clients"], r["alpha"]): r for r in rows if r["defence"] == "none"}
@@ -223,7 +239,7 @@ def _dp(rows):
     return "\n".join(text), figure
 
 
-def _heterogeneity(rows):
+def _heterogeneity(rows, grid):
     """AFL's model does not depend on how the data are split among clients."""
     groups = {}
     for row in rows:

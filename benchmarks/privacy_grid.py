@@ -114,6 +114,28 @@ def run_setting(setting: dict, pictures_dir: str | None = None) -> dict:
             **grid_row(document, EXACT), "seconds": seconds}
 
 
+def difference_rows() -> list[dict]:
+    """The retrying server (the difference attack) against clients with and without their contribution ledgers,
+    under each secure protocol, on mnist5k K = 10, α = 0.1 with two victims."""
+    from attacks.suite import attack_run
+    from secure_afl.config import RunConfig
+
+    rows = []
+    for protocol in ("mask", "he-bfv"):
+        for defended in (False, True):
+            config = RunConfig(protocol=protocol, clients=10, alpha=0.1, device="cpu")
+            document, _ = attack_run(["difference"], config, victims=(3, 7), defended=defended)
+            report = document["attacks"]["difference"]
+            rows.append({"protocol": protocol, "clients": 10, "alpha": 0.1, "defended": defended,
+                         "recovered_fraction": report["metrics"]["recovered_fraction"],
+                         "baseline_recovered_fraction": report["metrics"]["baseline"]["recovered_fraction"],
+                         "refusals": sorted({r["error"] for r in report.get("refusals", [])}),
+                         "threat_model": report["threat_model"], "threshold": report["threshold"]})
+            print(f"difference {protocol:7s} ledgers {'on ' if defended else 'off'} recovered "
+                  f"{rows[-1]['recovered_fraction']:.3f} refusals {rows[-1]['refusals']}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
@@ -130,6 +152,11 @@ def main() -> None:
     done = {}
     if args.resume and Path(args.out).exists():
         done = {key(row): row for row in json.loads(Path(args.out).read_text())["rows"]}
+    from attacks.protocol.catalogue import active_server_outcomes
+
+    earlier = json.loads(Path(args.out).read_text()) if done else {}
+    active = earlier.get("active_server") or active_server_outcomes()
+    difference = earlier.get("difference") or difference_rows()
     todo = [s for s in chosen if key(s) not in done]
     rows = [done[key(s)] for s in chosen if key(s) in done]
     print(f"{len(chosen)} settings ({len(rows)} kept from {args.out}), {len(left_out)} left out at this scale",
@@ -138,7 +165,8 @@ def main() -> None:
 
     def save() -> None:
         document = {"schema_version": 1, "benchmark": "privacy_grid", "attacks": ATTACKS, "exact_threshold": EXACT,
-                    "dp_delta": DELTA, "rows": rows, "left_out": left_out,
+                    "dp_delta": DELTA, "rows": rows, "left_out": left_out, "difference": difference,
+                    "active_server": active,
                     "environment": rows[-1]["environment"] if rows else None,
                     "seconds_this_run": time.perf_counter() - started}
         write_results(args.out, document, overwrite=True)

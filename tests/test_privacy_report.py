@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from attacks.protocol.catalogue import CASES, outcome_row
 from attacks.report import grid_row, load_grid, write_report
 from attacks.suite import attack_run
 from secure_afl.cli import main
@@ -27,8 +28,17 @@ def _row(config: RunConfig, defence: str = "none") -> dict:
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     rows = [_row(TINY), _row(replace(TINY, protocol="mask"))]
+    retry = replace(TINY, protocol="mask", clients=4, min_clients=2)
+    difference = []
+    for defended in (False, True):
+        report = attack_run(["difference"], retry, victims=(1,), defended=defended)[0]["attacks"]["difference"]
+        difference.append({"protocol": "mask", "clients": 4, "alpha": 1.0, "defended": defended,
+                           "recovered_fraction": report["metrics"]["recovered_fraction"],
+                           "baseline_recovered_fraction": report["metrics"]["baseline"]["recovered_fraction"],
+                           "refusals": sorted({r["error"] for r in report.get("refusals", [])})})
+    active = [outcome_row(next(case for case in CASES if case.name == "masking.substituted_keys"))]
     grid = {"schema_version": 1, "benchmark": "privacy_grid", "exact_threshold": 0.9999, "rows": rows, "left_out": [],
-            "environment": rows[0]["environment"]}
+            "environment": rows[0]["environment"], "difference": difference, "active_server": active}
     path = tmp_path_factory.mktemp("grid") / "privacy_grid.json"
     path.write_text(json.dumps(grid))
     return path
@@ -54,6 +64,11 @@ def test_verdicts_follow_the_rows(grid, tmp_path):
     assert "Verdict: **refuted**: in 1 of 1 undefended settings" in claim1
     assert "Verdict for an honest server: **supported** (0 of 1 settings leak" in claim2
     assert "| plaintext | none | samples-cifar10 | 2 | 1 | 1.000 | 18 / 18 | 18 / 18 | — | yes |" in claim1
+    # the retrying server: exact without the ledgers, refused with them
+    assert "| mask | 4 | 1 | off | 1.000 | 0.000 | — |" in claim2
+    assert "| mask | 4 | 1 | on | 0.000 | 0.000 | StatisticReusedError |" in claim2
+    assert "1 of 1 attacks that rebuild a victim's input without the defence meet typed refusals" in claim2
+    assert "input rebuilt exactly | nothing | AuthenticationError ×1 |" in claim2
 
 
 def test_the_report_command_checks_before_writing(grid, tmp_path, capsys):
