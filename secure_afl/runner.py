@@ -451,9 +451,10 @@ def statistics_privacy(config: RunConfig) -> StatisticsPrivacy | None:
     t = config.protocol_options()["min_clients"] if placement == "distributed" else 1
     privacy = StatisticsPrivacy(config.dp_epsilon, config.dp_delta, config.max_norm, placement, t,
                                 config.clients_per_round(), solve=config.dp_solve, noise=config.dp_noise)
-    if config.fraction_bits is not None and privacy.share_sigma * 2.0**config.fraction_bits < 1000:
-        raise ConfigError(f"--fraction-bits {config.fraction_bits} cannot resolve the DP noise (share σ "
-                          f"{privacy.share_sigma:.3g}): raise it or leave the default")
+    share = privacy.share_sigma  # calibrates z now: an ε no accountant can certify is refused before any work
+    if config.fraction_bits is not None and share * 2.0**config.fraction_bits < 1000:
+        raise ConfigError(f"--fraction-bits {config.fraction_bits} cannot resolve the DP noise (share σ {share:.3g}): "
+                          "raise it or leave the default")
     return privacy
 
 
