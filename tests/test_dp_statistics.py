@@ -8,6 +8,7 @@ import pytest
 
 from protocols import PlaintextProtocol
 from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, statistics_bound
+from secure_afl.algorithms.apfl import APFLClient, APFLConfig
 from secure_afl.cli import main
 from secure_afl.config import RunConfig
 from secure_afl.data.partition import partition
@@ -148,6 +149,22 @@ def test_accuracy_falls_as_epsilon_shrinks(synthetic):
     assert clean > 0.8
     assert loose > tight + 0.15
     assert clean >= loose - 0.05
+
+
+def test_apfl_personalizes_on_the_noisy_primary_model(synthetic):
+    """APFL's one release is AFL's noisy round; the refinement stream stays on the client and fits its residual."""
+    x, labels, classes = unit_rows(synthetic)
+    parts = partition(labels, 4, alpha=1.0, seed=2)
+    mechanism = privacy(epsilon=2.0, clients=4)
+    server = AFLServer(x.shape[1], classes, AFLConfig(privacy=mechanism), statistics_bound(len(labels), 1.0))
+    bound = server.next_round().bound
+    refine = np.tanh(x @ np.random.default_rng(4).standard_normal((x.shape[1], 40)))
+    clients = {k: APFLClient(x[p], refine[p], labels[p], classes, mechanism, bound) for k, p in enumerate(parts)}
+    federate(server, clients, PlaintextProtocol(), Timer())
+    primary = server.model()
+    model = clients[0].personalize(primary.weights, APFLConfig(lam=0.1, beta=1.0))
+    own = parts[0]
+    assert model.accuracy(x[own], refine[own], labels[own]) > primary.accuracy(x[own], labels[own])
 
 
 @pytest.mark.parametrize("options, message", [
