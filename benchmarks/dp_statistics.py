@@ -165,11 +165,11 @@ def plot(accuracy: list[dict], attacks: list[dict], path: Path) -> None:
     axes[0].set_title("AFL global test accuracy, mnist5k K=20 α=0.1, δ=1e-5", fontsize=10)
     axes[0].set_ylabel("accuracy")
     for name, marker in zip(ATTACKS, ("o", "s", "^")):
-        points = [(r["epsilon"] if math.isfinite(r["epsilon"]) else 2 * max(finite), r["attacks"][name]["recovered_fraction"])
-                  for r in attacks]
+        points = [(r["epsilon"] if math.isfinite(r["epsilon"]) else 2 * max(finite),
+                   r["attacks"][name]["recovered_fraction"]) for r in attacks]
         axes[1].plot(*zip(*sorted(points)), marker=marker, label=name)
     axes[1].set_title("attacks on the local placement's noisy statistics (plaintext)\n"
-                      f"recovered fraction; rightmost point: no DP", fontsize=10)
+                      "recovered fraction; rightmost point: no DP", fontsize=10)
     axes[1].set_ylim(-0.02, 1.02)
     for axis in axes:
         axis.set_xscale("log", base=2)

@@ -94,7 +94,7 @@ class RunConfig:
     head: str = "linear"  # linear or mlp
     hidden: int = 256  # MLP head width
     param_bound: float = 100.0  # public box on every parameter a client sends
-    dp_noise: float | None = None  # noise multiplier z: of DP-SGD, or of the statistics (AFL / APFL); or give dp_epsilon
+    dp_noise: float | None = None  # noise multiplier z, of DP-SGD or of the statistics (AFL / APFL); or dp_epsilon
     dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (AFL / APFL)
     dp_delta: float = 1e-5
     dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound (the statistics' clip norm C is max_norm)
@@ -168,8 +168,8 @@ class RunConfig:
         """The DP refusals that need more than the option scope: what C is, what a placement needs."""
         private = self.dp_epsilon is not None or self.dp_noise is not None
         if self.algorithm == "deepafl" and private:
-            raise ConfigError("DP on DeepAFL's 2T+1 statistics releases is not implemented: use --algorithm afl or apfl "
-                              "(or fedavg / fedprox for DP-SGD)")
+            raise ConfigError("DP on DeepAFL's 2T+1 statistics releases is not implemented: use --algorithm afl or "
+                              "apfl (or fedavg / fedprox for DP-SGD)")
         if self.algorithm not in ANALYTIC_DP:
             return
         if not private and (self.dp_placement is not None or self.dp_solve != RunConfig.dp_solve):

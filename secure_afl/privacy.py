@@ -18,7 +18,9 @@ in plaintext. ``distributed``: each client adds σ/√t, t the protocol's minimu
 (``min_clients``): every sum a secure protocol lets the server decrypt holds ≥ t clients, hence noise
 of variance ≥ t σ²/t = σ². A client's own share is not private on its own, so this needs a secure
 protocol; honest-but-curious clients are assumed to add their share (a client that skips it weakens
-the guarantee to the remaining t - 1 shares).
+the guarantee to the remaining t - 1 shares). It also assumes each round is opened once: a server that
+reopens a round without some clients (the ``difference`` attack's retry) learns the difference of two
+sums, which carries only the dropped clients' shares; the local placement has no such caveat.
 
 Accounting: each release is one Gaussian mechanism with multiplier z; Opacus' RDP accountant with
 sample_rate = 1 is exactly that, composed over the job's releases (AFL and APFL: 1).
@@ -181,9 +183,9 @@ class StatisticsPrivacy:
     def report(self, rows_clipped: int, entries: int, entries_clipped: int) -> dict:
         """The ``dp`` block of the results: the guarantee and how it was met."""
         z = self.noise_multiplier
-        return {"scope": "statistics", "epsilon": epsilon_of(z, self.delta, self.releases), "target_epsilon": self.epsilon,
-                "delta": self.delta, "noise_multiplier": z, "sigma": self.sigma, "share_sigma": self.share_sigma,
-                "sensitivity": statistics_sensitivity(self.clip), "clip": self.clip, "placement": self.placement,
+        return {"scope": "statistics", "epsilon": epsilon_of(z, self.delta, self.releases),
+                "target_epsilon": self.epsilon, "delta": self.delta, "noise_multiplier": z, "sigma": self.sigma,
+                "share_sigma": self.share_sigma, "sensitivity": statistics_sensitivity(self.clip), "clip": self.clip, "placement": self.placement,
                 "min_clients": self.min_clients, "releases": self.releases, "accountant": f"opacus {ACCOUNTANT}",
                 "rows_clipped": rows_clipped, "entries_clipped_to_bound": entries_clipped,
                 "clip_probability": self.clip_probability(entries), "solve": self.solve,

@@ -135,7 +135,8 @@ def _dp_accuracy(x, labels, classes, epsilon, draws=4):
     scores = []
     for _ in range(draws):
         mechanism = None if epsilon is None else privacy(epsilon=epsilon, clients=5)
-        server = AFLServer(x.shape[1], classes, AFLConfig(gamma=0.1, privacy=mechanism), statistics_bound(len(labels), 1.0))
+        config = AFLConfig(gamma=0.1, privacy=mechanism)
+        server = AFLServer(x.shape[1], classes, config, statistics_bound(len(labels), 1.0))
         bound = server.next_round().bound
         clients = {k: AFLClient(x[p], labels[p], classes, mechanism, bound) for k, p in enumerate(parts)}
         federate(server, clients, PlaintextProtocol(), Timer())

@@ -64,6 +64,8 @@ class AFLClient(AlgorithmClient):
         if privacy is None:
             self._vector = packed_statistics(features, labels, num_classes)
             return
+        if bound is None:
+            raise ConfigError("a client under DP needs the round's public bound to clip its noisy vector to")
         x = torch.as_tensor(features).to(torch.float64)
         norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
         self.rows_clipped = int((norms > privacy.clip).sum())

@@ -57,7 +57,8 @@ class APFLClient(AFLClient):
     """Contributes its primary-stream statistics like an AFL client; keeps its refinement features."""
 
     def __init__(self, primary_x: torch.Tensor | np.ndarray, refine_x: torch.Tensor | np.ndarray,
-                 labels: np.ndarray, num_classes: int, privacy: StatisticsPrivacy | None = None, bound: float | None = None):
+                 labels: np.ndarray, num_classes: int, privacy: StatisticsPrivacy | None = None,
+                 bound: float | None = None):
         super().__init__(primary_x, labels, num_classes, privacy, bound)
         self._primary_x = torch.as_tensor(primary_x)
         self._refine_x = torch.as_tensor(refine_x)
