@@ -218,3 +218,24 @@ def test_cli_run_reports_the_guarantee(tmp_path, capsys):
 def test_cli_refuses_distributed_noise_in_plaintext(capsys):
     assert main([*QUICK, "--protocol", "plaintext", "--dp-epsilon", "2", "--dp-placement", "distributed"]) == 2
     assert "needs a secure protocol" in capsys.readouterr().err
+
+
+def test_distributed_noise_survives_masking_and_dropout(synthetic):
+    """Under masking with a dropout, the server's sum is the data plus the survivors' shares: at least t of them."""
+    from protocols import make_protocol
+
+    x, labels, classes = unit_rows(synthetic)
+    parts = partition(labels, 6, alpha=1.0, seed=3)
+    mechanism = privacy(epsilon=2.0, placement="distributed", min_clients=4, clients=6)
+    server = AFLServer(x.shape[1], classes, AFLConfig(privacy=mechanism), statistics_bound(len(labels), 1.0))
+    bound = server.next_round().bound
+    clients = {k: AFLClient(x[p], labels[p], classes, mechanism, bound) for k, p in enumerate(parts)}
+    protocol = make_protocol("mask", min_clients=4, dropout={"input": 0.2}, dropout_seed=1)
+    report = federate(server, clients, protocol, Timer())
+    survivors = report["included_clients"]
+    assert 4 <= len(survivors) < 6
+    layout = StatisticsLayout(x.shape[1], classes)
+    clean = sum(mechanism.release(packed_statistics(x[parts[k]], labels[parts[k]], classes), layout) for k in survivors)
+    noise = layout.pack(server.total)[: layout.triangle] - clean[: layout.triangle]
+    assert np.std(noise) == pytest.approx(mechanism.share_sigma * math.sqrt(len(survivors)), rel=0.15)
+    assert np.std(noise) >= 0.85 * mechanism.sigma
