@@ -20,6 +20,7 @@ from secure_afl.errors import ConfigError, SecureAFLError
 from secure_afl.features.buffer import ACTIVATIONS
 from secure_afl.features.extract import PRECISIONS
 from secure_afl.features.feature_map import ROW_NORMS
+from secure_afl.privacy import PLACEMENTS, SOLVES
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a job stopped by Ctrl-C
@@ -134,11 +135,19 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     grad.add_argument("--hidden", type=int, default=defaults.hidden, help="MLP head width")
     grad.add_argument("--param-bound", type=float, default=defaults.param_bound,
                       help="public box |θ_i| ≤ bound on what a client sends (the protocols' declared bound)")
-    grad.add_argument("--dp-noise", type=float, default=None, help="DP-SGD noise multiplier (Opacus)")
-    grad.add_argument("--dp-epsilon", type=float, default=None, help="DP-SGD target ε for the whole run")
-    grad.add_argument("--dp-delta", type=float, default=defaults.dp_delta, help="DP-SGD δ")
-    grad.add_argument("--dp-clip", type=float, default=defaults.dp_clip, help="per-sample gradient norm bound")
-    grad.add_argument("--dp-accountant", choices=ACCOUNTANTS, default=defaults.dp_accountant, help="privacy accountant")
+    dp = p.add_argument_group("differential privacy (DP-SGD for fedavg / fedprox; DP on the statistics for afl / apfl)")
+    dp.add_argument("--dp-epsilon", type=float, default=None, help="target ε for the whole run")
+    dp.add_argument("--dp-noise", type=float, default=None, help="the noise multiplier z instead of a target ε")
+    dp.add_argument("--dp-delta", type=float, default=defaults.dp_delta, help="δ of the (ε, δ) guarantee")
+    dp.add_argument("--dp-placement", choices=PLACEMENTS, default=None,
+                    help="afl / apfl: local (each client adds the full σ: private even in plaintext) or distributed "
+                         "(each adds σ/√t, t = --min-clients: any sum the secure protocol opens has σ) (default local)")
+    dp.add_argument("--dp-solve", choices=SOLVES, default=defaults.dp_solve,
+                    help="afl / apfl: the server's solve of the noisy Gram: eigenvalues clipped to the noise floor, or "
+                         "AdaSSP's ridge")
+    dp.add_argument("--dp-clip", type=float, default=defaults.dp_clip,
+                    help="DP-SGD per-sample gradient norm bound (the statistics' clip norm is --max-norm)")
+    dp.add_argument("--dp-accountant", choices=ACCOUNTANTS, default=defaults.dp_accountant, help="DP-SGD's accountant")
     solve = p.add_argument_group("solve")
     solve.add_argument("--gamma", type=float, default=defaults.gamma, help="ridge regularisation, added once")
     solve.add_argument("--restore", action="store_true", help="plain least squares (the paper's restored result)")

@@ -23,12 +23,15 @@ PROTOCOL_OPTIONS = {
     "he-ckks-approx": ("key_holder", "min_clients"),
 }
 _GRADIENT = ("fedavg", "fedprox")
+ANALYTIC_DP = ("afl", "apfl")  # analytic algorithms with DP on their statistics (secure_afl/privacy.py)
 _ALGORITHM_OPTIONS = {  # option → the algorithms it applies to
     **dict.fromkeys(("refine_width", "refine_activation", "refine_seed", "lam", "beta"), ("apfl",)),
     **dict.fromkeys(("depth", "deep_width", "residual_width", "deep_lam", "deep_gamma", "deep_activation", "deep_seed"),
                     ("deepafl",)),
     **dict.fromkeys(("rounds", "local_epochs", "lr", "local_batch", "client_fraction", "head", "hidden", "param_bound",
-                     "dp_noise", "dp_epsilon", "dp_delta", "dp_clip", "dp_accountant"), _GRADIENT),
+                     "dp_clip", "dp_accountant"), _GRADIENT),
+    **dict.fromkeys(("dp_noise", "dp_epsilon", "dp_delta"), _GRADIENT + ANALYTIC_DP),
+    **dict.fromkeys(("dp_placement", "dp_solve"), ANALYTIC_DP),
     "mu": ("fedprox",),
     "min_class_count": ("afl", "apfl", "deepafl"),
 }
@@ -95,11 +98,13 @@ class RunConfig:
     head: str = "linear"  # linear or mlp
     hidden: int = 256  # MLP head width
     param_bound: float = 100.0  # public box on every parameter a client sends
-    dp_noise: float | None = None  # DP-SGD noise multiplier σ (or give dp_epsilon)
-    dp_epsilon: float | None = None  # DP-SGD target ε over the whole run
+    dp_noise: float | None = None  # noise multiplier z, of DP-SGD or of the statistics (AFL / APFL); or dp_epsilon
+    dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (AFL / APFL)
     dp_delta: float = 1e-5
-    dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound
+    dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound (the statistics' clip norm C is max_norm)
     dp_accountant: str = "rdp"
+    dp_placement: str | None = None  # AFL / APFL: local (default under DP) or distributed (needs a secure protocol)
+    dp_solve: str = "eig-clip"  # AFL / APFL under DP: how the server solves with a noisy Gram (eig-clip or adassp)
     threshold: int | None = None  # masking: shares needed to reconstruct (default from the neighbour count)
     neighbours: int | None = None  # masking: k neighbours per client (default from n and the targets)
     fraction_bits: int | None = None  # fixed-point precision (default: the largest the protocol's range allows)
@@ -152,6 +157,7 @@ class RunConfig:
             raise ConfigError(f"buffer_width must be ≥ 0 (0 disables the buffer), got {self.buffer_width}")
         if self.partition == "dirichlet" and not self.alpha > 0:
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
+        self._validate_dp()
         defaults = RunConfig()
         stray = [name for name, (choice, accepted) in OPTION_SCOPE.items()
                  if getattr(self, name) != getattr(defaults, name) and getattr(self, choice) not in accepted]
@@ -162,3 +168,19 @@ class RunConfig:
         if self.min_clients is not None and not 2 <= self.min_clients <= self.clients_per_round():
             raise ConfigError(f"--min-clients must be from 2 (a sum of one client is that client's vector) to the "
                               f"{self.clients_per_round()} clients a round asks, got {self.min_clients}")
+
+    def _validate_dp(self) -> None:
+        """The DP refusals that need more than the option scope: what C is, what a placement needs."""
+        private = self.dp_epsilon is not None or self.dp_noise is not None
+        if self.algorithm == "deepafl" and private:
+            raise ConfigError("DP on DeepAFL's 2T+1 statistics releases is not implemented: use --algorithm afl or "
+                              "apfl (or fedavg / fedprox for DP-SGD)")
+        if self.algorithm not in ANALYTIC_DP:
+            return
+        if not private and (self.dp_placement is not None or self.dp_solve != RunConfig.dp_solve):
+            raise ConfigError("--dp-placement and --dp-solve need --dp-epsilon (or --dp-noise)")
+        if self.dp_clip != RunConfig.dp_clip:
+            raise ConfigError("--dp-clip is DP-SGD's gradient bound; the statistics' clip norm C is --max-norm")
+        if self.dp_placement == "distributed" and "min_clients" not in PROTOCOL_OPTIONS.get(self.protocol, ()):
+            raise ConfigError(f"--dp-placement distributed needs a secure protocol (mask, he-*): under {self.protocol} "
+                              "the server reads each client's share of the noise; use --dp-placement local")

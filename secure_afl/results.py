@@ -90,6 +90,7 @@ def format_summary(results: dict) -> str:
         ("max rel diff to central", "n/a" if metrics["max_rel_diff_to_centralized"] is None
          else f"{metrics['max_rel_diff_to_centralized']:.2e}"),
         ("personalized accuracy", _accuracy(metrics["personalized_accuracy"], *_held_out(results))),
+        *([("differential privacy", _dp_line(metrics["dp"]))] if "dp" in metrics else []),
         ("upload per client", f"{sent['per_client_upload_max'] / 2**20:.2f} MiB"),
         *([("transcript", f"{results['transcript']['path']} ({results['transcript']['rounds']} rounds, "
                           f"{results['transcript']['bytes'] / 2**20:.1f} MiB)")] if "transcript" in results else []),
@@ -116,3 +117,12 @@ def _partition(config: dict) -> str:
     """The partition with only the parameter it uses."""
     return {"dirichlet": f"dirichlet, alpha={config['alpha']}",
             "shards": f"shards, {config['shards_per_client']} per client"}.get(config["partition"], config["partition"])
+
+
+def _dp_line(dp: dict) -> str:
+    line = f"ε {dp['epsilon']:.3g}, δ {dp['delta']:g}, z {dp['noise_multiplier']:.3g}"
+    if dp.get("scope") != "statistics":
+        return line + f", clip {dp['clip']:g} (DP-SGD)"
+    return (line + f", σ {dp['sigma']:.3g}, C {dp['clip']:g}, {dp['placement']} (share σ {dp['share_sigma']:.3g}), "
+            f"{dp['releases']} release(s), {dp['rows_clipped']} rows clipped, "
+            f"{dp['entries_clipped_to_bound']} entries clipped, solve {dp['solve']}")

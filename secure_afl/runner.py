@@ -26,7 +26,7 @@ from secure_afl.algorithms.deepafl import DeepAFLClient, DeepAFLConfig, DeepAFLS
 from secure_afl.algorithms.deepafl import centralized as deepafl_centralized
 from secure_afl.algorithms.fedavg import DPConfig, FedAvgClient, FedAvgConfig, FedAvgServer
 from secure_afl.class_minimum import withheld_summary, withhold_rare_classes
-from secure_afl.config import RunConfig
+from secure_afl.config import ANALYTIC_DP, RunConfig
 from secure_afl.data.datasets import Dataset, load_dataset
 from secure_afl.data.partition import allocate_held_out, partition
 from secure_afl.device import resolve_device
@@ -36,6 +36,7 @@ from secure_afl.features.buffer import RandomBuffer
 from secure_afl.features.cache import FeatureCache
 from secure_afl.features.extract import cached_features
 from secure_afl.features.feature_map import FeatureMap
+from secure_afl.privacy import StatisticsPrivacy
 from secure_afl.results import SCHEMA_VERSION, environment
 from secure_afl.statistics import compute_statistics
 
@@ -134,11 +135,13 @@ def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_sam
                    for k, idx in enumerate(data.client_indices) if len(idx)}
         return server, clients
     server = AFLServer(dim, data.num_classes, afl, statistics_bound(max_samples, max_norm))
+    bound = server.next_round().bound  # what each client clips its (noisy) vector to
     if data.refine_train_x is None:
-        clients = {k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes)
+        clients = {k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, afl.privacy, bound)
                    for k, idx in enumerate(data.client_indices) if len(idx)}
     else:
-        clients = {k: APFLClient(data.train_x[idx], data.refine_train_x[idx], data.train_y[idx], data.num_classes)
+        clients = {k: APFLClient(data.train_x[idx], data.refine_train_x[idx], data.train_y[idx], data.num_classes,
+                                 afl.privacy, bound)
                    for k, idx in enumerate(data.client_indices) if len(idx)}
     return server, clients
 
@@ -243,6 +246,7 @@ def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
     """Validate, build the protocol, open the data set and partition it: every cheap check that can
     refuse a run happens here, before features are extracted or anything is written."""
     config.validate()
+    algorithm_configs(config)  # refuses combinations only the algorithms' own configurations see
     feature_map = build_feature_map(config)
     refinement_map = build_refinement_map(config)
     protocol = make_protocol(config.protocol, record=record, **config.protocol_options())
@@ -349,7 +353,7 @@ class Training:
 
 def algorithm_configs(config: RunConfig):
     """(AFL, APFL or None, DeepAFL or None, FedAvg/FedProx or None) configurations of the run's algorithm."""
-    return (AFLConfig(config.gamma, config.restore),
+    return (AFLConfig(config.gamma, config.restore, statistics_privacy(config)),
             APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None,
             deepafl_config(config) if config.algorithm == "deepafl" else None,
             fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None)
@@ -388,6 +392,8 @@ def train(plan: RunPlan, features: Features, timer: Timer, transcript: Transcrip
     metrics["rows_changed_by_norm_bound"] = features.rows_changed
     if config.min_class_count > 1:
         metrics["min_class_count"] = withheld_summary(plan.client_indices, plan.sent_indices)
+    if afl_config.privacy is not None:
+        metrics["dp"] = dp_report(server, clients, afl_config.privacy, features)
     if deep_config is not None:  # nonzero only when a declared bound was false (see algorithms/deepafl.py)
         metrics["values_clipped_to_bound"] = sum(client.clipped for client in clients.values())
     return Training(server, clients, metrics, bytes_report)
@@ -488,6 +494,31 @@ def fedavg_config(config: RunConfig) -> FedAvgConfig:
     return FedAvgConfig(config.rounds, config.local_epochs, config.lr, config.local_batch, config.client_fraction,
                         config.mu if config.algorithm == "fedprox" else 0.0, config.head, config.hidden,
                         config.param_bound, config.seed, dp)
+
+
+def statistics_privacy(config: RunConfig) -> StatisticsPrivacy | None:
+    """DP on AFL's / APFL's statistics when --dp-epsilon or --dp-noise asks for it (C is --max-norm; the
+    distributed placement's t is the protocol's minimum aggregation size). Refuses a fixed-point precision
+    too coarse to carry the noise: a share's σ must span at least 1000 encoding steps."""
+    if config.algorithm not in ANALYTIC_DP or (config.dp_epsilon is None and config.dp_noise is None):
+        return None
+    placement = config.dp_placement or "local"
+    t = config.protocol_options()["min_clients"] if placement == "distributed" else 1
+    privacy = StatisticsPrivacy(config.dp_epsilon, config.dp_delta, config.max_norm, placement, t,
+                                config.clients_per_round(), solve=config.dp_solve, noise=config.dp_noise)
+    share = privacy.share_sigma  # calibrates z now: an ε no accountant can certify is refused before any work
+    if config.fraction_bits is not None and share * 2.0**config.fraction_bits < 1000:
+        raise ConfigError(f"--fraction-bits {config.fraction_bits} cannot resolve the DP noise (share σ {share:.3g}): "
+                          "raise it or leave the default")
+    return privacy
+
+
+def dp_report(server: AFLServer, clients: dict, privacy: StatisticsPrivacy, features: Features) -> dict:
+    """The results' ``dp`` block: the guarantee, and every row and entry the mechanism clipped."""
+    rows = round(features.rows_changed * len(features.data.train_y))  # rows the feature map's norm bound changed
+    report = privacy.report(rows, server.layout.length, sum(c.entries_clipped for c in clients.values()))
+    report["rows_reclipped_float64"] = sum(c.rows_clipped for c in clients.values())
+    return report
 
 
 def deepafl_config(config: RunConfig) -> DeepAFLConfig:

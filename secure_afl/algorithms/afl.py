@@ -16,6 +16,7 @@ import torch
 from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
 from secure_afl.errors import ConfigError
 from secure_afl.linalg import solve_spd
+from secure_afl.privacy import StatisticsPrivacy, noisy_ridge_solve
 from secure_afl.statistics import Statistics, StatisticsLayout, packed_statistics
 
 STATISTICS_ROUND = "afl/statistics"
@@ -25,8 +26,11 @@ STATISTICS_ROUND = "afl/statistics"
 class AFLConfig:
     gamma: float = 0.1
     restore: bool = False
+    privacy: StatisticsPrivacy | None = None  # DP on the statistics (secure_afl/privacy.py)
 
     def __post_init__(self) -> None:
+        if self.privacy is not None and self.restore:
+            raise ConfigError("--restore (plain least squares) cannot solve a noisy Gram: drop it under DP")
         if not (self.gamma >= 0 and np.isfinite(self.gamma)):
             raise ConfigError(f"gamma must be a finite number ≥ 0, got {self.gamma}")
         if self.gamma == 0 and not self.restore:
@@ -48,8 +52,26 @@ def statistics_bound(max_samples: int, max_norm: float) -> float:
 
 
 class AFLClient(AlgorithmClient):
-    def __init__(self, features: torch.Tensor | np.ndarray, labels: np.ndarray, num_classes: int):
-        self._vector = packed_statistics(features, labels, num_classes)
+    """Sends its packed statistics; under DP (``privacy`` with the round's public ``bound``) its rows are
+    clipped to C in float64 and the vector is noised once, here, so a repeated round re-sends the same
+    release instead of a second one."""
+
+    rows_clipped = 0  # rows whose float64 norm exceeded C (DP only)
+    entries_clipped = 0  # noisy entries clipped to the public bound (DP only)
+
+    def __init__(self, features: torch.Tensor | np.ndarray, labels: np.ndarray, num_classes: int,
+                 privacy: StatisticsPrivacy | None = None, bound: float | None = None):
+        if privacy is None:
+            self._vector = packed_statistics(features, labels, num_classes)
+            return
+        if bound is None:
+            raise ConfigError("a client under DP needs the round's public bound to clip its noisy vector to")
+        x = torch.as_tensor(features).to(torch.float64)
+        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        self.rows_clipped = int((norms > privacy.clip).sum())
+        x = x * (privacy.clip / norms.clamp_min(privacy.clip))
+        layout = StatisticsLayout(x.shape[1], num_classes)
+        self._vector, self.entries_clipped = privacy.privatize(packed_statistics(x, labels, num_classes), layout, bound)
 
     def contribute(self, spec: RoundSpec) -> np.ndarray:
         if spec.name != STATISTICS_ROUND or spec.length != len(self._vector):
@@ -68,11 +90,20 @@ class AFLServer(AlgorithmServer):
     def next_round(self) -> RoundSpec | None:
         if self.total is not None:
             return None
-        return RoundSpec(STATISTICS_ROUND, self.layout.length, self.bound, layout=self.layout.describe("x"))
+        privacy = self.config.privacy
+        if privacy is None:
+            return RoundSpec(STATISTICS_ROUND, self.layout.length, self.bound, layout=self.layout.describe("x"))
+        layout = self.layout.describe("x", counts=False, label_scale=privacy.clip, noise_sigma=privacy.share_sigma)
+        return RoundSpec(STATISTICS_ROUND, self.layout.length, privacy.bound(self.bound), layout=layout)
 
     def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
         self.total = self.layout.unpack(total)
-        self._weights = ridge_solve(self.total, self.config)
+        privacy = self.config.privacy
+        if privacy is None:
+            self._weights = ridge_solve(self.total, self.config)
+        else:
+            self._weights = noisy_ridge_solve(self.total.gram, self.total.cross / privacy.clip, self.config.gamma,
+                                              privacy.sum_sigma, privacy.solve)
 
     def model(self) -> LinearModel:
         if self._weights is None:

@@ -18,6 +18,7 @@ import torch
 from secure_afl.algorithms.afl import AFLClient
 from secure_afl.errors import ConfigError
 from secure_afl.linalg import solve_spd
+from secure_afl.privacy import StatisticsPrivacy
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ class APFLClient(AFLClient):
     """Contributes its primary-stream statistics like an AFL client; keeps its refinement features."""
 
     def __init__(self, primary_x: torch.Tensor | np.ndarray, refine_x: torch.Tensor | np.ndarray,
-                 labels: np.ndarray, num_classes: int):
-        super().__init__(primary_x, labels, num_classes)
+                 labels: np.ndarray, num_classes: int, privacy: StatisticsPrivacy | None = None,
+                 bound: float | None = None):
+        super().__init__(primary_x, labels, num_classes, privacy, bound)
         self._primary_x = torch.as_tensor(primary_x)
         self._refine_x = torch.as_tensor(refine_x)
         self._labels = np.asarray(labels)
