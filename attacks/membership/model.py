@@ -46,24 +46,30 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return true - others.max(axis=1)
 
 
+def shadow_margins(shadow: Statistics, z: np.ndarray, labels: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Margins on each candidate of the ridge on ``shadow`` with the candidate added (in) and without it (out)."""
+    classes = shadow.num_classes
+    solved = solve_spd(shadow.gram + gamma * np.eye(shadow.dim), np.hstack([shadow.cross, z.T]),
+                       what="a shadow's G + γI")
+    out_logits = z @ solved[:, :classes]
+    leverage = np.einsum("ij,ji->i", z, solved[:, classes:])[:, None]
+    in_logits = (out_logits + leverage * np.eye(classes)[labels]) / (1 + leverage)
+    return margins(in_logits, labels), margins(out_logits, labels)
+
+
 def lira_score(weights: np.ndarray, z: np.ndarray, labels: np.ndarray, reference: Reference, gamma: float) -> np.ndarray:
     if not gamma > 0:
         raise Unanswerable("the job's γ is 0: shadows on fewer rows than dimensions have no least-squares solution")
     if len(reference.x) < 2 * MIN_SHADOW_ROWS:
         raise Unanswerable(f"LiRA needs at least {2 * MIN_SHADOW_ROWS} public reference rows for its shadows")
     rng = np.random.default_rng(SHADOW_SEED)
-    dim, classes = weights.shape
-    onehot = np.eye(classes)[labels]
     in_margins, out_margins = [], []
     for _ in range(SHADOWS):
         rows = rng.permutation(len(reference.x))[: len(reference.x) // 2]
-        stats = compute_statistics(reference.x[rows], reference.labels[rows], classes)
-        solved = solve_spd(stats.gram + gamma * np.eye(dim), np.hstack([stats.cross, z.T]), what="a shadow's G + γI")
-        shadow, u = solved[:, :classes], solved[:, classes:]
-        leverage = np.einsum("ij,ji->i", z, u)[:, None]
-        out_logits = z @ shadow
-        out_margins.append(margins(out_logits, labels))
-        in_margins.append(margins((out_logits + leverage * onehot) / (1 + leverage), labels))
+        shadow = compute_statistics(reference.x[rows], reference.labels[rows], weights.shape[1])
+        margin_in, margin_out = shadow_margins(shadow, z, labels, gamma)
+        in_margins.append(margin_in)
+        out_margins.append(margin_out)
     in_margins, out_margins = np.array(in_margins), np.array(out_margins)
     mean_in, mean_out = in_margins.mean(axis=0), out_margins.mean(axis=0)
     std_in = max(float(np.std(in_margins - mean_in)), 1e-12)

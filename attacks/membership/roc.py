@@ -85,8 +85,8 @@ def downsample(roc: Roc, points: int = ROC_POINTS) -> list[list[float]]:
         keep = np.arange(len(roc.fpr))
     else:
         floor = max(1.0 / roc.negatives, 1e-6) / 2
-        grid = np.r_[0.0, np.geomspace(floor, 1.0, points - 1)]
-        keep = np.unique(np.r_[np.searchsorted(roc.fpr, grid, side="right") - 1, len(roc.fpr) - 1])
+        grid = np.geomspace(floor, 1.0, points - 2)
+        keep = np.unique(np.r_[0, np.searchsorted(roc.fpr, grid, side="right") - 1, len(roc.fpr) - 1])
     return [[float(roc.fpr[i]), float(roc.tpr[i])] for i in keep]
 
 
