@@ -128,7 +128,8 @@ def test_the_range_test_finds_every_clients_rows_under_plaintext(plaintext):
     for test in ("tracing-mean", "gaussian-lr", "leverage", "lira"):
         union = plaintext["tests"][test][UNION]
         assert union["members"] == 500 and 0.3 < union["auc"] < 0.8  # weak on the pooled model of 1437 rows
-    assert 0.5 < plaintext["tests"]["tracing-mean"]["clients"]["auc"] < plaintext["tests"]["gaussian-lr"]["clients"]["auc"]
+    clients = {test: levels["clients"]["auc"] for test, levels in plaintext["tests"].items() if "auc" in levels["clients"]}
+    assert 0.5 < clients["tracing-mean"] < clients["gaussian-lr"] < clients["range"]
 
 
 def test_under_mask_the_tests_run_on_the_aggregate_only():
@@ -152,7 +153,8 @@ def test_the_challenge_hides_membership_and_keeps_the_reference_apart():
     for client in (0, 7):
         asked, member = challenge.questions[client], membership[client]
         assert member.sum() == len(truth.client_indices[client])
-        assert {candidates[i] for i in asked[member]} == {row.tobytes() for row in truth.x[truth.client_indices[client]]}
+        own = {row.tobytes() for row in truth.x[truth.client_indices[client]]}
+        assert {candidates[i] for i in asked[member]} == own
         assert set(challenge.labels[asked]) <= set(truth.labels[truth.client_indices[client]])
         assert not {candidates[i] for i in asked[~member]} & train_rows
 

@@ -25,7 +25,9 @@ from attacks.base import ATTACKED, NotApplicable, ServerView, register
 from attacks.membership.model import lira_score, released_model
 from attacks.membership.statistics import STATISTICS_TESTS, Reference, Release, Unanswerable
 from attacks.statistics.closed_form import counts_from_statistics
-from attacks.statistics.rounds import StatisticsRound, Unreadable, client_statistics, round_key, statistics_rounds, unpack
+from attacks.statistics.rounds import (
+    StatisticsRound, Unreadable, client_statistics, round_key, statistics_rounds, unpack,
+)
 
 UNION = "union"  # the target "some client of the round": the rows behind the aggregate
 TESTS = (*STATISTICS_TESTS, "lira")
@@ -129,8 +131,8 @@ class MembershipAttack:
     @staticmethod
     def _lira(view: ServerView, challenge: Challenge, total, gamma: float, output: MembershipOutput) -> None:
         if view.config.get("algorithm") != "afl":
-            output.skipped[f"lira @ {UNION}"] = (f"the released model of {view.config.get('algorithm')} is not the ridge "
-                                                 "on the aggregate of X")
+            output.skipped[f"lira @ {UNION}"] = (f"the released model of {view.config.get('algorithm')} is not "
+                                                 "the ridge on the aggregate of X")
             return
         asked = challenge.questions[UNION]
         try:

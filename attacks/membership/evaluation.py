@@ -76,9 +76,9 @@ def evaluate_membership(attack: MembershipAttack, view: ServerView, truth: Groun
         return {**report, "applicable": False, "reason": str(exc), "rounds": rounds, "seconds": 0.0,
                 "scored": truth is not None, "metrics": empty}
     if truth is None:
-        return {**report, "applicable": False, "reason": "membership needs candidate records, which the evaluator draws "
-                "from the data: pass the run's options to score the transcript", "rounds": rounds, "seconds": 0.0,
-                "scored": False, "metrics": empty}
+        return {**report, "applicable": False, "reason": "membership needs candidate records, which the evaluator "
+                "draws from the data: pass the run's options to score the transcript", "rounds": rounds,
+                "seconds": 0.0, "scored": False, "metrics": empty}
     challenge, membership = build_challenge(truth, included)
     output = attack.run(view, challenge)
     tests = {test: {level: _level(output.scores.get(test, {}), membership, level, delta) for level in LEVELS}

@@ -46,7 +46,8 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return true - others.max(axis=1)
 
 
-def shadow_margins(shadow: Statistics, z: np.ndarray, labels: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+def shadow_margins(shadow: Statistics, z: np.ndarray, labels: np.ndarray,
+                   gamma: float) -> tuple[np.ndarray, np.ndarray]:
     """Margins on each candidate of the ridge on ``shadow`` with the candidate added (in) and without it (out)."""
     classes = shadow.num_classes
     solved = solve_spd(shadow.gram + gamma * np.eye(shadow.dim), np.hstack([shadow.cross, z.T]),
@@ -57,7 +58,8 @@ def shadow_margins(shadow: Statistics, z: np.ndarray, labels: np.ndarray, gamma:
     return margins(in_logits, labels), margins(out_logits, labels)
 
 
-def lira_score(weights: np.ndarray, z: np.ndarray, labels: np.ndarray, reference: Reference, gamma: float) -> np.ndarray:
+def lira_score(weights: np.ndarray, z: np.ndarray, labels: np.ndarray, reference: Reference,
+               gamma: float) -> np.ndarray:
     if not gamma > 0:
         raise Unanswerable("the job's γ is 0: shadows on fewer rows than dimensions have no least-squares solution")
     if len(reference.x) < 2 * MIN_SHADOW_ROWS:
