@@ -113,8 +113,8 @@ class MembershipAttack:
                     output.skipped[f"all tests @ client {k}"] = "the client sent nothing in this round"
             except Unreadable as exc:
                 output.skipped["all tests @ clients"] = str(exc)
-        total = unpack(item, item.entry.total)
-        if UNION in challenge.questions:
+        total = unpack(item, item.entry.total) if UNION in challenge.questions else None
+        if total is not None:
             releases[UNION] = _release(total, item)
         gamma = float(view.config.get("gamma", 0.0))
         for target, release in releases.items():
@@ -125,7 +125,7 @@ class MembershipAttack:
                     output.scores.setdefault(test, {})[target] = score(release, z, labels, challenge.reference, gamma)
                 except Unanswerable as exc:
                     output.skipped[f"{test} @ {_target_name(target)}"] = str(exc)
-        if UNION in challenge.questions:
+        if total is not None:
             self._lira(view, challenge, total, gamma, output)
 
     @staticmethod
