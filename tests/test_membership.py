@@ -90,6 +90,23 @@ def test_the_range_test_separates_rows_behind_a_low_rank_gram(synthetic):
         range_score(_release(x[:100], labels[:100], classes), x[:30], labels[:30], reference, 0.1)
 
 
+def test_noise_on_the_statistics_pulls_every_test_towards_a_guess(synthetic):
+    """DP's noise makes G full rank and indefinite and the counts fractional: the tests still answer, weakly."""
+    x, labels, classes = synthetic
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    stats = compute_statistics(x[:15], labels[:15], classes)
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal((24, 24))
+    noisy = replace(stats, gram=stats.gram + (noise + noise.T), cross=stats.cross + rng.standard_normal((24, classes)))
+    reference = Reference(x[400:], labels[400:], classes)
+    held_out = [i for i in range(15, 400) if labels[i] in set(labels[:15])][:15]  # non-members of the same classes
+    z, y, members = np.vstack([x[:15], x[held_out]]), np.r_[labels[:15], labels[held_out]], np.arange(30) < 15
+    for score in (range_score, leverage_score):
+        clean = auc(roc_curve(score(Release(stats, stats.class_counts), z, y, reference, 0.1), members))
+        blurred = auc(roc_curve(score(Release(noisy, stats.class_counts), z, y, reference, 0.1), members))
+        assert clean == 1.0 and blurred < 0.8
+
+
 def test_leverage_finds_members_with_more_rows_than_dimensions(synthetic):
     x, labels, classes = synthetic
     release = _release(x[:60], labels[:60], classes)  # 60 rows, 24 dimensions: G has full rank
