@@ -124,7 +124,8 @@ def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, d
         if isinstance(attack, MembershipAttack):
             report = document["attacks"][name] = evaluate_membership(attack, view, truth)
             if report["metrics"]["auc"] is not None:
-                pictures[name] = {"roc": report, "title": f"{name}: {report['metrics']['best_test']} best"}
+                best = report["metrics"]["best_test"]
+                pictures[name] = {"roc": report, "title": f"{name} inference (best test: {best})"}
             continue
         output = attack.run(view)
         report = document["attacks"][name] = evaluate(attack, output, view, truth)
