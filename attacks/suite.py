@@ -4,7 +4,10 @@ This is the one entry point the CLI, tests and benchmarks share. The difference 
 server that aggregates a statistic twice, so when it is asked for on a fresh case it gets its own
 ``retry`` case; every other attack runs on the honest case. A saved transcript is scored when the
 machine has the data: the ground truth is rebuilt from the transcript's public configuration plus
-the partition options given here, and refused unless it reproduces the transcript's sums.
+the partition options given here, and refused unless it reproduces the transcript's sums. The
+membership attack scores candidate records rather than reconstructing anything, so its own
+evaluator (attacks/membership/evaluation.py) draws the candidates from the ground truth, runs it
+and scores its ROC; without ground truth it has nothing to ask about.
 """
 
 from __future__ import annotations
