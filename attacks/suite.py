@@ -7,7 +7,10 @@ refuse the retry (their contribution ledgers, protocols/ledger.py): the attack's
 it was defended and lists each typed refusal; ``defended=False`` runs the clients without the
 ledger, to show what the defence stops. A saved transcript is scored when the
 machine has the data: the ground truth is rebuilt from the transcript's public configuration plus
-the partition options given here, and refused unless it reproduces the transcript's sums.
+the partition options given here, and refused unless it reproduces the transcript's sums. The
+membership attack scores candidate records rather than reconstructing anything, so its own
+evaluator (attacks/membership/evaluation.py) draws the candidates from the ground truth, runs it
+and scores its ROC; without ground truth it has nothing to ask about.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import numpy as np
 from attacks.base import ATTACKS, ServerView
 from attacks.case import Case, GroundTruth
 from attacks.evaluation import evaluate
+from attacks.grid import save_grid
+from attacks.membership.attack import MembershipAttack
+from attacks.membership.evaluation import evaluate_membership
+from attacks.membership.plot import save_roc
 from protocols.transcript import Transcript
 from secure_afl.config import RunConfig
 from secure_afl.device import resolve_device
@@ -29,7 +36,7 @@ from secure_afl.errors import ConfigError
 from secure_afl.results import SCHEMA_VERSION, environment
 from secure_afl.runner import LOCAL_FIELDS, PARTITION_FIELDS
 
-PICTURED = ("singletons", "samples")  # target kinds whose reconstructions are single images
+PICTURED = ("singletons", "samples", "membership")  # target kinds with a picture: single images, or ROC curves
 
 
 def attack_names(requested: str) -> list[str]:
@@ -123,6 +130,12 @@ def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, d
     """Run, score and (where there is something to show) picture each attack on one view."""
     for name in names:
         attack = ATTACKS[name]()
+        if isinstance(attack, MembershipAttack):
+            report = document["attacks"][name] = evaluate_membership(attack, view, truth)
+            if report["metrics"]["auc"] is not None:
+                best = report["metrics"]["best_test"]
+                pictures[name] = {"roc": report, "title": f"{name} inference (best test: {best})"}
+            continue
         output = attack.run(view)
         report = document["attacks"][name] = evaluate(attack, output, view, truth)
         if truth is not None and output.applicable and attack.targets in PICTURED and report["per_target"]:
@@ -137,6 +150,13 @@ def _report_refusals(report: dict, refusals: list[dict]) -> None:
         errors = ", ".join(sorted({refusal["error"] for refusal in refusals}))
         report["reason"] = (f"defended: the clients refused {len(refusals)} repeated aggregation(s) of the same "
                             f"statistic ({errors}; each keeps a ledger of what it released); {report['reason']}")
+
+
+def save_picture(path: str | Path, picture: dict) -> Path:
+    """A membership report is drawn as ROC curves, a reconstruction as a grid of images."""
+    if "roc" in picture:
+        return save_roc(path, picture["roc"], picture["title"])
+    return save_grid(path, picture)
 
 
 def _model_metrics(results: dict) -> dict:
@@ -159,6 +179,8 @@ def _finish(document: dict) -> dict:
                             "targets": r["metrics"]["targets"], "recovered_fraction": r["metrics"]["recovered_fraction"],
                             "identified_fraction": r["metrics"]["identified_fraction"],
                             "baseline_recovered_fraction": (r["metrics"].get("baseline") or {}).get("recovered_fraction"),
+                            **({"auc": r["metrics"]["auc"], "tpr_at_1pct_fpr": r["metrics"]["tpr_at_1pct_fpr"]}
+                               if "auc" in r["metrics"] else {}),
                             "seconds": r["seconds"]} for name, r in reports.items()]
     config = document["config"]
     device = resolve_device(config["device"]) if config else resolve_device("cpu")

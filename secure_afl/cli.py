@@ -174,7 +174,7 @@ def _attack_parser(sub) -> None:
                                    "Attacks see only the transcript and public knowledge; ground truth reaches only "
                                    "the evaluator.")
     p.add_argument("--attack", required=True, help="an attack name (counts, class-means, singleton, gram, difference, "
-                                                   "buffer) or all")
+                                                   "buffer, membership) or all")
     p.add_argument("--transcript", default=None, metavar="DIR",
                    help="attack this saved transcript instead of running a case; the run options then only give the "
                         "partition (--seed, --alpha …) to score it against")
@@ -184,8 +184,8 @@ def _attack_parser(sub) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--out", default=None, help="attack report JSON path")
     out.add_argument("--grid", default=None, metavar="PNG",
-                     help="picture of the targets beside what the attacker identified (with --attack all: one file per "
-                          "attack that has one, named PNG's stem + -ATTACK)")
+                     help="picture of the targets beside what the attacker identified, or membership's ROC curves (with "
+                          "--attack all: one file per attack that has one, named PNG's stem + -ATTACK)")
     out.add_argument("--overwrite", action="store_true", help="replace existing output files")
     out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     out.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
@@ -291,8 +291,8 @@ def _run(args, config: RunConfig) -> str:
 def _attack(args, config: RunConfig) -> str:
     """``secure-afl attack``: outputs and options are checked before the case runs; returns the summary."""
     from attacks.base import ATTACKS
-    from attacks.grid import picture_format, save_grid
-    from attacks.suite import PICTURED, attack_names, attack_run, attack_transcript
+    from attacks.grid import picture_format
+    from attacks.suite import PICTURED, attack_names, attack_run, attack_transcript, save_picture
     from secure_afl.results import check_output_path, write_results
 
     _refuse_silent_run(args, args.out, args.grid)
@@ -316,7 +316,7 @@ def _attack(args, config: RunConfig) -> str:
     lines = [_attack_summary(document)]
     for name, path in grids.items():
         if name in pictures:
-            save_grid(path, pictures[name])
+            save_picture(path, pictures[name])
             lines.append(f"picture written to {path}")
         else:
             lines.append(f"no picture for {name}: nothing to score")
@@ -356,6 +356,9 @@ def _attack_summary(document: dict) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines]
     for name, report in document["attacks"].items():
+        if report["applicable"] and report["metrics"].get("auc") is not None:
+            text.append(f"{name}: AUC {report['metrics']['auc']:.3f}, TPR at 1 % FPR "
+                        f"{report['metrics']['tpr_at_1pct_fpr']:.3f} ({report['metrics']['best_test']})")
         if not report["applicable"]:
             text.append(f"{name}: not applicable: {report['reason']}")
     return "\n".join(text)

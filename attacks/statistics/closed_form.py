@@ -27,13 +27,20 @@ def counts_from_statistics(stats: Statistics, sent: bool) -> tuple[np.ndarray, b
     """(class counts, exact?): read off the vector when sent, else diag(HᵀG⁺H), exact when rank G = n."""
     if sent:
         return stats.class_counts.astype(np.int64), True
-    values, vectors = np.linalg.eigh(stats.gram)
-    keep = values > values.max() * stats.dim * np.finfo(np.float64).eps if values.size else values > 0
-    projected = vectors[:, keep].T @ stats.cross / np.sqrt(values[keep])[:, None]
+    values, vectors = range_basis(stats.gram)
+    projected = vectors.T @ stats.cross / np.sqrt(values)[:, None]
     diagonal = np.einsum("rc,rc->c", projected, projected)
     counts = np.rint(diagonal).astype(np.int64)
-    exact = int(keep.sum()) == int(counts.sum()) and bool(np.all(np.abs(diagonal - counts) < 1e-6))
+    exact = len(values) == int(counts.sum()) and bool(np.all(np.abs(diagonal - counts) < 1e-6))
     return counts, exact
+
+
+def range_basis(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """G's eigenvalues above float64's rank tolerance and their eigenvectors: an orthonormal basis of G's
+    range, whose size is G's numerical rank (the number of linearly independent rows behind it)."""
+    values, vectors = np.linalg.eigh(gram)
+    keep = values > values.max() * gram.shape[0] * np.finfo(np.float64).eps if values.size else values > 0
+    return values[keep], vectors[:, keep]
 
 
 def readable_clients(view: ServerView, rounds: dict[str, str]):

@@ -74,11 +74,12 @@ def client_statistics(item: StatisticsRound) -> dict[int, Statistics]:
     if entry.secure:
         what = "uniformly random masked words" if entry.protocol == "mask" else "ciphertexts it cannot decrypt"
         raise Unreadable(f"protocol {entry.protocol}: the server holds only {what} of each client; only the sum is readable")
-    layout = StatisticsLayout(int(item.layout["dim"]), int(item.layout["classes"]))
-    out = {}
-    for client, vector in entry.inputs().items():
-        stats = layout.unpack(vector)
-        if item.scale != 1.0:
-            stats = Statistics(stats.gram / item.scale**2, stats.cross / item.scale, stats.count, stats.class_counts)
-        out[client] = stats
-    return out
+    return {client: unpack(item, vector) for client, vector in entry.inputs().items()}
+
+
+def unpack(item: StatisticsRound, vector) -> Statistics:
+    """One packed vector of this round (a client's, or the sum) as statistics with rows in ``item.space``."""
+    stats = StatisticsLayout(int(item.layout["dim"]), int(item.layout["classes"])).unpack(vector)
+    if item.scale != 1.0:
+        stats = Statistics(stats.gram / item.scale**2, stats.cross / item.scale, stats.count, stats.class_counts)
+    return stats
