@@ -33,3 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/time_to_accuracy.py
 	$(BIN)/python benchmarks/active_security_cost.py
 	$(BIN)/python benchmarks/attack_sweep.py
+	$(BIN)/python benchmarks/dp_statistics.py
+	$(BIN)/python benchmarks/membership.py
+	$(BIN)/python benchmarks/ledger_cost.py
+	$(BIN)/python benchmarks/privacy_grid.py
+	$(BIN)/python benchmarks/privacy_report.py
