@@ -40,9 +40,8 @@ ridge (Wang 2018) σ_sum √(d log(2d²/ρ)), ρ = 0.05, to the whole spectrum w
 holds fewer rows than d (every client of mnist5k, K = 20), so AdaSSP's third of the budget would buy
 nothing. Both use public quantities (σ_sum, d) only: no budget. The floor factor 0.25 was chosen on a
 validation split (20 %) of mnist5k's training set over {0, 0.1, 0.25, 0.5, 1, 2}, by validation accuracy
-averaged over ε ∈ {0.5 … 16} and both placements (0.696; 0.1: 0.694, 0.5: 0.692, 0: 0.676, 2: 0.654);
-there eig-clip at 0.25 beats AdaSSP's ridge (0.663) at every ε and both placements, so it is the
-default (benchmarks/dp_statistics.py records the selection).
+averaged over ε ∈ {0.5 … 16} and both placements (0.702; 0.1: 0.701, 0.5: 0.695, 0: 0.679, 2: 0.650;
+AdaSSP's ridge 0.665), so it is the default (benchmarks/results/dp_statistics.json records the selection).
 """
 
 from __future__ import annotations

@@ -217,3 +217,13 @@ def test_dp_on_the_statistics_drives_membership_towards_a_guess():
 def test_on_the_default_job_dp_at_epsilon_1_leaves_no_test_above_0_6():
     document, _ = attack_run(["membership"], RunConfig(protocol="plaintext", dp_epsilon=1.0, dp_placement="local"))
     assert document["metrics"]["auc"] <= 0.6 and document["metrics"]["baseline"]["auc"] == 0.5
+
+
+def test_a_test_split_too_small_to_ask_about_gives_reasons_not_a_roc():
+    config = RunConfig(protocol="plaintext", dataset="samples-cifar10", clients=2, alpha=1.0)
+    document, _ = attack_run(["membership"], config)
+    assert document["metrics"]["auc"] is None
+    answered = [figures for levels in document["tests"].values() for figures in levels.values() if "auc" in figures]
+    reasons = [figures["reason"] for levels in document["tests"].values() for figures in levels.values()
+               if "reason" in figures]
+    assert not answered and any("a ROC needs both" in reason for reason in reasons)

@@ -117,5 +117,8 @@ def _level(scores: dict, membership: dict, level: str, delta: float) -> dict:
     targets = [t for t in scores if (t == UNION) == (level == UNION)]
     if not targets:
         return {"reason": "not answered (see skipped)"}
-    return summarise(np.concatenate([scores[t] for t in targets]), np.concatenate([membership[t] for t in targets]),
-                     delta)
+    members = np.concatenate([membership[t] for t in targets])
+    if members.all() or not members.any():  # e.g. a test split with no held-out candidate of a client's classes
+        return {"reason": f"the data give {int(members.sum())} members and {int((~members).sum())} non-members to ask "
+                          "about: a ROC needs both"}
+    return summarise(np.concatenate([scores[t] for t in targets]), members, delta)
