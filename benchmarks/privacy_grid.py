@@ -173,13 +173,14 @@ def main() -> None:
     difference = earlier.get("difference") or difference_rows()
     todo = [s for s in chosen if key(s) not in done]
     rows = [done[key(s)] for s in chosen if key(s) in done]
+    failed: list[dict] = []
     print(f"{len(chosen)} settings ({len(rows)} kept from {args.out}), {len(left_out)} left out at this scale",
           flush=True)
     started = time.perf_counter()
 
     def save() -> None:
         document = {"schema_version": 1, "benchmark": "privacy_grid", "attacks": ATTACKS, "exact_threshold": EXACT,
-                    "dp_delta": DELTA, "rows": rows, "left_out": left_out, "difference": difference,
+                    "dp_delta": DELTA, "rows": rows, "failed": failed, "left_out": left_out, "difference": difference,
                     "active_server": active,
                     "environment": rows[-1]["environment"] if rows else None,
                     "seconds_this_run": time.perf_counter() - started}
@@ -189,11 +190,18 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
         futures = {pool.submit(run_setting, s, str(RESULTS) if _is_showcase(s) else None): s for s in todo}
         for future in as_completed(futures):
-            row = future.result()
+            try:
+                row = future.result()
+            except Exception as exc:  # recorded and reported, never a silent gap: the run exits non-zero
+                failed.append({**futures[future], "error": f"{type(exc).__name__}: {exc}"})
+                print(f"FAILED {key(futures[future])}: {failed[-1]['error']}", flush=True)
+                continue
             rows.append(row)
             save()
             print(_line(row), flush=True)
     save()
+    if failed:
+        raise SystemExit(f"{len(failed)} settings failed (listed under 'failed' in {args.out}); rerun with --resume")
 
 
 def _is_showcase(setting: dict) -> bool:
