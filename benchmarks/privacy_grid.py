@@ -103,9 +103,8 @@ def run_setting(setting: dict, pictures_dir: str | None = None) -> dict:
     """One row: the attacks' success and the accuracy kept. Runs in a worker process."""
     import torch
 
-    from attacks.grid import save_grid
     from attacks.report import grid_row
-    from attacks.suite import PICTURED, attack_run
+    from attacks.suite import attack_run, save_picture
     from secure_afl.config import RunConfig
     from secure_afl.runner import PlaintextAggregationWarning
 
@@ -118,12 +117,9 @@ def run_setting(setting: dict, pictures_dir: str | None = None) -> dict:
     started = time.perf_counter()
     document, pictures = attack_run(ATTACKS, config)
     seconds = time.perf_counter() - started
-    if pictures_dir is not None:
-        from attacks.base import ATTACKS as REGISTRY
-
+    if pictures_dir is not None:  # the showcase setting: its image grids and ROC curves
         for name, picture in pictures.items():
-            if REGISTRY[name].targets in PICTURED:
-                save_grid(Path(pictures_dir) / f"privacy_grid-{name}.png", picture)
+            save_picture(Path(pictures_dir) / f"privacy_grid-{name}.png", picture)
     return {**{k: v for k, v in setting.items() if k != "options"}, "options": setting["options"],
             **grid_row(document, EXACT), "seconds": seconds}
 
