@@ -160,7 +160,8 @@ def save_picture(path: str | Path, picture: dict) -> Path:
 
 
 def _model_metrics(results: dict) -> dict:
-    keep = ("accuracy", "centralized_accuracy", "max_rel_diff_to_centralized", "personalized_accuracy", "min_class_count")
+    keep = ("accuracy", "centralized_accuracy", "max_rel_diff_to_centralized", "personalized_accuracy", "min_class_count",
+            "dp")
     return {k: results["metrics"][k] for k in keep if k in results["metrics"]}
 
 
