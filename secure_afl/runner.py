@@ -170,7 +170,7 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
     rounds = []
     protocol.enrol(clients)  # every client of the job, before its first round (a no-op once enrolled)
     with tqdm(total=expected_rounds, desc=f"rounds ({protocol.name})", unit="round", disable=not progress,
-              leave=False) as bar:
+              leave=False, mininterval=0) as bar:  # rounds are coarse: show every one (tqdm skips updates < 0.1 s)
         while (spec := server.next_round()) is not None:
             asked = included if spec.participants is None else included & spec.participants
             bar.set_postfix_str(spec.name)
