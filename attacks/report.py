@@ -220,15 +220,14 @@ def _dp(rows, grid):
             f"{UTILITY_SMALL} of the undefended job; {len(large)} cost more; {sum(_leaks(r) for r in dp)} still leak.",
             "", _table(dp)]
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for placement in ("local", "distributed"):
-        for clients in sorted({r["clients"] for r in dp}):
-            points = sorted((r["options"]["dp_epsilon"], r) for r in dp if r["options"].get("dp_placement") == placement
-                            and r["clients"] == clients and r["alpha"] == 0.1 and r["dataset"] == "mnist5k")
-            if points:
-                label = f"{placement}, K={clients}"
-                axes[0].plot([e for e, _ in points], [r["model"]["accuracy"] for _, r in points], marker="o",
-                             label=label)
-                axes[1].plot([e for e, _ in points], [_auc(r) for _, r in points], marker="o", label=label)
+    for protocol, placement, clients in sorted({(r["protocol"], r["options"]["dp_placement"], r["clients"]) for r in dp}):
+        points = sorted(((r["options"]["dp_epsilon"], r) for r in dp if r["protocol"] == protocol and r["clients"] == clients
+                         and r["options"]["dp_placement"] == placement and r["alpha"] == 0.1
+                         and r["dataset"] == "mnist5k"), key=lambda point: point[0])
+        if points:
+            label = f"{protocol}, {placement}, K={clients}"
+            axes[0].plot([e for e, _ in points], [r["model"]["accuracy"] for _, r in points], marker="o", label=label)
+            axes[1].plot([e for e, _ in points], [_auc(r) for _, r in points], marker="o", label=label)
     for axis, title in zip(axes, ("test accuracy (mnist5k, α = 0.1)", "best membership AUC")):
         axis.set_xscale("log")
         axis.set_xlabel("ε")
