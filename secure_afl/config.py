@@ -23,7 +23,7 @@ PROTOCOL_OPTIONS = {
     "he-ckks-approx": ("key_holder", "min_clients"),
 }
 _GRADIENT = ("fedavg", "fedprox")
-ANALYTIC_DP = ("afl", "apfl")  # analytic algorithms with DP on their statistics (secure_afl/privacy.py)
+ANALYTIC_DP = ("afl", "apfl", "deepafl")  # analytic algorithms with DP on their statistics (secure_afl/privacy.py)
 _ALGORITHM_OPTIONS = {  # option → the algorithms it applies to
     **dict.fromkeys(("refine_width", "refine_activation", "refine_seed", "lam", "beta"), ("apfl",)),
     **dict.fromkeys(("depth", "deep_width", "residual_width", "deep_lam", "deep_gamma", "deep_activation", "deep_seed"),
@@ -32,6 +32,7 @@ _ALGORITHM_OPTIONS = {  # option → the algorithms it applies to
                      "dp_clip", "dp_accountant"), _GRADIENT),
     **dict.fromkeys(("dp_noise", "dp_epsilon", "dp_delta"), _GRADIENT + ANALYTIC_DP),
     **dict.fromkeys(("dp_placement", "dp_solve"), ANALYTIC_DP),
+    **dict.fromkeys(("dp_row_rms", "dp_residual_clip"), ("deepafl",)),
     "mu": ("fedprox",),
     "min_class_count": ("afl", "apfl", "deepafl"),
 }
@@ -98,13 +99,15 @@ class RunConfig:
     head: str = "linear"  # linear or mlp
     hidden: int = 256  # MLP head width
     param_bound: float = 100.0  # public box on every parameter a client sends
-    dp_noise: float | None = None  # noise multiplier z, of DP-SGD or of the statistics (AFL / APFL); or dp_epsilon
-    dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (AFL / APFL)
+    dp_noise: float | None = None  # noise multiplier z (DP-SGD or DP on the statistics); or dp_epsilon
+    dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (afl/apfl/deepafl)
     dp_delta: float = 1e-5
     dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound (the statistics' clip norm C is max_norm)
     dp_accountant: str = "rdp"
-    dp_placement: str | None = None  # AFL / APFL: local (default under DP) or distributed (needs a secure protocol)
-    dp_solve: str = "eig-clip"  # AFL / APFL under DP: how the server solves with a noisy Gram (eig-clip or adassp)
+    dp_placement: str | None = None  # analytic DP: local (default under DP) or distributed (needs a secure protocol)
+    dp_solve: str = "eig-clip"  # analytic DP: how the server solves a noisy Gram (eig-clip or adassp)
+    dp_row_rms: float = 1.0  # DeepAFL under DP: Φ_t and F_t rows clipped to dp_row_rms·√width
+    dp_residual_clip: float = 1.0  # DeepAFL under DP: residual target rows clipped to this norm
     threshold: int | None = None  # masking: shares needed to reconstruct (default from the neighbour count)
     neighbours: int | None = None  # masking: k neighbours per client (default from n and the targets)
     fraction_bits: int | None = None  # fixed-point precision (default: the largest the protocol's range allows)
@@ -172,13 +175,12 @@ class RunConfig:
     def _validate_dp(self) -> None:
         """The DP refusals that need more than the option scope: what C is, what a placement needs."""
         private = self.dp_epsilon is not None or self.dp_noise is not None
-        if self.algorithm == "deepafl" and private:
-            raise ConfigError("DP on DeepAFL's 2T+1 statistics releases is not implemented: use --algorithm afl or "
-                              "apfl (or fedavg / fedprox for DP-SGD)")
         if self.algorithm not in ANALYTIC_DP:
             return
-        if not private and (self.dp_placement is not None or self.dp_solve != RunConfig.dp_solve):
-            raise ConfigError("--dp-placement and --dp-solve need --dp-epsilon (or --dp-noise)")
+        layer_clips = (self.dp_row_rms, self.dp_residual_clip) != (RunConfig.dp_row_rms, RunConfig.dp_residual_clip)
+        if not private and (self.dp_placement is not None or self.dp_solve != RunConfig.dp_solve or layer_clips):
+            raise ConfigError("--dp-placement, --dp-solve, --dp-row-rms and --dp-residual-clip need --dp-epsilon "
+                              "(or --dp-noise)")
         if self.dp_clip != RunConfig.dp_clip:
             raise ConfigError("--dp-clip is DP-SGD's gradient bound; the statistics' clip norm C is --max-norm")
         if self.dp_placement == "distributed" and "min_clients" not in PROTOCOL_OPTIONS.get(self.protocol, ()):

@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -353,9 +353,10 @@ class Training:
 
 def algorithm_configs(config: RunConfig):
     """(AFL, APFL or None, DeepAFL or None, FedAvg/FedProx or None) configurations of the run's algorithm."""
-    return (AFLConfig(config.gamma, config.restore, statistics_privacy(config)),
+    privacy = statistics_privacy(config)
+    return (AFLConfig(config.gamma, config.restore, privacy),
             APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None,
-            deepafl_config(config) if config.algorithm == "deepafl" else None,
+            deepafl_config(config, privacy) if config.algorithm == "deepafl" else None,
             fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None)
 
 
@@ -393,7 +394,7 @@ def train(plan: RunPlan, features: Features, timer: Timer, transcript: Transcrip
     if config.min_class_count > 1:
         metrics["min_class_count"] = withheld_summary(plan.client_indices, plan.sent_indices)
     if afl_config.privacy is not None:
-        metrics["dp"] = dp_report(server, clients, afl_config.privacy, features)
+        metrics["dp"] = dp_report(server, clients, features)
     if deep_config is not None:  # nonzero only when a declared bound was false (see algorithms/deepafl.py)
         metrics["values_clipped_to_bound"] = sum(client.clipped for client in clients.values())
     return Training(server, clients, metrics, bytes_report)
@@ -497,15 +498,16 @@ def fedavg_config(config: RunConfig) -> FedAvgConfig:
 
 
 def statistics_privacy(config: RunConfig) -> StatisticsPrivacy | None:
-    """DP on AFL's / APFL's statistics when --dp-epsilon or --dp-noise asks for it (C is --max-norm; the
-    distributed placement's t is the protocol's minimum aggregation size). Refuses a fixed-point precision
+    """DP on AFL's / APFL's / DeepAFL's statistics when --dp-epsilon or --dp-noise asks for it (C is --max-norm;
+    DeepAFL's layers clip to their own norms; the distributed placement's t is the protocol's minimum aggregation
+    size; every aggregation round is one release). Refuses a fixed-point precision
     too coarse to carry the noise: a share's σ must span at least 1000 encoding steps."""
     if config.algorithm not in ANALYTIC_DP or (config.dp_epsilon is None and config.dp_noise is None):
         return None
     placement = config.dp_placement or "local"
     t = config.protocol_options()["min_clients"] if placement == "distributed" else 1
     privacy = StatisticsPrivacy(config.dp_epsilon, config.dp_delta, config.max_norm, placement, t,
-                                config.clients_per_round(), solve=config.dp_solve, noise=config.dp_noise)
+                                config.clients_per_round(), expected_rounds(config), config.dp_solve, config.dp_noise)
     share = privacy.share_sigma  # calibrates z now: an ε no accountant can certify is refused before any work
     if config.fraction_bits is not None and share * 2.0**config.fraction_bits < 1000:
         raise ConfigError(f"--fraction-bits {config.fraction_bits} cannot resolve the DP noise (share σ {share:.3g}): "
@@ -513,26 +515,25 @@ def statistics_privacy(config: RunConfig) -> StatisticsPrivacy | None:
     return privacy
 
 
-def dp_report(server: AFLServer, clients: dict, privacy: StatisticsPrivacy, features: Features) -> dict:
+def dp_report(server, clients: dict, features: Features) -> dict:
     """The results' ``dp`` block: the guarantee, and every row and entry the mechanism clipped."""
     rows = round(features.rows_changed * len(features.data.train_y))  # rows the feature map's norm bound changed
-    report = privacy.report(rows, server.layout.length, sum(c.entries_clipped for c in clients.values()))
-    report["rows_reclipped_float64"] = sum(c.rows_clipped for c in clients.values())
-    return report
+    return server.privacy_report(clients, rows)
 
 
-def deepafl_config(config: RunConfig) -> DeepAFLConfig:
+def deepafl_config(config: RunConfig, privacy: StatisticsPrivacy | None = None) -> DeepAFLConfig:
     return DeepAFLConfig(config.deep_width, config.residual_width, config.depth, config.deep_lam, config.deep_gamma,
-                         config.deep_activation, config.deep_seed)
+                         config.deep_activation, config.deep_seed, privacy, config.dp_row_rms, config.dp_residual_clip)
 
 
 def reference_model(data: FederatedData, included: list[int], afl_config: AFLConfig,
                     deep_config: DeepAFLConfig | None, max_norm: float):
-    """The same algorithm trained centrally on the included clients' pooled data."""
+    """The same algorithm trained centrally on the included clients' pooled data, without DP noise (the
+    difference to it is then the DP error)."""
     pooled = np.concatenate([data.client_indices[k] for k in included])
     x, y = data.train_x[pooled], data.train_y[pooled]
     if deep_config is not None:
-        return deepafl_centralized(x, y, data.num_classes, deep_config, max_norm)
+        return deepafl_centralized(x, y, data.num_classes, replace(deep_config, privacy=None), max_norm)
     return LinearModel(ridge_solve(compute_statistics(x, y, data.num_classes), afl_config))
 
 

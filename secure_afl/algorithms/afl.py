@@ -16,7 +16,7 @@ import torch
 from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
 from secure_afl.errors import ConfigError
 from secure_afl.linalg import solve_spd
-from secure_afl.privacy import StatisticsPrivacy, noisy_ridge_solve
+from secure_afl.privacy import StatisticsPrivacy, clip_rows, noisy_ridge_solve
 from secure_afl.statistics import Statistics, StatisticsLayout, packed_statistics
 
 STATISTICS_ROUND = "afl/statistics"
@@ -66,10 +66,7 @@ class AFLClient(AlgorithmClient):
             return
         if bound is None:
             raise ConfigError("a client under DP needs the round's public bound to clip its noisy vector to")
-        x = torch.as_tensor(features).to(torch.float64)
-        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        self.rows_clipped = int((norms > privacy.clip).sum())
-        x = x * (privacy.clip / norms.clamp_min(privacy.clip))
+        x, self.rows_clipped = clip_rows(torch.as_tensor(features), privacy.clip)
         layout = StatisticsLayout(x.shape[1], num_classes)
         self._vector, self.entries_clipped = privacy.privatize(packed_statistics(x, labels, num_classes), layout, bound)
 
@@ -104,6 +101,14 @@ class AFLServer(AlgorithmServer):
         else:
             self._weights = noisy_ridge_solve(self.total.gram, self.total.cross / privacy.clip, self.config.gamma,
                                               privacy.sum_sigma, privacy.solve)
+
+    def privacy_report(self, clients: dict[int, AFLClient], rows_clipped: int) -> dict:
+        """The results' ``dp`` block (``rows_clipped``: rows the feature map's norm bound changed), with the rows
+        each client re-clipped in float64 and every noisy entry clipped to the public bound."""
+        privacy = self.config.privacy
+        report = privacy.report(rows_clipped, self.layout.length, sum(c.entries_clipped for c in clients.values()))
+        report["rows_reclipped_float64"] = sum(c.rows_clipped for c in clients.values())
+        return report
 
     def model(self) -> LinearModel:
         if self._weights is None:
