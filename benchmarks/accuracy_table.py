@@ -96,7 +96,8 @@ def train(method: str, data: FederatedData, params: dict, seed: int):
     if method == "deepafl":
         deep = deep_config(params, params["layers"], seed)
     if method in ("fedavg", "fedprox"):
-        gradient = FedAvgConfig(rounds=params["rounds"], lr=params["lr"], mu=params.get("mu", 0.0), seed=seed)
+        gradient = FedAvgConfig(rounds=params["rounds"], lr=params["lr"], mu=params.get("mu", 0.0),
+                                head=params.get("head", "linear"), seed=seed)
     history = []
     server, clients = make_algorithm(afl, 1.0, data, len(data.train_y), deep, gradient)
     observer = None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from protocols import PROTOCOLS, ProtocolError
 from protocols.masking import STAGES
-from secure_afl.algorithms.fedavg import ACCOUNTANTS, HEADS
+from secure_afl.algorithms.fedavg import ACCOUNTANTS, DEFAULT_LR, HEADS
 from secure_afl.config import ALGORITHMS, RunConfig
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
@@ -59,16 +59,26 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                              "refuse smaller rounds, so a server cannot isolate a client among a few colluders "
                              "(default ⌊2P/3⌋+1 of the P clients asked per round; at most P - M clients may drop out "
                              "over a whole job)")
+    secure.add_argument("--dropout", action="append", type=_dropout, default=[], metavar="STAGE=FRACTION",
+                        help=f"simulate clients dropping at a stage (mask: {', '.join(STAGES)}; he-*: input, where "
+                             "the key holder dropping fails the round); repeatable")
     masking = p.add_argument_group("masking protocol")
     masking.add_argument("--threshold", type=int, default=None,
                          help="shares needed to unmask (default ⌊2(k+1)/3⌋+1 for k neighbours)")
     masking.add_argument("--neighbours", type=int, default=None,
                          help="neighbours per client: n-1 is the complete graph, an even k < n-1 a k-regular graph "
-                              "(default: the smallest k meeting 2^-40 security and 2^-20 failure at 5%% corrupt, 10%% dropouts)")
+                              "(default: the smallest k meeting the security and failure targets under the assumed "
+                              "corrupt and dropout fractions below; the complete graph, with a warning, when none does)")
+    masking.add_argument("--corrupt-fraction", type=float, default=defaults.corrupt_fraction,
+                         help="assumed chance that a client colludes with the server, for choosing k and t")
+    masking.add_argument("--dropout-fraction", type=float, default=defaults.dropout_fraction,
+                         help="assumed chance that a client drops during a round, for choosing k and t")
+    masking.add_argument("--security-bits", type=int, default=defaults.security_bits,
+                         help="target: P[some client's input is exposed] ≤ 2^-BITS under the assumptions")
+    masking.add_argument("--failure-bits", type=int, default=defaults.failure_bits,
+                         help="target: P[a round cannot be unmasked] ≤ 2^-BITS under the assumptions")
     masking.add_argument("--fraction-bits", type=int, default=None,
                          help="fixed-point precision, mask and he-bfv/he-ckks (default: the largest the protocol's range allows)")
-    masking.add_argument("--dropout", action="append", type=_dropout, default=[], metavar="STAGE=FRACTION",
-                         help=f"simulate clients dropping at a stage ({', '.join(STAGES)}); repeatable")
     he = p.add_argument_group("homomorphic protocols (he-bfv, he-ckks exact; he-ckks-approx approximate)")
     he.add_argument("--limbs", type=int, default=None,
                     help="limbs per value (default 1 for he-bfv, 2 for he-ckks); more limbs carry more fraction bits")
@@ -127,7 +137,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     grad = p.add_argument_group("FedAvg / FedProx (--algorithm fedavg | fedprox)")
     grad.add_argument("--rounds", type=int, default=defaults.rounds, help="communication rounds")
     grad.add_argument("--local-epochs", type=int, default=defaults.local_epochs, help="epochs per client and round")
-    grad.add_argument("--lr", type=float, default=defaults.lr, help="local learning rate")
+    grad.add_argument("--lr", type=float, default=defaults.lr,
+                      help="local learning rate (default per head, chosen on validation: "
+                           + ", ".join(f"{head} {lr:g}" for head, lr in DEFAULT_LR.items()) + ")")
     grad.add_argument("--local-batch", type=int, default=defaults.local_batch, help="local minibatch size")
     grad.add_argument("--client-fraction", type=float, default=defaults.client_fraction, help="clients sampled per round")
     grad.add_argument("--mu", type=float, default=defaults.mu, help="FedProx proximal weight")

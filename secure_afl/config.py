@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocols.graph import Targets
 from protocols.minimum import default_min_clients
 from secure_afl.algorithms.fedavg import clients_per_round
 from secure_afl.data.datasets import DATASETS
@@ -16,11 +17,12 @@ from secure_afl.features.backbone import DEFAULT_BACKBONE
 from secure_afl.features.extract import check_precision
 
 ALGORITHMS = ("afl", "apfl", "deepafl", "fedavg", "fedprox")
+TARGET_OPTIONS = ("corrupt_fraction", "dropout_fraction", "security_bits", "failure_bits")  # masking's Targets
 PROTOCOL_OPTIONS = {
-    "mask": ("threshold", "neighbours", "fraction_bits", "dropout", "min_clients"),
-    "he-bfv": ("limbs", "fraction_bits", "key_holder", "min_clients"),
-    "he-ckks": ("limbs", "fraction_bits", "key_holder", "min_clients"),
-    "he-ckks-approx": ("key_holder", "min_clients"),
+    "mask": ("threshold", "neighbours", "fraction_bits", "dropout", "min_clients", *TARGET_OPTIONS),
+    "he-bfv": ("limbs", "fraction_bits", "key_holder", "min_clients", "dropout"),
+    "he-ckks": ("limbs", "fraction_bits", "key_holder", "min_clients", "dropout"),
+    "he-ckks-approx": ("key_holder", "min_clients", "dropout"),
 }
 _GRADIENT = ("fedavg", "fedprox")
 ANALYTIC_DP = ("afl", "apfl", "deepafl")  # analytic algorithms with DP on their statistics (secure_afl/privacy.py)
@@ -92,7 +94,7 @@ class RunConfig:
     deep_seed: int = 0
     rounds: int = 100  # FedAvg/FedProx: communication rounds
     local_epochs: int = 1
-    lr: float = 16.0  # chosen on validation (mnist5k, benchmarks/accuracy_table.py)
+    lr: float | None = None  # FedAvg/FedProx: None: the head's default, chosen on validation (fedavg.DEFAULT_LR)
     local_batch: int = 32
     client_fraction: float = 1.0
     mu: float = 0.001  # FedProx proximal weight (chosen on validation)
@@ -111,7 +113,11 @@ class RunConfig:
     threshold: int | None = None  # masking: shares needed to reconstruct (default from the neighbour count)
     neighbours: int | None = None  # masking: k neighbours per client (default from n and the targets)
     fraction_bits: int | None = None  # fixed-point precision (default: the largest the protocol's range allows)
-    dropout: dict[str, float] = field(default_factory=dict)  # masking: simulated dropout fraction per stage
+    dropout: dict[str, float] = field(default_factory=dict)  # mask / he-*: simulated dropout fraction per stage
+    corrupt_fraction: float = Targets.corrupt_fraction  # masking: assumed chance a client colludes with the server
+    dropout_fraction: float = Targets.dropout_fraction  # masking: assumed chance a client drops during a round
+    security_bits: int = Targets.security_bits  # masking: target P[a client's secrets are exposed] ≤ 2^-bits
+    failure_bits: int = Targets.failure_bits  # masking: target P[a round cannot be unmasked] ≤ 2^-bits
     limbs: int | None = None  # he-bfv / he-ckks: limbs per value (default 1 for BFV, 2 for integer CKKS)
     key_holder: int | None = None  # he-*: the client that holds the secret key (default: the lowest id)
     min_clients: int | None = None  # mask / he-*: the fewest clients a sum may hold (default ⌊2P/3⌋ + 1, P per round)
@@ -122,9 +128,11 @@ class RunConfig:
         rounds (the protocol alone would take every enrolled client as a round's size)."""
         defaults = RunConfig()
         options = {name: getattr(self, name) for name in PROTOCOL_OPTIONS.get(self.protocol, ())
-                   if getattr(self, name) != getattr(defaults, name)}
-        if self.protocol == "mask":
+                   if getattr(self, name) != getattr(defaults, name) and name not in TARGET_OPTIONS}
+        if "dropout" in PROTOCOL_OPTIONS.get(self.protocol, ()):
             options["dropout_seed"] = self.seed
+        if self.protocol == "mask":
+            options["targets"] = Targets(*(getattr(self, name) for name in TARGET_OPTIONS))
         if "min_clients" in PROTOCOL_OPTIONS.get(self.protocol, ()):
             options["min_clients"] = self.min_clients or default_min_clients(self.clients_per_round())
         return options

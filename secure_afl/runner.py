@@ -9,6 +9,7 @@ protocols only through ``AggregationProtocol.aggregate``, so secure protocols sl
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from contextlib import contextmanager
@@ -50,6 +51,13 @@ class PlaintextAggregationWarning(UserWarning):
 
 class ApproximateAggregationWarning(UserWarning):
     """The chosen protocol's sums are approximate, so the model is not exactly the centralized one."""
+
+
+class TrainingWarning(UserWarning):
+    """A finished run whose result is dominated by a setting: clamps, DP noise, or accuracy at chance."""
+
+
+CLAMP_WARNING = 0.01  # warn when more than this fraction of the parameter values sent were clamped
 
 
 class SmallTestSplitWarning(UserWarning):
@@ -167,6 +175,7 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
     included = set(clients)
     upload = dict.fromkeys(clients, 0)
     download = dict.fromkeys(clients, 0)
+    key_holders = set()  # HE: clients that also create the keys and decrypt (they upload far more)
     rounds = []
     protocol.enrol(clients)  # every client of the job, before its first round (a no-op once enrolled)
     with tqdm(total=expected_rounds, desc=f"rounds ({protocol.name})", unit="round", disable=not progress,
@@ -190,6 +199,8 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
                 download[k] += result.download_bytes[k] + (spec.broadcast_bytes if k in vectors else 0)
             if result.included is not None:
                 included -= set(vectors) - result.included
+            if "key_holder" in result.details:
+                key_holders.add(result.details["key_holder"])
             if observer is not None:
                 observer(spec, server)
             rounds.append({
@@ -208,6 +219,7 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
     return {
         "per_client_upload_max": max(upload.values()),
         "per_client_upload_mean": float(np.mean(list(upload.values()))),
+        "upload_max_by_role": upload_by_role(upload, key_holders),
         "per_client_download_max": max(download.values()),
         "per_client_download_mean": float(np.mean(list(download.values()))),
         "server_received_total": sum(upload.values()),
@@ -216,6 +228,13 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
         "per_round": rounds,
         "included_clients": sorted(included),
     }
+
+
+def upload_by_role(upload: dict[int, int], key_holders: set[int]) -> dict[str, int]:
+    """The largest upload of a plain client and, under HE, of the key holder (context and decryptions)."""
+    roles = {"client": [b for k, b in upload.items() if k not in key_holders],
+             "key holder": [b for k, b in upload.items() if k in key_holders]}
+    return {role: max(sizes) for role, sizes in roles.items() if sizes}
 
 
 # Fields of the configuration that decide which client holds which sample (the simulation's secret:
@@ -390,6 +409,7 @@ def train(plan: RunPlan, features: Features, timer: Timer, transcript: Transcrip
         if history is not None:
             metrics["history"] = history.rows
             metrics.update(gradient_report(clients, gradient_config))
+        warn_if_chance(metrics, data, config)
     metrics["rows_changed_by_norm_bound"] = features.rows_changed
     if config.min_class_count > 1:
         metrics["min_class_count"] = withheld_summary(plan.client_indices, plan.sent_indices)
@@ -475,17 +495,53 @@ class History:
 
 
 def gradient_report(clients: dict, config: FedAvgConfig) -> dict:
-    report = {"parameters_clamped": sum(c.clamped for c in clients.values())}
+    """Parameter clamps and, under DP-SGD, the guarantee and how loud its noise is; warns when either dominates."""
+    clamped, sent = sum(c.clamped for c in clients.values()), sum(c.sent for c in clients.values())
+    report = {"parameters_clamped": clamped, "parameter_values_sent": sent}
+    if sent and clamped > CLAMP_WARNING * sent:
+        warnings.warn(f"{clamped} of the {sent} parameter values sent ({clamped / sent:.1%}) were clamped to the public "
+                      f"box ±{config.param_bound:g} (--param-bound): the sum is of clamped models; raise the bound or "
+                      "lower --lr", TrainingWarning, stacklevel=2)
     if config.dp is not None:
+        z = max(c.noise_multiplier for c in clients.values())
+        parameters = next(iter(clients.values())).parameter_count
+        noise_to_signal = z * math.sqrt(parameters) / config.batch_size  # ‖noise‖ / (largest clipped mean gradient)
         report["dp"] = {
             "epsilon": max(c.epsilon() for c in clients.values()),
             "delta": config.dp.delta,
-            "noise_multiplier": max(c.noise_multiplier for c in clients.values()),
+            "noise_multiplier": z,
+            "sigma": z * config.dp.clip,
             "clip": config.dp.clip,
+            "noise_to_signal_per_step": noise_to_signal,
             "accountant": config.dp.accountant,
             "noise_rng": "torch generator seeded from os.urandom per client and round (Opacus secure_mode unavailable)",
         }
+        if noise_to_signal > 1:
+            warnings.warn(f"DP-SGD noise dominates every step: σ = {z * config.dp.clip:.3g} on each of {parameters} "
+                          f"parameters against a clipped batch sum ≤ {config.dp.clip:g} × {config.batch_size} "
+                          f"(noise/signal ≈ {noise_to_signal:.1f}); raise --local-batch or --dp-epsilon, or use a "
+                          "smaller head", TrainingWarning, stacklevel=2)
     return report
+
+
+def warn_if_chance(metrics: dict, data: FederatedData, config: RunConfig) -> None:
+    """A model within noise of chance usually means a setting, not the data: say which one likely."""
+    labels = np.asarray(data.test_y)
+    if len(labels) == 0 or metrics["accuracy"] is None:
+        return
+    chance = np.bincount(labels).max() / len(labels)  # always guessing the most frequent test class
+    if metrics["accuracy"] > chance + 3.0 * math.sqrt(chance * (1.0 - chance) / len(labels)):
+        return
+    private = config.dp_epsilon is not None or config.dp_noise is not None
+    if config.algorithm in ("fedavg", "fedprox"):
+        cause = f"the learning rate {fedavg_config(config).lr:g} for the {config.head} head (--lr)"
+        cause += " or the DP-SGD noise (--dp-epsilon)" if private else ""
+    elif private:
+        cause = "the DP noise on the statistics (raise --dp-epsilon)"
+    else:
+        cause = "the features (--backbone, --resolution) or too little data per class"
+    warnings.warn(f"final accuracy {metrics['accuracy']:.3f} is within noise of chance ({chance:.3f}, the most "
+                  f"frequent test class, n = {len(labels)}); the likely cause is {cause}", TrainingWarning, stacklevel=2)
 
 
 def fedavg_config(config: RunConfig) -> FedAvgConfig:

@@ -33,6 +33,9 @@ from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSp
 from secure_afl.errors import ConfigError
 
 HEADS = ("linear", "mlp")
+# the learning rate each head gets unless one is given, chosen on validation: linear by
+# benchmarks/accuracy_table.py, mlp by benchmarks/head_selection.py (at the linear head's rate it ends at chance)
+DEFAULT_LR = {"linear": 16.0, "mlp": 16.0}
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 BOUND_SLACK = 1.0 + 1e-6
 
@@ -64,7 +67,7 @@ class DPConfig:
 class FedAvgConfig:
     rounds: int = 100
     local_epochs: int = 1
-    lr: float = 16.0  # large because features are l2-normalised rows; chosen on validation
+    lr: float | None = None  # None: the head's DEFAULT_LR (large because features are l2-normalised rows)
     batch_size: int = 32
     client_fraction: float = 1.0
     mu: float = 0.0  # FedProx proximal weight; 0 is FedAvg
@@ -80,14 +83,16 @@ class FedAvgConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.head])  # frozen: resolved once, here
         if not (self.lr > 0 and self.param_bound > 0):
             raise ConfigError("lr and param_bound must be positive")
         if not 0 < self.client_fraction <= 1:
             raise ConfigError(f"client_fraction must lie in (0, 1], got {self.client_fraction}")
         if self.mu < 0:
             raise ConfigError(f"mu must be ≥ 0, got {self.mu}")
-        if self.head not in HEADS:
-            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
 
 
 def build_head(config: FedAvgConfig, dim: int, num_classes: int) -> nn.Module:
@@ -147,7 +152,8 @@ class FedAvgClient(AlgorithmClient):
         self._y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self._dataset = torch.utils.data.TensorDataset(self._x, self._y)  # one object: Opacus accounts per dataset
         self._num_classes = num_classes
-        self.clamped = 0
+        self.clamped = 0  # parameter values projected onto the public box before sending
+        self.sent = 0  # parameter values sent over the job
         self._engine = None
         self._noise = None
         if config.dp is not None:
@@ -168,6 +174,11 @@ class FedAvgClient(AlgorithmClient):
     @property
     def noise_multiplier(self) -> float | None:
         return self._noise
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the head every client trains (DP-SGD adds noise to each)."""
+        return sum(p.numel() for p in build_head(self.config, self._x.shape[1], self._num_classes).parameters())
 
     def epsilon(self) -> float | None:
         if self._engine is None:
@@ -222,6 +233,7 @@ class FedAvgClient(AlgorithmClient):
         theta = parameter_vector(model)
         bound = self.config.param_bound
         self.clamped += int(np.count_nonzero(np.abs(theta) > bound))
+        self.sent += theta.size
         theta = np.clip(theta, -bound, bound)
         n = float(len(self._y))
         return np.concatenate([n * theta, [n]])
