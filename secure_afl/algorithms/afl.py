@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
+from secure_afl.algorithms.base import Algorithm, AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
 from secure_afl.errors import ConfigError
 from secure_afl.linalg import solve_spd
 from secure_afl.privacy import StatisticsPrivacy, noisy_ridge_solve
-from secure_afl.statistics import Statistics, StatisticsLayout, packed_statistics
+from secure_afl.statistics import Statistics, StatisticsLayout, compute_statistics, packed_statistics
 
 STATISTICS_ROUND = "afl/statistics"
 
@@ -109,3 +109,73 @@ class AFLServer(AlgorithmServer):
         if self._weights is None:
             raise ConfigError("the AFL server has not received its statistics round yet")
         return LinearModel(self._weights)
+
+
+# Options of DP on the statistics (AFL and APFL) and of the minimum-count defence (every analytic algorithm).
+STATISTICS_DP_OPTIONS = ("dp_noise", "dp_epsilon", "dp_delta", "dp_placement", "dp_solve")
+
+
+def statistics_privacy(config) -> StatisticsPrivacy | None:
+    """DP on the statistics when --dp-epsilon or --dp-noise asks for it (C is --max-norm; the distributed
+    placement's t is the protocol's minimum aggregation size). Refuses a fixed-point precision too coarse to
+    carry the noise: a share's σ must span at least 1000 encoding steps."""
+    if config.dp_epsilon is None and config.dp_noise is None:
+        return None
+    placement = config.dp_placement or "local"
+    t = config.protocol_options()["min_clients"] if placement == "distributed" else 1
+    privacy = StatisticsPrivacy(config.dp_epsilon, config.dp_delta, config.max_norm, placement, t,
+                                config.clients_per_round(), solve=config.dp_solve, noise=config.dp_noise)
+    share = privacy.share_sigma  # calibrates z now: an ε no accountant can certify is refused before any work
+    if config.fraction_bits is not None and share * 2.0**config.fraction_bits < 1000:
+        raise ConfigError(f"--fraction-bits {config.fraction_bits} cannot resolve the DP noise (share σ {share:.3g}): "
+                          "raise it or leave the default")
+    return privacy
+
+
+def validate_statistics_dp(config) -> None:
+    """The DP refusals that need more than the option scope: what C is, what a placement needs."""
+    private = config.dp_epsilon is not None or config.dp_noise is not None
+    if not private and (config.dp_placement is not None or config.dp_solve != type(config).dp_solve):
+        raise ConfigError("--dp-placement and --dp-solve need --dp-epsilon (or --dp-noise)")
+    if config.dp_clip != type(config).dp_clip:
+        raise ConfigError("--dp-clip is DP-SGD's gradient bound; the statistics' clip norm C is --max-norm")
+    if config.dp_placement == "distributed" and "min_clients" not in config.protocol_options():
+        raise ConfigError(f"--dp-placement distributed needs a secure protocol (mask, he-*): under {config.protocol} "
+                          "the server reads each client's share of the noise; use --dp-placement local")
+
+
+def configure(config) -> AFLConfig:
+    return AFLConfig(config.gamma, config.restore, statistics_privacy(config))
+
+
+def build_server(job: AFLConfig, data, max_samples: int, max_norm: float) -> tuple[AFLServer, float]:
+    """AFL's server and the bound each client clips its (noisy) vector to; the public bound follows from the
+    feature norm bound and the largest client size."""
+    server = AFLServer(data.train_x.shape[1], data.num_classes, job, statistics_bound(max_samples, max_norm))
+    return server, server.next_round().bound
+
+
+def build(job: AFLConfig, data, max_samples: int, max_norm: float):
+    """A client that withholds every row (the minimum-count rule) has nothing to send and is not built."""
+    server, bound = build_server(job, data, max_samples, max_norm)
+    clients = {k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, job.privacy, bound)
+               for k, idx in enumerate(data.client_indices) if len(idx)}
+    return server, clients
+
+
+def reference(job: AFLConfig, x, y: np.ndarray, num_classes: int, max_norm: float) -> LinearModel:
+    return LinearModel(ridge_solve(compute_statistics(x, y, num_classes), job))
+
+
+def report(job: AFLConfig, server: AFLServer, clients: dict, features) -> dict:
+    """Under DP, the results' ``dp`` block: the guarantee, and every row and entry the mechanism clipped."""
+    if job.privacy is None:
+        return {}
+    rows = round(features.rows_changed * len(features.data.train_y))  # rows the feature map's norm bound changed
+    dp = job.privacy.report(rows, server.layout.length, sum(c.entries_clipped for c in clients.values()))
+    dp["rows_reclipped_float64"] = sum(c.rows_clipped for c in clients.values())
+    return {"dp": dp}
+
+
+ALGORITHM = Algorithm("afl", configure, build, options=(*STATISTICS_DP_OPTIONS, "min_class_count"),
+                      validate=validate_statistics_dp, reference=reference, report=report, model_type=LinearModel)
