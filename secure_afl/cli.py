@@ -138,16 +138,20 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     grad.add_argument("--hidden", type=int, default=defaults.hidden, help="MLP head width")
     grad.add_argument("--param-bound", type=float, default=defaults.param_bound,
                       help="public box |θ_i| ≤ bound on what a client sends (the protocols' declared bound)")
-    dp = p.add_argument_group("differential privacy (DP-SGD for fedavg / fedprox; DP on the statistics for afl / apfl)")
+    dp = p.add_argument_group("differential privacy (DP-SGD for fedavg / fedprox; DP on the statistics for afl / apfl / deepafl)")
     dp.add_argument("--dp-epsilon", type=float, default=None, help="target ε for the whole run")
     dp.add_argument("--dp-noise", type=float, default=None, help="the noise multiplier z instead of a target ε")
     dp.add_argument("--dp-delta", type=float, default=defaults.dp_delta, help="δ of the (ε, δ) guarantee")
     dp.add_argument("--dp-placement", choices=PLACEMENTS, default=None,
-                    help="afl / apfl: local (each client adds the full σ: private even in plaintext) or distributed "
+                    help="afl / apfl / deepafl: local (each client adds the full σ: private even in plaintext) or distributed "
                          "(each adds σ/√t, t = --min-clients: any sum the secure protocol opens has σ) (default local)")
     dp.add_argument("--dp-solve", choices=SOLVES, default=defaults.dp_solve,
-                    help="afl / apfl: the server's solve of the noisy Gram: eigenvalues clipped to the noise floor, or "
+                    help="afl / apfl / deepafl: the server's solve of the noisy Gram: eigenvalues clipped to the noise floor, or "
                          "AdaSSP's ridge")
+    dp.add_argument("--dp-row-rms", type=float, default=defaults.dp_row_rms,
+                    help="deepafl: public clip of every layer's rows Φ_t, F_t, in RMS per coordinate (norm rms·√width)")
+    dp.add_argument("--dp-residual-clip", type=float, default=defaults.dp_residual_clip,
+                    help="deepafl: public clip norm of the residual targets Y − Φ_t W_t")
     dp.add_argument("--dp-clip", type=float, default=defaults.dp_clip,
                     help="DP-SGD per-sample gradient norm bound (the statistics' clip norm is --max-norm)")
     dp.add_argument("--dp-accountant", choices=ACCOUNTANTS, default=defaults.dp_accountant, help="DP-SGD's accountant")
@@ -177,11 +181,11 @@ def _run_parser(sub) -> None:
 
 
 def _predict_parser(sub) -> None:
+    about = ("Loads a model written by `secure-afl run --save-model` and runs images through its backbone, feature "
+             "map and predictor. On a data set it also reports the accuracy (metrics.accuracy): on the test split, "
+             "the run's own figure.")
     p = sub.add_parser("predict", help="predict with a saved model on a data set's split or on image files",
-                       formatter_class=_HelpFormatter,
-                       description="Loads a model written by `secure-afl run --save-model` and runs images through "
-                                   "its backbone, feature map and predictor. On a data set it also reports the "
-                                   "accuracy (metrics.accuracy), the run's own figure on its test split.")
+                       formatter_class=_HelpFormatter, description=about)
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify (instead of --dataset)")
     p.add_argument("--model", required=True, metavar="PATH", help="a model file from `secure-afl run --save-model`")
     p.add_argument("--dataset", default=None, help=f"one of {', '.join(DATASETS)} (instead of IMAGE files)")

@@ -126,4 +126,12 @@ def _dp_line(dp: dict) -> str:
         return line + f", clip {dp['clip']:g} (DP-SGD)"
     return (line + f", σ {dp['sigma']:.3g}, C {dp['clip']:g}, {dp['placement']} (share σ {dp['share_sigma']:.3g}), "
             f"{dp['releases']} release(s), {dp['rows_clipped']} rows clipped, "
-            f"{dp['entries_clipped_to_bound']} entries clipped, solve {dp['solve']}")
+            f"{dp['entries_clipped_to_bound']} entries clipped, solve {dp['solve']}" + _layer_clips(dp))
+
+
+def _layer_clips(dp: dict) -> str:
+    """DeepAFL's per-layer clip norms and the rows each clipped (empty for AFL / APFL)."""
+    if "layer_clips" not in dp:
+        return ""
+    rows = dp["rows_clipped_by_layer_clips"]
+    return "; layer clips " + ", ".join(f"{name} {norm:.3g} ({rows[name]} rows)" for name, norm in dp["layer_clips"].items())

@@ -174,7 +174,6 @@ def test_apfl_personalizes_on_the_noisy_primary_model(synthetic):
     ({"dp_placement": "local"}, "need --dp-epsilon"),
     ({"dp_solve": "adassp"}, "need --dp-epsilon"),
     ({"dp_epsilon": 1.0, "dp_clip": 2.0}, "clip norm C is --max-norm"),
-    ({"dp_epsilon": 1.0, "algorithm": "deepafl"}, "DeepAFL"),
     ({"dp_placement": "local", "algorithm": "fedavg"}, "only apply to --algorithm afl / apfl"),
 ])
 def test_config_refusals(options, message):

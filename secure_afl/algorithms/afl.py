@@ -16,7 +16,7 @@ import torch
 from secure_afl.algorithms.base import Algorithm, AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
 from secure_afl.errors import ConfigError
 from secure_afl.linalg import solve_spd
-from secure_afl.privacy import StatisticsPrivacy, noisy_ridge_solve
+from secure_afl.privacy import StatisticsPrivacy, clip_rows, noisy_ridge_solve
 from secure_afl.statistics import Statistics, StatisticsLayout, compute_statistics, packed_statistics
 
 STATISTICS_ROUND = "afl/statistics"
@@ -66,10 +66,7 @@ class AFLClient(AlgorithmClient):
             return
         if bound is None:
             raise ConfigError("a client under DP needs the round's public bound to clip its noisy vector to")
-        x = torch.as_tensor(features).to(torch.float64)
-        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        self.rows_clipped = int((norms > privacy.clip).sum())
-        x = x * (privacy.clip / norms.clamp_min(privacy.clip))
+        x, self.rows_clipped = clip_rows(torch.as_tensor(features), privacy.clip)
         layout = StatisticsLayout(x.shape[1], num_classes)
         self._vector, self.entries_clipped = privacy.privatize(packed_statistics(x, labels, num_classes), layout, bound)
 
@@ -105,6 +102,14 @@ class AFLServer(AlgorithmServer):
             self._weights = noisy_ridge_solve(self.total.gram, self.total.cross / privacy.clip, self.config.gamma,
                                               privacy.sum_sigma, privacy.solve)
 
+    def privacy_report(self, clients: dict[int, AFLClient], rows_clipped: int) -> dict:
+        """The results' ``dp`` block (``rows_clipped``: rows the feature map's norm bound changed), with the rows
+        each client re-clipped in float64 and every noisy entry clipped to the public bound."""
+        privacy = self.config.privacy
+        report = privacy.report(rows_clipped, self.layout.length, sum(c.entries_clipped for c in clients.values()))
+        report["rows_reclipped_float64"] = sum(c.rows_clipped for c in clients.values())
+        return report
+
     def model(self) -> LinearModel:
         if self._weights is None:
             raise ConfigError("the AFL server has not received its statistics round yet")
@@ -115,16 +120,17 @@ class AFLServer(AlgorithmServer):
 STATISTICS_DP_OPTIONS = ("dp_noise", "dp_epsilon", "dp_delta", "dp_placement", "dp_solve")
 
 
-def statistics_privacy(config) -> StatisticsPrivacy | None:
-    """DP on the statistics when --dp-epsilon or --dp-noise asks for it (C is --max-norm; the distributed
-    placement's t is the protocol's minimum aggregation size). Refuses a fixed-point precision too coarse to
-    carry the noise: a share's σ must span at least 1000 encoding steps."""
+def statistics_privacy(config, releases: int = 1) -> StatisticsPrivacy | None:
+    """DP on the statistics when --dp-epsilon or --dp-noise asks for it (C is --max-norm; DeepAFL's layers clip
+    to their own norms; the distributed placement's t is the protocol's minimum aggregation size; each of the
+    ``releases`` aggregation rounds is one release). Refuses a fixed-point precision too coarse to carry the
+    noise: a share's σ must span at least 1000 encoding steps."""
     if config.dp_epsilon is None and config.dp_noise is None:
         return None
     placement = config.dp_placement or "local"
     t = config.protocol_options()["min_clients"] if placement == "distributed" else 1
     privacy = StatisticsPrivacy(config.dp_epsilon, config.dp_delta, config.max_norm, placement, t,
-                                config.clients_per_round(), solve=config.dp_solve, noise=config.dp_noise)
+                                config.clients_per_round(), releases, config.dp_solve, config.dp_noise)
     share = privacy.share_sigma  # calibrates z now: an ε no accountant can certify is refused before any work
     if config.fraction_bits is not None and share * 2.0**config.fraction_bits < 1000:
         raise ConfigError(f"--fraction-bits {config.fraction_bits} cannot resolve the DP noise (share σ {share:.3g}): "
@@ -132,11 +138,14 @@ def statistics_privacy(config) -> StatisticsPrivacy | None:
     return privacy
 
 
-def validate_statistics_dp(config) -> None:
-    """The DP refusals that need more than the option scope: what C is, what a placement needs."""
+def validate_statistics_dp(config, mechanism_options: tuple[str, ...] = ("dp_placement", "dp_solve")) -> None:
+    """The DP refusals that need more than the option scope: what C is, what a placement needs, and that the
+    mechanism's own options (``mechanism_options``) come with DP."""
     private = config.dp_epsilon is not None or config.dp_noise is not None
-    if not private and (config.dp_placement is not None or config.dp_solve != type(config).dp_solve):
-        raise ConfigError("--dp-placement and --dp-solve need --dp-epsilon (or --dp-noise)")
+    changed = [name for name in mechanism_options if getattr(config, name) != getattr(type(config), name)]
+    if not private and changed:
+        raise ConfigError(f"{', '.join('--' + name.replace('_', '-') for name in changed)} need --dp-epsilon "
+                          "(or --dp-noise)")
     if config.dp_clip != type(config).dp_clip:
         raise ConfigError("--dp-clip is DP-SGD's gradient bound; the statistics' clip norm C is --max-norm")
     if config.dp_placement == "distributed" and "min_clients" not in config.protocol_options():
@@ -167,14 +176,15 @@ def reference(job: AFLConfig, x, y: np.ndarray, num_classes: int, max_norm: floa
     return LinearModel(ridge_solve(compute_statistics(x, y, num_classes), job))
 
 
-def report(job: AFLConfig, server: AFLServer, clients: dict, features) -> dict:
-    """Under DP, the results' ``dp`` block: the guarantee, and every row and entry the mechanism clipped."""
-    if job.privacy is None:
-        return {}
+def privacy_block(server, clients: dict, features) -> dict:
+    """The results' ``dp`` block of an analytic algorithm under DP: the guarantee, and every row and entry the
+    mechanism clipped (the server's ``privacy_report``)."""
     rows = round(features.rows_changed * len(features.data.train_y))  # rows the feature map's norm bound changed
-    dp = job.privacy.report(rows, server.layout.length, sum(c.entries_clipped for c in clients.values()))
-    dp["rows_reclipped_float64"] = sum(c.rows_clipped for c in clients.values())
-    return {"dp": dp}
+    return {"dp": server.privacy_report(clients, rows)}
+
+
+def report(job: AFLConfig, server: AFLServer, clients: dict, features) -> dict:
+    return {} if job.privacy is None else privacy_block(server, clients, features)
 
 
 ALGORITHM = Algorithm("afl", configure, build, options=(*STATISTICS_DP_OPTIONS, "min_class_count"),
