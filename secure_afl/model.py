@@ -60,7 +60,7 @@ class Model:
         from secure_afl.features.backbone import load_backbone
         from secure_afl.features.extract import extract_features
 
-        if isinstance(images, np.ndarray):
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8:
             source = ArraySource(images, np.zeros(len(images), dtype=np.int64))
         elif isinstance(images, Sequence) and images and all(isinstance(p, (str, Path)) for p in images):
             source = FileSource([Path(p) for p in images], np.zeros(len(images), dtype=np.int64))
