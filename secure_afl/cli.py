@@ -10,10 +10,12 @@ from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from protocols import PROTOCOLS, ProtocolError
 from protocols.masking import STAGES
 from secure_afl.algorithms.fedavg import ACCOUNTANTS, DEFAULT_LR, HEADS
-from secure_afl.config import ALGORITHMS, RunConfig
+from secure_afl.algorithms.registry import ALGORITHMS
+from secure_afl.config import RunConfig
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
 from secure_afl.errors import ConfigError, SecureAFLError
@@ -23,6 +25,7 @@ from secure_afl.features.feature_map import ROW_NORMS
 from secure_afl.privacy import PLACEMENTS, SOLVES
 
 EXIT_USAGE = 2
+PREDICTIONS_SCHEMA = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a job stopped by Ctrl-C
 LOGGERS = ("secure_afl", "protocols", "attacks")
 
@@ -49,7 +52,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _run_options(p: argparse.ArgumentParser) -> None:
     """Every option of a run; ``attack`` takes them too, to build the case it attacks."""
     defaults = RunConfig()
-    p.add_argument("--algorithm", choices=ALGORITHMS, default=defaults.algorithm, help="the federated algorithm")
+    p.add_argument("--algorithm", choices=tuple(ALGORITHMS), default=defaults.algorithm, help="the federated algorithm")
     p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=defaults.protocol,
                    help="mask: pairwise masking (SecAgg/SecAgg+); he-bfv / he-ckks: exact homomorphic sums; "
                         "he-ckks-approx: approximate; plaintext: the server sees every client's statistics")
@@ -179,8 +182,49 @@ def _run_parser(sub) -> None:
     out.add_argument("--transcript", default=None, metavar="DIR",
                      help="write the server's view of every round to this directory (manifest.json + arrays; "
                           "the input of `secure-afl attack --transcript`)")
+    out.add_argument("--save-model", default=None, metavar="PATH",
+                     help="write the trained (global) model here: one .npz with a JSON manifest, no pickle; "
+                          "the input of `secure-afl predict --model`")
+    out.add_argument("--no-centralized-reference", dest="centralized_reference", action="store_false",
+                     help="do not also train centrally on the pooled data (it doubles DeepAFL's time): the results "
+                          "then carry no centralized accuracy and no gap to it")
     out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     out.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
+
+
+def _predict_parser(sub) -> None:
+    about = ("Loads a model written by `secure-afl run --save-model` and runs images through its backbone, feature "
+             "map and predictor. On a data set it also reports the accuracy (metrics.accuracy): on the test split, "
+             "the run's own figure.")
+    p = sub.add_parser("predict", help="predict with a saved model on a data set's split or on image files",
+                       formatter_class=_HelpFormatter, description=about)
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify (instead of --dataset)")
+    p.add_argument("--model", required=True, metavar="PATH", help="a model file from `secure-afl run --save-model`")
+    p.add_argument("--dataset", default=None, help=f"one of {', '.join(DATASETS)} (instead of IMAGE files)")
+    p.add_argument("--split", choices=("train", "test"), default="test", help="the data set's split")
+    p.add_argument("--data-dir", default=None, help="root of an on-disk dataset (cifar10, cifar100, imagefolder)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $SECURE_AFL_CACHE or ~/.cache/secure_afl)")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false",
+                   help="always extract features; neither read nor write the cache")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default=None, help="predictions JSON path")
+    _output_flags(out, "an existing predictions file")
+
+
+def _plot_parser(sub) -> None:
+    p = sub.add_parser("plot", help="draw a results JSON: per-client, per-layer and per-round accuracy, bytes per stage",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("results", help="the JSON of `secure-afl run --out`")
+    p.add_argument("--out", default=None, metavar="DIR", help="directory for the PNGs (default: RESULTS-plots beside it)")
+    _output_flags(p, "existing pictures")
+
+
+def _output_flags(group, replaced: str) -> None:
+    """The flags every command that writes files shares."""
+    group.add_argument("--overwrite", action="store_true", help=f"replace {replaced}")
+    group.add_argument("--quiet", action="store_true", help="print nothing on success")
+    group.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
 
 
 def _attack_parser(sub) -> None:
@@ -226,14 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     _attack_parser(sub)
     _report_parser(sub)
+    _predict_parser(sub)
+    _plot_parser(sub)
     args = parser.parse_args(argv)
     config = None
-    if args.command != "report":
+    if args.command in ("run", "attack"):
         names = {f.name for f in fields(RunConfig)}
         options = vars(args)
         options["dropout"] = dict(options["dropout"])
         config = RunConfig(**{k: v for k, v in options.items() if k in names})
-    command = {"run": _run, "attack": _attack, "report": _report}[args.command]
+    command = {"run": _run, "attack": _attack, "report": _report, "predict": _predict, "plot": _plot}[args.command]
     handler = _log_to_stderr() if args.verbose else None
     try:
         with warnings.catch_warnings():
@@ -291,17 +337,54 @@ def _refuse_silent_run(args, *outputs) -> None:
 def _run(args, config: RunConfig) -> str:
     """``secure-afl run``: every output is checked before the run, written after it; returns the summary."""
     from protocols.transcript import check_destination
+    from secure_afl.model import check_saveable, trained_model
     from secure_afl.results import check_output_path, format_summary, write_results
-    from secure_afl.runner import run
+    from secure_afl.runner import complete_run
 
-    _refuse_silent_run(args, args.out, args.transcript)
+    _refuse_silent_run(args, args.out, args.transcript, args.save_model)
     check_output_path(args.out, args.overwrite)
+    if args.save_model is not None:
+        check_saveable(config.algorithm)
+        check_output_path(args.save_model, args.overwrite)
     if args.transcript is not None:
         check_destination(args.transcript, args.overwrite)
-    results = run(config, progress=not args.quiet, transcript=args.transcript, overwrite=args.overwrite)
+    completed = complete_run(config, progress=not args.quiet, transcript=args.transcript, overwrite=args.overwrite)
+    lines = [format_summary(completed.document)]
     if args.out:
-        write_results(args.out, results, overwrite=args.overwrite)
-    return format_summary(results) + (f"\nresults written to {args.out}" if args.out else "")
+        write_results(args.out, completed.document, overwrite=args.overwrite)
+        lines.append(f"results written to {args.out}")
+    if args.save_model is not None:
+        trained_model(completed).save(args.save_model, overwrite=args.overwrite)
+        lines.append(f"model written to {args.save_model}")
+    return "\n".join(lines)
+
+
+def _predict(args, config: None) -> str:
+    """``secure-afl predict``: the model, the inputs and the output are checked before any image is read."""
+    from secure_afl.model import Model
+    from secure_afl.results import check_output_path, write_results
+
+    if (args.dataset is None) == (not args.images):
+        raise ConfigError("give either --dataset NAME or IMAGE files (not both)")
+    _refuse_silent_run(args, args.out)
+    check_output_path(args.out, args.overwrite)
+    model = Model.load(args.model).with_options(device=args.device, cache_dir=args.cache_dir, use_cache=args.use_cache)
+    document = {"schema_version": PREDICTIONS_SCHEMA, "model": {"path": args.model, **model.manifest()}}
+    if args.dataset is not None:
+        features, labels = model.dataset_features(args.dataset, args.split, args.data_dir)
+        predicted = model.predict(features)
+        accuracy = float(np.mean(predicted == labels)) if len(labels) else None
+        document.update(dataset=args.dataset, split=args.split, n=len(labels), metrics={"accuracy": accuracy},
+                        predictions=predicted.tolist(), labels=labels.tolist())
+        summary = f"{args.dataset}/{args.split}: accuracy {accuracy:.4f} (n = {len(labels)})"
+    else:
+        predicted = model.predict(list(args.images))
+        document.update(images=list(args.images), n=len(predicted), predictions=predicted.tolist())
+        summary = "\n".join(f"{image}  {label}" for image, label in zip(args.images, predicted.tolist()))
+    if args.out:
+        write_results(args.out, document, overwrite=args.overwrite)
+        summary += f"\npredictions written to {args.out}"
+    return summary
 
 
 def _attack(args, config: RunConfig) -> str:
@@ -350,6 +433,15 @@ def _report(args, config: None) -> str:
     check_output_path(args.out, args.overwrite)
     paths = write_report(load_grid(args.grid), args.out)
     return "\n".join(f"written {path}" for path in paths)
+
+
+def _plot(args, config: None) -> str:
+    """``secure-afl plot``: the file is checked to be a results document before anything is drawn."""
+    from secure_afl.plots import load_results, plot_results
+
+    document = load_results(args.results)
+    out = args.out or str(Path(args.results).with_suffix("")) + "-plots"
+    return "\n".join(f"written {path}" for path in plot_results(document, out, args.overwrite))
 
 
 def _grid_path(path: str, attack: str, count: int) -> str:

@@ -86,7 +86,8 @@ def format_summary(results: dict) -> str:
                     f"{config['clients']} clients ({_partition(config)})"),
         ("features", f"{config['backbone']} @ {config['resolution']}px, dim {results['features']['dim']}"),
         ("global accuracy", _accuracy(metrics["accuracy"], results["features"]["test"])),
-        ("centralized accuracy", _accuracy(metrics["centralized_accuracy"], results["features"]["test"])),
+        ("centralized accuracy", "skipped" if str(metrics.get("centralized_reference")).startswith("skipped")
+         else _accuracy(metrics["centralized_accuracy"], results["features"]["test"])),
         ("max rel diff to central", "n/a" if metrics["max_rel_diff_to_centralized"] is None
          else f"{metrics['max_rel_diff_to_centralized']:.2e}"),
         ("personalized accuracy", _accuracy(metrics["personalized_accuracy"], *_held_out(results))),

@@ -194,7 +194,7 @@ def test_quiet_with_nowhere_to_write_is_refused_before_any_work(capsys, monkeypa
     (["attack", "--dataset", "digits"], "secure-afl: error: the following arguments are required: --attack\n"
                                         "(see secure-afl attack --help)\n"),
     (["train"], "secure-afl: error: argument command: invalid choice: 'train' (choose from 'run', 'attack', "
-                "'report')\n(see secure-afl --help)\n"),
+                "'report', 'predict', 'plot')\n(see secure-afl --help)\n"),
 ])
 def test_a_usage_error_is_one_line_and_a_pointer_to_the_help(capsys, args, expected):
     with pytest.raises(SystemExit) as exit_info:
@@ -349,7 +349,7 @@ def test_a_run_at_chance_says_so_and_names_the_likely_cause(capsys):
     code, _, err = cli(["run", *DIGITS, "--algorithm", "fedavg", "--rounds", "2", "--lr", "1e-6"], capsys)
     assert code == 0
     assert re.search(r"secure-afl: warning: final accuracy 0\.\d+ is within noise of chance \(0\.\d+, the most frequent "
-                     r"test class, n = 359\); the likely cause is the learning rate 1e-06 for the linear head \(--lr\)",
+                     r"test class, n = 359\); the likely cause is the learning rate 1e-06 \(--lr\)",
                      err)
     code, _, err = cli(["run", *DIGITS], capsys)
     assert code == 0 and "within noise of chance" not in err

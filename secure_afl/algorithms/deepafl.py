@@ -49,12 +49,14 @@ a refusal that depends on one client's data.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
-from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSpec
+from secure_afl.algorithms import afl
+from secure_afl.algorithms.base import Algorithm, AlgorithmClient, AlgorithmServer, RoundSpec
 from secure_afl.errors import ConfigError
 from secure_afl.features.buffer import ACTIVATIONS, RandomBuffer
 from secure_afl.linalg import solve_spd
@@ -192,17 +194,27 @@ def sandwiched_solve(gram: np.ndarray, cross: np.ndarray, weights: np.ndarray, g
     WWᵀ = U diag(ν) Uᵀ: Ω = V [(Vᵀ C Wᵀ U) ⊘ (γ + μνᵀ)] Uᵀ. Where γ + μν vanishes (γ = 0 and a
     null direction) the numerator vanishes too and the minimum-norm solution puts 0 there.
     ``spectrum`` maps μ before use (a noisy S under DP: ``privacy.robust_spectrum``).
+
+    W is d_Φ × C with C ≪ d_Φ, so WWᵀ has rank ≤ C: its eigenvectors with ν > 0 are the left singular
+    vectors of the thin SVD W = U diag(s) Qᵀ (ν = s²), and on their complement Wᵀu = 0 makes the
+    numerator vanish, so that part of Ω is exactly 0. The thin SVD (d_Φ × C) replaces a d_Φ × d_Φ
+    eigendecomposition; Ω agrees with the full one to round-off (tests/test_deepafl_speed.py).
     """
     mu, v = np.linalg.eigh(gram)
-    nu, u = np.linalg.eigh(weights @ weights.T)
+    u, singular, _ = np.linalg.svd(weights, full_matrices=False)
     if spectrum is not None:
         mu = spectrum(mu)
-    mu, nu = np.clip(mu, 0.0, None), np.clip(nu, 0.0, None)  # PSD: round-off negatives are zero
+    mu, nu = np.clip(mu, 0.0, None), singular**2  # PSD: round-off negatives are zero
     numerator = v.T @ cross @ weights.T @ u
     denominator = gamma + np.outer(mu, nu)
     tiny = np.finfo(np.float64).eps * max(float(denominator.max()), 1.0)
     inner = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > tiny)
     return v @ inner @ u.T
+
+
+def quadratic_diagonal(a: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    """diag(Aᵀ G A) through one matrix product (a three-operand einsum loops in C without BLAS: seconds)."""
+    return np.einsum("pi,pi->i", a, gram @ a)
 
 
 @dataclass(frozen=True)
@@ -224,6 +236,10 @@ class DeepAFLModel:
                           self.classifiers):
             yield (phi @ torch.as_tensor(w)).numpy()
 
+    def layer_predictions(self, features) -> list[np.ndarray]:
+        """The predicted classes after every layer, in one pass through the layers (the last is ``predict``'s)."""
+        return [np.argmax(scores, axis=1) for scores in self.layer_scores(features)]
+
     def predict(self, features) -> np.ndarray:
         *_, last = self.layer_scores(features)
         return np.argmax(last, axis=1)
@@ -234,12 +250,29 @@ class DeepAFLModel:
         return float(np.mean(self.predict(features) == np.asarray(labels)))
 
     def layer_accuracy(self, features, labels) -> list[float]:
-        return [float(np.mean(np.argmax(s, axis=1) == np.asarray(labels))) for s in self.layer_scores(features)]
+        return [float(np.mean(predicted == np.asarray(labels))) for predicted in self.layer_predictions(features)]
 
     def relative_difference(self, other: DeepAFLModel) -> float:
         """The largest relative difference of any W_t or Ω_t."""
         pairs = list(zip(self.classifiers, other.classifiers)) + list(zip(self.residuals, other.residuals))
         return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in pairs)
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Every layer: the public config (A and the B_t follow from its seed; the DP mechanism is not needed to
+        predict), s, the rows' clip norms under DP, every W_t and Ω_t."""
+        arrays = {**{f"classifier_{t}": w for t, w in enumerate(self.classifiers)},
+                  **{f"residual_{t}": omega for t, omega in enumerate(self.residuals)}}
+        meta = {"config": asdict(replace(self.config, privacy=None)), "scale": self.scale,
+                "layers": len(self.residuals), "clips": None if self.clips is None else asdict(self.clips)}
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: Mapping[str, np.ndarray]) -> DeepAFLModel:
+        layers = int(meta["layers"])
+        return cls(DeepAFLConfig(**meta["config"]), float(meta["scale"]),
+                   [np.asarray(arrays[f"classifier_{t}"], dtype=np.float64) for t in range(layers + 1)],
+                   [np.asarray(arrays[f"residual_{t}"], dtype=np.float64) for t in range(layers)],
+                   None if meta["clips"] is None else LayerClips(**meta["clips"]))
 
 
 def _round(kind: str, layer: int) -> str:
@@ -407,18 +440,19 @@ class DeepAFLServer(AlgorithmServer):
             return
         omega = sandwiched_solve(stats.gram, stats.cross, self.classifiers[-1], self.config.gamma)
         self.residuals.append(omega)
-        phi_diag = np.diag(self._phi_total.gram) + np.einsum("fi,fg,gi->i", omega, stats.gram, omega)
+        self._next = (CLASSIFIER, layer + 1)
+        phi_diag = np.diag(self._phi_total.gram) + quadratic_diagonal(omega, stats.gram)
         gram = 2.0 * float(phi_diag.max())
         self._bound = self._declare(gram, math.sqrt(gram * self.max_samples))
 
     def _residual_round_bound(self, phi: Statistics, weights: np.ndarray, layer: int) -> float:
         projection, _ = self.config.residual_map(layer).parameters(self.phi_dim)
         b = projection.to(torch.float64).numpy()
-        feature_diag = np.einsum("pi,pq,qi->i", b, phi.gram, b)
+        feature_diag = quadratic_diagonal(b, phi.gram)
         if self.config.activation == "sigmoid":  # σ(z)² ≤ 2z² + ½
             feature_diag = 2.0 * feature_diag + 0.5 * phi.count
         energy = phi.class_counts - 2.0 * np.einsum("pc,pc->c", weights, phi.cross) \
-            + np.einsum("pc,pq,qc->c", weights, phi.gram, weights)
+            + quadratic_diagonal(weights, phi.gram)
         gram = float(feature_diag.max())
         return self._declare(gram, math.sqrt(gram * max(float(energy.max()), 0.0)))
 
@@ -449,3 +483,44 @@ def centralized(features, labels: np.ndarray, num_classes: int, config: DeepAFLC
     while (spec := server.next_round()) is not None:
         server.receive(spec, client.contribute(spec))
     return server.model()
+
+
+def configure(config) -> DeepAFLConfig:
+    privacy = afl.statistics_privacy(config, rounds(config))
+    return DeepAFLConfig(config.deep_width, config.residual_width, config.depth, config.deep_lam, config.deep_gamma,
+                         config.deep_activation, config.deep_seed, privacy, config.dp_row_rms, config.dp_residual_clip)
+
+
+def rounds(config) -> int:
+    return 2 * config.depth + 1
+
+
+DP_OPTIONS = ("dp_row_rms", "dp_residual_clip")  # the layer clips, on top of the statistics' DP options
+
+
+def build(job: DeepAFLConfig, data, max_samples: int, max_norm: float):
+    server = DeepAFLServer(data.train_x.shape[1], data.num_classes, job, max_samples, max_norm)
+    clients = {k: DeepAFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, job, max_norm)
+               for k, idx in enumerate(data.client_indices) if len(idx)}
+    return server, clients
+
+
+def report(job: DeepAFLConfig, server: DeepAFLServer, clients: dict, features) -> dict:
+    """Entries clipped to a declared bound (nonzero only when a bound was false, see the module's docstring), and
+    the DP block under DP."""
+    dp = {} if job.privacy is None else afl.privacy_block(server, clients, features)
+    return {**dp, "values_clipped_to_bound": sum(client.clipped for client in clients.values())}
+
+
+def reference(job: DeepAFLConfig, x, y: np.ndarray, num_classes: int, max_norm: float) -> DeepAFLModel:
+    """Centralized DeepAFL without DP noise (the difference to it is then the DP error)."""
+    return centralized(x, y, num_classes, replace(job, privacy=None), max_norm)
+
+
+ALGORITHM = Algorithm(
+    "deepafl", configure, build,
+    options=("depth", "deep_width", "residual_width", "deep_lam", "deep_gamma", "deep_activation", "deep_seed",
+             *afl.STATISTICS_DP_OPTIONS, *DP_OPTIONS, "min_class_count"),
+    rounds=rounds, validate=lambda config: afl.validate_statistics_dp(config, ("dp_placement", "dp_solve", *DP_OPTIONS)),
+    reference=reference, report=report, model_type=DeepAFLModel,
+)
