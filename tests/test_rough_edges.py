@@ -367,7 +367,7 @@ def test_dp_sgd_shows_its_noise_and_clamps_and_warns_when_they_dominate(tmp_path
     dp = metrics["dp"]
     assert dp["sigma"] == pytest.approx(dp["noise_multiplier"] * dp["clip"]) and dp["noise_to_signal_per_step"] > 1
     assert metrics["parameters_clamped"] > 0.01 * metrics["parameter_values_sent"] > 0
-    row = dict(line.split("  ", 1) for line in printed.splitlines())["differential privacy"].strip()
+    row = dict(line.split("  ", 1) for line in printed.splitlines() if "  " in line)["differential privacy"].strip()
     assert row.startswith(f"ε {dp['epsilon']:.3g}, δ 1e-05, z {dp['noise_multiplier']:.3g}, σ {dp['sigma']:.3g}")
     assert f"{metrics['parameters_clamped']} of {metrics['parameter_values_sent']} parameter values clamped" in row
     assert "secure-afl: warning: DP-SGD noise dominates every step" in err
