@@ -8,29 +8,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocols.minimum import default_min_clients
-from secure_afl.algorithms.fedavg import clients_per_round
+from secure_afl.algorithms.fedavg import CNNS, clients_per_round
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
 from secure_afl.errors import ConfigError
 from secure_afl.features.backbone import DEFAULT_BACKBONE
 from secure_afl.features.extract import check_precision
 
-ALGORITHMS = ("afl", "apfl", "deepafl", "fedavg", "fedprox")
+END_TO_END = ("fedsgd-cnn", "fedavg-cnn")  # a ConvNet trained on pixels (algorithms/convnet.py), not on features
+ALGORITHMS = ("afl", "apfl", "deepafl", "fedavg", "fedprox", *END_TO_END)
 PROTOCOL_OPTIONS = {
     "mask": ("threshold", "neighbours", "fraction_bits", "dropout", "min_clients"),
     "he-bfv": ("limbs", "fraction_bits", "key_holder", "min_clients"),
     "he-ckks": ("limbs", "fraction_bits", "key_holder", "min_clients"),
     "he-ckks-approx": ("key_holder", "min_clients"),
 }
-_GRADIENT = ("fedavg", "fedprox")
+HEAD_BASELINES = ("fedavg", "fedprox")
+GRADIENT = HEAD_BASELINES + END_TO_END  # algorithms of R rounds of weighted parameter averages
 ANALYTIC_DP = ("afl", "apfl")  # analytic algorithms with DP on their statistics (secure_afl/privacy.py)
 _ALGORITHM_OPTIONS = {  # option → the algorithms it applies to
     **dict.fromkeys(("refine_width", "refine_activation", "refine_seed", "lam", "beta"), ("apfl",)),
     **dict.fromkeys(("depth", "deep_width", "residual_width", "deep_lam", "deep_gamma", "deep_activation", "deep_seed"),
                     ("deepafl",)),
-    **dict.fromkeys(("rounds", "local_epochs", "lr", "local_batch", "client_fraction", "head", "hidden", "param_bound",
-                     "dp_clip", "dp_accountant"), _GRADIENT),
-    **dict.fromkeys(("dp_noise", "dp_epsilon", "dp_delta"), _GRADIENT + ANALYTIC_DP),
+    **dict.fromkeys(("rounds", "lr", "client_fraction", "param_bound"), GRADIENT),
+    **dict.fromkeys(("local_epochs", "local_batch"), HEAD_BASELINES + ("fedavg-cnn",)),  # FedSGD: one full-batch step
+    **dict.fromkeys(("head", "hidden", "dp_clip", "dp_accountant"), HEAD_BASELINES),
+    **dict.fromkeys(("cnn", "cnn_width"), END_TO_END),
+    **dict.fromkeys(("dp_noise", "dp_epsilon", "dp_delta"), HEAD_BASELINES + ANALYTIC_DP),
     **dict.fromkeys(("dp_placement", "dp_solve"), ANALYTIC_DP),
     "mu": ("fedprox",),
     "min_class_count": ("afl", "apfl", "deepafl"),
@@ -91,12 +95,14 @@ class RunConfig:
     deep_seed: int = 0
     rounds: int = 100  # FedAvg/FedProx: communication rounds
     local_epochs: int = 1
-    lr: float = 16.0  # chosen on validation (mnist5k, benchmarks/accuracy_table.py)
+    lr: float | None = None  # None: the algorithm's default (fedavg_config in runner.py)
     local_batch: int = 32
     client_fraction: float = 1.0
     mu: float = 0.001  # FedProx proximal weight (chosen on validation)
     head: str = "linear"  # linear or mlp
     hidden: int = 256  # MLP head width
+    cnn: str = "convnet"  # fedsgd-cnn / fedavg-cnn: breaching's ConvNet or DLG's LeNet
+    cnn_width: int = 4  # fedsgd-cnn / fedavg-cnn: the ConvNet's width w (breaching's is 64; small for the CPU)
     param_bound: float = 100.0  # public box on every parameter a client sends
     dp_noise: float | None = None  # noise multiplier z, of DP-SGD or of the statistics (AFL / APFL); or dp_epsilon
     dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (AFL / APFL)
@@ -129,7 +135,7 @@ class RunConfig:
     def clients_per_round(self) -> int:
         """P, the clients an honest server asks each round: all of them for AFL, APFL and DeepAFL, the sampled
         ⌈client_fraction · K⌉ for FedAvg / FedProx."""
-        if self.algorithm in _GRADIENT:
+        if self.algorithm in GRADIENT:
             return clients_per_round(self.client_fraction, self.clients)
         return self.clients
 
@@ -142,13 +148,14 @@ class RunConfig:
             "protocol": tuple(PROTOCOLS),
             "dataset": DATASETS,
             "partition": PARTITIONS,
+            "cnn": CNNS,
         }
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(accepted)}")
         positive = {"clients": self.clients, "resolution": self.resolution, "batch_size": self.batch_size,
                     "min_client_size": self.min_client_size, "shards_per_client": self.shards_per_client,
-                    "min_class_count": self.min_class_count}
+                    "min_class_count": self.min_class_count, "cnn_width": self.cnn_width}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")

@@ -22,11 +22,12 @@ from protocols.transcript import TranscriptWriter, check_destination, size_on_di
 from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, ridge_solve, statistics_bound
 from secure_afl.algorithms.apfl import APFLClient, APFLConfig
 from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel
+from secure_afl.algorithms.convnet import CONVNET_LR, PIXELS, pixel_dataset
 from secure_afl.algorithms.deepafl import DeepAFLClient, DeepAFLConfig, DeepAFLServer
 from secure_afl.algorithms.deepafl import centralized as deepafl_centralized
 from secure_afl.algorithms.fedavg import DPConfig, FedAvgClient, FedAvgConfig, FedAvgServer
 from secure_afl.class_minimum import withheld_summary, withhold_rare_classes
-from secure_afl.config import ANALYTIC_DP, RunConfig
+from secure_afl.config import ANALYTIC_DP, END_TO_END, GRADIENT, RunConfig
 from secure_afl.data.datasets import Dataset, load_dataset
 from secure_afl.data.partition import allocate_held_out, partition
 from secure_afl.device import resolve_device
@@ -303,8 +304,16 @@ class Features:
 
 
 def load_features(plan: RunPlan, timer: Timer, progress: bool = False) -> Features:
-    """Backbone features (cached) and the public feature maps, for the whole federation."""
+    """Backbone features (cached) and the public feature maps, for the whole federation; for the ConvNet
+    trained end to end, the normalised 32 px pixel rows instead (no backbone, no map)."""
     config, device = plan.config, plan.device
+    if config.algorithm in END_TO_END:
+        with timer.phase("features"):
+            train_x, test_x = (pixel_dataset(plan.dataset, split) for split in (plan.dataset.train, plan.dataset.test))
+        data = FederatedData(train_x, plan.train_y, test_x, plan.test_y, plan.sent_indices, plan.held_out,
+                             plan.dataset.num_classes)
+        info = {"pools": len(plan.dataset.pools), "cache_hits": 0, "feature_dim": PIXELS}
+        return Features(data, train_x.numpy(), test_x.numpy(), info, 0.0)
     log.info("features: %s on %s (%s, %d px)", config.backbone, device, config.dataset, config.resolution)
     with timer.phase("features"):
         train_raw, test_raw, info = backbone_features(config, plan.dataset, device, progress)
@@ -356,7 +365,7 @@ def algorithm_configs(config: RunConfig):
     return (AFLConfig(config.gamma, config.restore, statistics_privacy(config)),
             APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None,
             deepafl_config(config) if config.algorithm == "deepafl" else None,
-            fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None)
+            fedavg_config(config) if config.algorithm in GRADIENT else None)
 
 
 def build_algorithm(plan: RunPlan, features: Features):
@@ -446,7 +455,9 @@ def run(config: RunConfig, progress: bool = False, transcript: str | None = None
 
 def expected_rounds(config: RunConfig) -> int:
     """Aggregation rounds the job's algorithm asks for (fewer only if it stops early): the progress bar's total."""
-    return {"deepafl": 2 * config.depth + 1, "fedavg": config.rounds, "fedprox": config.rounds}.get(config.algorithm, 1)
+    if config.algorithm in GRADIENT:
+        return config.rounds
+    return {"deepafl": 2 * config.depth + 1}.get(config.algorithm, 1)
 
 
 TRAINING_PHASES = ("local", "aggregation", "solve")  # building clients, the sums, the server's solves
@@ -488,12 +499,16 @@ def gradient_report(clients: dict, config: FedAvgConfig) -> dict:
 
 
 def fedavg_config(config: RunConfig) -> FedAvgConfig:
+    """FedAvg / FedProx of a head on the features, or FedSGD / FedAvg of the ConvNet on pixels."""
     dp = None
     if config.dp_noise is not None or config.dp_epsilon is not None:
         dp = DPConfig(config.dp_clip, config.dp_noise, config.dp_epsilon, config.dp_delta, config.dp_accountant)
-    return FedAvgConfig(config.rounds, config.local_epochs, config.lr, config.local_batch, config.client_fraction,
-                        config.mu if config.algorithm == "fedprox" else 0.0, config.head, config.hidden,
-                        config.param_bound, config.seed, dp)
+    end_to_end = config.algorithm in END_TO_END
+    lr = config.lr if config.lr is not None else (CONVNET_LR if end_to_end else FedAvgConfig.lr)
+    return FedAvgConfig(config.rounds, config.local_epochs, lr, config.local_batch, config.client_fraction,
+                        config.mu if config.algorithm == "fedprox" else 0.0, config.cnn if end_to_end else config.head,
+                        config.hidden, config.param_bound, config.seed, dp, width=config.cnn_width,
+                        full_batch=config.algorithm == "fedsgd-cnn")
 
 
 def statistics_privacy(config: RunConfig) -> StatisticsPrivacy | None:

@@ -30,9 +30,12 @@ import torch
 from torch import nn
 
 from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSpec
+from secure_afl.algorithms.convnet import build_convnet, build_lenet
 from secure_afl.errors import ConfigError
 
-HEADS = ("linear", "mlp")
+HEADS = ("linear", "mlp")  # models trained on frozen features
+CNNS = ("convnet", "lenet")  # trained end to end on pixel rows (algorithms/convnet.py)
+MODELS = HEADS + CNNS
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 BOUND_SLACK = 1.0 + 1e-6
 
@@ -64,19 +67,21 @@ class DPConfig:
 class FedAvgConfig:
     rounds: int = 100
     local_epochs: int = 1
-    lr: float = 16.0  # large because features are l2-normalised rows; chosen on validation
+    lr: float = 16.0  # large because features are l2-normalised rows; chosen on validation (mnist5k)
     batch_size: int = 32
     client_fraction: float = 1.0
     mu: float = 0.0  # FedProx proximal weight; 0 is FedAvg
-    head: str = "linear"
+    head: str = "linear"  # one of MODELS
     hidden: int = 256
     param_bound: float = 100.0
     seed: int = 0
     dp: DPConfig | None = None
+    width: int = 4  # ConvNet width
+    full_batch: bool = False  # FedSGD: each local epoch is one step on all of a client's data
 
     def __post_init__(self) -> None:
         positive = {"rounds": self.rounds, "local_epochs": self.local_epochs, "batch_size": self.batch_size,
-                    "hidden": self.hidden}
+                    "hidden": self.hidden, "width": self.width}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -86,13 +91,18 @@ class FedAvgConfig:
             raise ConfigError(f"client_fraction must lie in (0, 1], got {self.client_fraction}")
         if self.mu < 0:
             raise ConfigError(f"mu must be ≥ 0, got {self.mu}")
-        if self.head not in HEADS:
-            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.head not in MODELS:
+            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(MODELS)}")
 
 
 def build_head(config: FedAvgConfig, dim: int, num_classes: int) -> nn.Module:
     """The model every client trains, initialised identically from the public seed (PyTorch's default
-    U(±1/√fan_in) initialisation, drawn from a private generator rather than the global one)."""
+    U(±1/√fan_in) initialisation, drawn from a private generator rather than the global one; the ConvNet's
+    own, see algorithms/convnet.py)."""
+    if config.head == "convnet":
+        return build_convnet(num_classes, config.width, config.seed)
+    if config.head == "lenet":
+        return build_lenet(num_classes, config.seed)
     if config.head == "linear":
         module = nn.Linear(dim, num_classes)
     else:
@@ -177,8 +187,9 @@ class FedAvgClient(AlgorithmClient):
     def _batches(self, generator: torch.Generator):
         """Shuffled minibatches by slicing (a DataLoader's per-sample indexing cost more than the training)."""
         order = torch.randperm(len(self._y), generator=generator)
-        for start in range(0, len(order), self.config.batch_size):
-            index = order[start : start + self.config.batch_size]
+        size = len(order) if self.config.full_batch else self.config.batch_size
+        for start in range(0, len(order), size):
+            index = order[start : start + size]
             yield self._x[index], self._y[index]
 
     def contribute(self, spec: RoundSpec) -> np.ndarray:
@@ -249,9 +260,16 @@ class FedAvgServer(AlgorithmServer):
         count = clients_per_round(self.config.client_fraction, len(self.clients))
         chosen = frozenset(int(c) for c in self._rng.choice(self.clients, size=count, replace=False))
         layout = {"kind": "weighted_parameters", "parameters": [0, self.theta.shape[0]], "weight": self.theta.shape[0],
-                  "head": self.config.head}  # [n_k θ_k, n_k]
+                  "head": self.config.head, "local": self.local_training()}  # [n_k θ_k, n_k]
         return RoundSpec(f"fedavg/{self.round}", self.theta.shape[0] + 1, self.bound, {"params": self.theta}, chosen,
                          layout)
+
+    def local_training(self) -> dict:
+        """How every client trains locally (public: the job's configuration), recorded with each round."""
+        c = self.config
+        return {"model": c.head, "dim": self.dim, "classes": self.num_classes, "hidden": c.hidden, "width": c.width,
+                "lr": c.lr, "epochs": c.local_epochs, "batch": c.batch_size, "full_batch": c.full_batch, "mu": c.mu,
+                "dp": c.dp is not None}
 
     def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
         self.theta = total[:-1] / total[-1]
