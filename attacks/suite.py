@@ -38,7 +38,7 @@ from secure_afl.errors import ConfigError
 from secure_afl.results import SCHEMA_VERSION, environment
 from secure_afl.runner import LOCAL_FIELDS, PARTITION_FIELDS
 
-PICTURED = ("singletons", "samples", "membership")  # target kinds with a picture: single images, or ROC curves
+PICTURED = ("singletons", "samples", "batches", "membership")  # target kinds with a picture: single images, or ROC curves
 
 
 def attack_names(requested: str) -> list[str]:

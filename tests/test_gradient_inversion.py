@@ -120,3 +120,16 @@ def test_a_single_sample_clients_head_update_gives_its_feature_exactly(tmp_path)
     assert all(item.label == ran.truth.labels[ran.truth.client_indices[item.client][0]] for item in output.items)
     # the image attacks leave a head's update alone, and say why
     assert "head on backbone features" in DLG(steps=1).run(view).reason
+
+
+def test_the_cli_reports_gradient_inversion_under_masking_as_not_applicable(tmp_path, capsys):
+    import json
+
+    from secure_afl.cli import main
+
+    out = tmp_path / "report.json"
+    assert main(["attack", "--attack", "dlg", "--algorithm", "fedsgd-cnn", "--protocol", "mask", "--dataset",
+                 "samples-cifar10", "--clients", "4", "--partition", "iid", "--rounds", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["applicable"] is False and "masked" in report["reason"] and report["metrics"]["matched"] == 0

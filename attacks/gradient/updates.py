@@ -121,4 +121,4 @@ def last_linear(model: nn.Module) -> int:
     mean(softmax − one-hot) over the batch."""
     names = [name for name, _ in model.named_parameters()]
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    return names.index(f"{linears[-1]}.bias")
+    return names.index(f"{linears[-1]}.bias" if linears[-1] else "bias")  # a bare nn.Linear is its own root
