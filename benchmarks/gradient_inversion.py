@@ -1,6 +1,7 @@
 """Gradient inversion (DLG, iDLG, Inverting Gradients) on the CNN's FedSGD / FedAvg updates, by batch size.
 
-For each data set (mnist5k and the shipped CIFAR-10 / CIFAR-100 samples), model (the DLG paper's
+For each data set (mnist5k and the shipped CIFAR-10 samples; the CIFAR-100 samples hold too few
+images per class for the runner's test split), model (the DLG paper's
 LeNet, breaching's ConvNet), algorithm and batch size B, the data are split iid into clients of B
 images each, and ``targets`` of them take part in one round (``--client-fraction``): each client's
 update is one batch of B images. The attacks see the transcript only; the evaluator scores PSNR,
@@ -40,7 +41,8 @@ from secure_afl.runner import PlaintextAggregationWarning, SmallTestSplitWarning
 
 RESULTS = Path(__file__).parent / "results"
 ATTACKS = {"dlg": DLG, "idlg": IDLG, "inverting-gradients": InvertingGradients}
-TRAIN_SIZES = {"mnist5k": 4000, "samples-cifar10": 18, "samples-cifar100": 16}
+# samples-cifar100 (20 images in 18 classes) leaves no test split, so the runner refuses it
+TRAIN_SIZES = {"mnist5k": 4000, "samples-cifar10": 18}
 STEPS = 100  # per attack at --scale 1
 PICTURED_BATCH = 4
 

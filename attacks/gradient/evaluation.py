@@ -19,6 +19,7 @@ the target, seeded).
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def evaluate_inversion(attack: GradientInversion, output: AttackOutput, view: Se
               "threat_model": attack.threat_model, "metric": attack.metric, "threshold": attack.threshold,
               "targets": TARGETS, "rounds": output.rounds, "seconds": output.seconds,
               "settings": {"steps": attack.steps, "clients": attack.clients, "seed": attack.seed,
-                           "recipe": dict(attack.recipe.__dict__, steps=attack.steps)},
+                           "recipe": {**asdict(attack.recipe), "steps": attack.steps}},
               "reconstructions": {"images": len(output.items)}}
     if truth is None:
         report["scored"] = False

@@ -11,6 +11,7 @@ features away in closed form (attacks/gradient/head.py), not pixels.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import ClassVar
 
 from attacks.base import ATTACKED, Attack, Reconstruction, ServerView, register
@@ -43,7 +44,7 @@ class GradientInversion(Attack):
 
     def reconstruct(self, view: ServerView, rounds: dict[str, str]) -> Iterator[Reconstruction]:
         dataset = view.config["dataset"]
-        recipe = Recipe(**{**self.recipe.__dict__, "steps": self.steps})
+        recipe = replace(self.recipe, steps=self.steps)
         for entry in parameter_rounds(view, rounds):
             if entry.spec["layout"]["local"]["model"] not in CNNS:
                 rounds[round_key(entry)] = ("the model is a head on backbone features, not a network on pixels: its "

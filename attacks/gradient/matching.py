@@ -27,7 +27,6 @@ from attacks.gradient.labels import infer_labels
 from attacks.gradient.updates import ClientUpdate
 from secure_afl.algorithms.convnet import CHANNELS, IMAGE_SIZE, box
 
-DISTANCES = ("l2", "cosine")
 
 
 @dataclass(frozen=True)

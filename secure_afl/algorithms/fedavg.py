@@ -1,5 +1,9 @@
 """FedAvg and FedProx (spec §7) on the same frozen features, with optional DP-SGD through Opacus.
 
+The same client and server also train a CNN end to end on pixel rows (``head`` "convnet" or
+"lenet", algorithms/convnet.py): FedAvg, or FedSGD with ``full_batch`` (one step on all of a
+client's data per epoch), the gradient-FL baseline the gradient-inversion attacks are measured on.
+
 Each round the server broadcasts the global parameters θ; every sampled client trains locally
 (E epochs of SGD; FedProx follows every SGD step with the proximal step of μ/2‖θ − θ_global‖²,
 θ ← θ − lr·μ(θ − θ_global), which DP-SGD's per-sample machinery would otherwise drop) and
