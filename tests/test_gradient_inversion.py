@@ -13,8 +13,12 @@ from attacks.evaluation import evaluate
 from attacks.gradient.evaluation import evaluate_inversion
 from attacks.gradient.head import HeadFeatures
 from attacks.gradient.inversion import DLG, IDLG, InvertingGradients
+from secure_afl.algorithms.convnet import CONVNET_LR
+from secure_afl.algorithms.fedavg import DEFAULT_LR
+from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
 from secure_afl.errors import ConfigError
+from secure_afl.model import check_saveable
 from secure_afl.runner import Timer, load_features, plan_run, train
 
 # the 18 training images of the shipped CIFAR-10 sample set, one per client: every update is a batch of one
@@ -50,6 +54,7 @@ def test_the_cnn_trains_through_masking_exactly_as_in_the_clear():
     a, b = clear.server.model().weights, masked.server.model().weights
     assert np.max(np.abs(a - b)) <= 1e-9 * np.max(np.abs(a))
     assert clear.metrics["accuracy"] == masked.metrics["accuracy"]
+    assert clear.metrics["lr"] == CONVNET_LR  # the rate actually used is in the results
     assert [row["accuracy"] for row in clear.metrics["history"]] == [row["accuracy"] for row in masked.metrics["history"]]
 
 
@@ -59,6 +64,20 @@ def test_the_convnet_learns_mnist5k_above_chance():
     metrics = _trained(config).metrics  # two clients of about 200 images per round, 3 rounds: a few dozen steps
     assert metrics["accuracy"] > 0.2  # chance is 0.1
     assert len(metrics["history"]) == 3
+
+
+def test_the_cnns_are_registered_pixel_algorithms_with_their_own_learning_rate():
+    for name in ("fedsgd-cnn", "fedavg-cnn"):
+        entry = algorithm(name)
+        assert entry.inputs == "pixels"
+        assert entry.configure(RunConfig(algorithm=name)).lr == CONVNET_LR
+        assert entry.configure(RunConfig(algorithm=name, lr=0.3)).lr == 0.3
+        with pytest.raises(ConfigError, match="no model type"):  # a saved model predicts from backbone features
+            check_saveable(name)
+    assert algorithm("fedsgd-cnn").configure(RunConfig(algorithm="fedsgd-cnn")).full_batch
+    assert not algorithm("fedavg-cnn").configure(RunConfig(algorithm="fedavg-cnn")).full_batch
+    assert algorithm("fedavg").inputs == "features"
+    assert algorithm("fedavg").configure(RunConfig(algorithm="fedavg")).lr == DEFAULT_LR["linear"]
 
 
 def test_cnn_options_are_scoped():

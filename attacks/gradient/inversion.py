@@ -18,7 +18,7 @@ from attacks.base import ATTACKED, Attack, Reconstruction, ServerView, register
 from attacks.gradient.matching import Recipe, invert
 from attacks.gradient.updates import client_updates, parameter_rounds
 from attacks.statistics.rounds import round_key
-from secure_afl.algorithms.fedavg import CNNS
+from secure_afl.algorithms.convnet import CNNS
 
 GRADIENT_SERVER = ("honest-but-curious server of a gradient baseline: follows the protocol and reads every message it "
                    "receives in one normal run ([n_k θ_k, n_k]: the update and the batch size n_k); knows the "

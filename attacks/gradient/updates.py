@@ -29,6 +29,7 @@ from torch import nn
 from attacks.base import ServerView
 from attacks.statistics.rounds import round_key
 from protocols.transcript import TranscriptRound
+from secure_afl.algorithms import convnet  # noqa: F401  (registers the CNNs a layout may name in fedavg.MODELS)
 from secure_afl.algorithms.fedavg import FedAvgConfig, build_head, load_vector
 
 

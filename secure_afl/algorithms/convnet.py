@@ -17,17 +17,25 @@ Gradients) are about a CNN trained end to end on pixels. This module holds that 
 - **pixel rows**: every image resized to 32 px (bilinear, antialiased), as 3 channels, in [0, 1],
   normalised with public per-dataset constants, flattened. An attacker inverts in this space and
   maps back to [0, 1] with ``to_unit``: the constants are public knowledge.
+
+Both train through FedAvg's client and server (algorithms/fedavg.py, where this module registers them
+in ``MODELS``) as two algorithms: ``fedsgd-cnn`` (one full-batch step per round) and ``fedavg-cnn``
+(local epochs of minibatches), with ``inputs="pixels"`` so the runner feeds them pixel rows.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from secure_afl.algorithms import fedavg
+
+CNNS = ("convnet", "lenet")  # the models --cnn chooses
 IMAGE_SIZE = 32
 CONVNET_LR = 0.01  # default local learning rate of fedsgd-cnn / fedavg-cnn (best of 0.01, 0.05, 0.2 on mnist5k)
 READ_CHUNK = 512  # images decoded at a time
@@ -136,3 +144,20 @@ def build_convnet(num_classes: int, width: int, seed: int) -> ConvNet:
                 nn.init.uniform_(layer.weight, -math.sqrt(6.0 / fan_in), math.sqrt(6.0 / fan_in), generator=generator)
                 nn.init.uniform_(layer.bias, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in), generator=generator)
     return model
+
+
+def configure(config, full_batch: bool) -> fedavg.FedAvgConfig:
+    """FedAvg's job with the chosen CNN in place of the head; without --lr, the CNN's CONVNET_LR."""
+    return replace(fedavg.configure(config), head=config.cnn, width=config.cnn_width, full_batch=full_batch,
+                   lr=config.lr)
+
+
+fedavg.MODELS.update(convnet=lambda job, classes: build_convnet(classes, job.width, job.seed),
+                     lenet=lambda job, classes: build_lenet(classes, job.seed))
+fedavg.DEFAULT_LR.update(dict.fromkeys(CNNS, CONVNET_LR))
+CNN_OPTIONS = ("rounds", "lr", "client_fraction", "param_bound", "cnn", "cnn_width")
+# no model type: a saved model predicts from backbone features (secure_afl/model.py), which these do not take
+FEDSGD_CNN = replace(fedavg.FEDAVG, name="fedsgd-cnn", configure=lambda config: configure(config, full_batch=True),
+                     options=CNN_OPTIONS, inputs="pixels", model_type=None)
+FEDAVG_CNN = replace(FEDSGD_CNN, name="fedavg-cnn", configure=lambda config: configure(config, full_batch=False),
+                     options=(*CNN_OPTIONS, "local_epochs", "local_batch"))
