@@ -337,7 +337,9 @@ DIGITS = ["--dataset", "digits", "--resolution", "32", "--clients", "5", "--alph
 def test_each_head_gets_its_own_validated_learning_rate():
     """Item 3: the MLP head no longer inherits the linear head's rate (which left it at chance)."""
     from secure_afl.algorithms.fedavg import DEFAULT_LR, FedAvgConfig
-    from secure_afl.runner import fedavg_config
+    from secure_afl.algorithms.registry import algorithm
+
+    fedavg_config = algorithm("fedavg").configure
 
     assert DEFAULT_LR["mlp"] != DEFAULT_LR["linear"]
     assert FedAvgConfig(head="mlp").lr == DEFAULT_LR["mlp"] and FedAvgConfig().lr == DEFAULT_LR["linear"]

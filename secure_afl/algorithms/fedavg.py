@@ -41,7 +41,7 @@ HEADS = ("linear", "mlp")  # models trained on frozen features
 CLAMP_WARNING = 0.01  # warn when more than this fraction of the parameter values sent were clamped
 # the learning rate each head gets unless one is given, chosen on validation: linear by
 # benchmarks/accuracy_table.py, mlp by benchmarks/head_selection.py (at the linear head's rate it ends at chance)
-DEFAULT_LR = {"linear": 16.0, "mlp": 16.0}  # a module registering MODELS adds their rates
+DEFAULT_LR = {"linear": 16.0, "mlp": 1.0}  # a module registering MODELS adds their rates
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 BOUND_SLACK = 1.0 + 1e-6
 
