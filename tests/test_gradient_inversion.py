@@ -7,16 +7,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import secure_afl
 from attacks.base import ServerView
 from attacks.case import Case
 from attacks.evaluation import evaluate
 from attacks.gradient.evaluation import evaluate_inversion
 from attacks.gradient.head import HeadFeatures
 from attacks.gradient.inversion import DLG, IDLG, InvertingGradients
-from secure_afl.algorithms.convnet import CONVNET_LR
+from secure_afl.algorithms.convnet import CONVNET_LR, pixel_dataset
 from secure_afl.algorithms.fedavg import DEFAULT_LR
 from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
+from secure_afl.data.datasets import load_dataset
 from secure_afl.errors import ConfigError
 from secure_afl.model import check_saveable
 from secure_afl.runner import Timer, load_features, plan_run, train
@@ -78,6 +80,17 @@ def test_the_cnns_are_registered_pixel_algorithms_with_their_own_learning_rate()
     assert not algorithm("fedavg-cnn").configure(RunConfig(algorithm="fedavg-cnn")).full_batch
     assert algorithm("fedavg").inputs == "features"
     assert algorithm("fedavg").configure(RunConfig(algorithm="fedavg")).lr == DEFAULT_LR["linear"]
+
+
+def test_a_cnn_run_returns_a_model_that_predicts_from_pixel_rows():
+    result = secure_afl.run(algorithm="fedavg-cnn", protocol="plaintext", dataset="samples-cifar10", clients=4,
+                            partition="iid", rounds=1, local_batch=4)
+    dataset = load_dataset("samples-cifar10")
+    rows = pixel_dataset(dataset, dataset.test).numpy()
+    labels = dataset.labels(dataset.test)
+    assert result.model.score(rows, labels) == result.results["metrics"]["accuracy"]
+    with pytest.raises(ConfigError, match="pixel rows"):  # images would go through a backbone it never saw
+        result.model.predict(np.zeros((2, 32, 32, 3), dtype=np.uint8))
 
 
 def test_cnn_options_are_scoped():
