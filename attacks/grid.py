@@ -1,8 +1,9 @@
 """The picture of an attack: each target's private image beside what the attacker got.
 
-One row per target, one column per view of it. Today the columns are the original and the image
+One row per target, one column per view of it. The columns are the original, the image
 the attacker identified (the nearest training sample to the reconstruction, in the attack's
-threat model); inversion to pixels adds columns through ``COLUMNS`` without changing the layout.
+threat model) and the pixels an inversion rebuilt; inversion attacks add columns through ``COLUMNS``
+without changing the layout, and a column no shown row has an image for is left out.
 Rows show recovered targets first and then, so the picture does not flatter the attack, some that
 were not recovered.
 """
@@ -29,6 +30,7 @@ FAILURES_SHOWN = 4
 COLUMNS: dict[str, Callable] = {
     "original": lambda row, truth: truth.images([row["sample"]])[0],
     "identified": lambda row, truth: None if row["nearest"] is None else truth.images([row["nearest"]])[0],
+    "gradient inversion": lambda row, truth: row.get("inversion"),  # uint8 (H, W, 3), attacks/gradient/evaluation.py
 }
 
 
@@ -59,7 +61,7 @@ def picture_format(path: str | Path) -> str:
 def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:
     """Targets fill ``blocks`` groups side by side; within a group each target is a row and each view a column."""
     truth, rows = picture["truth"], choose_rows(picture["rows"])
-    columns = list(COLUMNS.items())
+    columns = [(title, draw) for title, draw in COLUMNS.items() if any(draw(row, truth) is not None for row in rows)]
     blocks = max(1, min(blocks, len(rows)))
     per_block = -(-len(rows) // blocks)
     figure, axes = plt.subplots(per_block, blocks * len(columns), squeeze=False,
@@ -78,9 +80,9 @@ def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:
                 axis.set_yticks([])
             if i == 0:
                 axis.set_title(title, fontsize=8)
-        score = "—" if row["score"] is None else f"{row['score']:.4f}"
+        score = "—" if row["score"] is None else picture.get("score_format", "cos {:.4f}").format(row["score"])
         mark = {True: "identified", False: "not identified", None: "not matched"}[row["identified"]]
-        axes[i, block * len(columns)].set_ylabel(f"client {row['client']}\ncos {score}\n{mark}", fontsize=6)
+        axes[i, block * len(columns)].set_ylabel(f"client {row['client']}\n{score}\n{mark}", fontsize=6)
     figure.suptitle(picture["title"], fontsize=8)
     figure.tight_layout()
     path = Path(path)

@@ -25,6 +25,8 @@ import numpy as np
 from attacks.base import ATTACKS, ServerView
 from attacks.case import Case, GroundTruth
 from attacks.evaluation import evaluate
+from attacks.gradient.evaluation import evaluate_inversion, inversion_picture
+from attacks.gradient.inversion import GradientInversion
 from attacks.grid import save_grid
 from attacks.membership.attack import MembershipAttack
 from attacks.membership.evaluation import evaluate_membership
@@ -36,7 +38,7 @@ from secure_afl.errors import ConfigError
 from secure_afl.results import SCHEMA_VERSION, environment
 from secure_afl.runner import LOCAL_FIELDS, PARTITION_FIELDS
 
-PICTURED = ("singletons", "samples", "membership")  # target kinds with a picture: single images, or ROC curves
+PICTURED = ("singletons", "samples", "batches", "membership")  # target kinds with a picture: single images, or ROC curves
 
 
 def attack_names(requested: str) -> list[str]:
@@ -137,6 +139,12 @@ def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, d
                 pictures[name] = {"roc": report, "title": f"{name} inference (best test: {best})"}
             continue
         output = attack.run(view)
+        if isinstance(attack, GradientInversion):
+            report, images = evaluate_inversion(attack, output, view, truth)
+            document["attacks"][name] = report
+            if images:
+                pictures[name] = inversion_picture(report, images, truth)
+            continue
         report = document["attacks"][name] = evaluate(attack, output, view, truth)
         if truth is not None and output.applicable and attack.targets in PICTURED and report["per_target"]:
             pictures[name] = {"truth": truth, "rows": report["per_target"], "title": f"{name}: {report['targets']}"}

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from protocols import PROTOCOLS, ProtocolError
 from protocols.masking import STAGES
+from secure_afl.algorithms.convnet import CNNS
 from secure_afl.algorithms.fedavg import ACCOUNTANTS, DEFAULT_LR, HEADS
 from secure_afl.algorithms.registry import ALGORITHMS
 from secure_afl.config import RunConfig
@@ -137,7 +138,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     deep.add_argument("--deep-activation", choices=tuple(ACTIVATIONS), default=defaults.deep_activation,
                       help="activation σ of the expansion and the blocks")
     deep.add_argument("--deep-seed", type=int, default=defaults.deep_seed, help="public seed of A and the B_t")
-    grad = p.add_argument_group("FedAvg / FedProx (--algorithm fedavg | fedprox)")
+    grad = p.add_argument_group("gradient baselines (--algorithm fedavg | fedprox on features; fedsgd-cnn | fedavg-cnn: "
+                                "a CNN on 32 px pixels)")
     grad.add_argument("--rounds", type=int, default=defaults.rounds, help="communication rounds")
     grad.add_argument("--local-epochs", type=int, default=defaults.local_epochs, help="epochs per client and round")
     grad.add_argument("--lr", type=float, default=defaults.lr,
@@ -148,6 +150,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     grad.add_argument("--mu", type=float, default=defaults.mu, help="FedProx proximal weight")
     grad.add_argument("--head", choices=HEADS, default=defaults.head, help="the model trained on the features")
     grad.add_argument("--hidden", type=int, default=defaults.hidden, help="MLP head width")
+    grad.add_argument("--cnn", choices=CNNS, default=defaults.cnn,
+                      help="fedsgd-cnn / fedavg-cnn: breaching's ConvNet (ReLU) or the DLG paper's LeNet (sigmoid)")
+    grad.add_argument("--cnn-width", type=int, default=defaults.cnn_width, help="the ConvNet's width (breaching's is 64)")
     grad.add_argument("--param-bound", type=float, default=defaults.param_bound,
                       help="public box |θ_i| ≤ bound on what a client sends (the protocols' declared bound)")
     dp = p.add_argument_group("differential privacy (DP-SGD for fedavg / fedprox; DP on the statistics for afl / apfl / deepafl)")

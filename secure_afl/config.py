@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from protocols.graph import Targets
 from protocols.minimum import default_min_clients
+from secure_afl.algorithms.convnet import CNNS
 from secure_afl.algorithms.registry import ALGORITHMS, algorithm, algorithm_scopes
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
@@ -82,12 +83,14 @@ class RunConfig:
     deep_seed: int = 0
     rounds: int = 100  # FedAvg/FedProx: communication rounds
     local_epochs: int = 1
-    lr: float | None = None  # FedAvg/FedProx: None: the head's default, chosen on validation (fedavg.DEFAULT_LR)
+    lr: float | None = None  # gradient methods: None: the model's default, chosen on validation (fedavg.DEFAULT_LR)
     local_batch: int = 32
     client_fraction: float = 1.0
     mu: float = 0.001  # FedProx proximal weight (chosen on validation)
     head: str = "linear"  # linear or mlp
     hidden: int = 256  # MLP head width
+    cnn: str = "convnet"  # fedsgd-cnn / fedavg-cnn: breaching's ConvNet or DLG's LeNet
+    cnn_width: int = 4  # fedsgd-cnn / fedavg-cnn: the ConvNet's width w (breaching's is 64; small for the CPU)
     param_bound: float = 100.0  # public box on every parameter a client sends
     dp_noise: float | None = None  # noise multiplier z (DP-SGD or DP on the statistics); or dp_epsilon
     dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (afl/apfl/deepafl)
@@ -141,13 +144,14 @@ class RunConfig:
             "protocol": tuple(PROTOCOLS),
             "dataset": DATASETS,
             "partition": PARTITIONS,
+            "cnn": CNNS,
         }
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(accepted)}")
         positive = {"clients": self.clients, "resolution": self.resolution, "batch_size": self.batch_size,
                     "min_client_size": self.min_client_size, "shards_per_client": self.shards_per_client,
-                    "min_class_count": self.min_class_count}
+                    "min_class_count": self.min_class_count, "cnn_width": self.cnn_width}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")

@@ -74,12 +74,19 @@ class Model:
 
     def features(self, images_or_features) -> np.ndarray:
         """The predictor's inputs: backbone features (computed from images when given images) through the public
-        feature map, exactly as the run mapped its test split."""
+        feature map, exactly as the run mapped its test split; for a model trained end to end on pixels, the pixel
+        rows as given."""
         from secure_afl.runner import build_feature_map
 
         raw = images_or_features
-        if not (isinstance(raw, (np.ndarray, torch.Tensor)) and raw.ndim == 2 and raw.dtype != np.uint8
-                and raw.shape[1] == self.feature_dim):
+        rows = (isinstance(raw, (np.ndarray, torch.Tensor)) and raw.ndim == 2 and raw.dtype != np.uint8
+                and raw.shape[1] == self.feature_dim)
+        if algorithm(self.algorithm).inputs == "pixels":  # trained end to end: no backbone, no feature map
+            if not rows:
+                raise ConfigError(f"{self.algorithm} predicts from normalised 32 px pixel rows, float (N, "
+                                  f"{self.feature_dim}): make them with secure_afl.algorithms.convnet.pixel_rows")
+            return np.asarray(raw, dtype=np.float32)
+        if not rows:
             raw = self.backbone_features(raw)
         raw = torch.as_tensor(np.asarray(raw, dtype=np.float32))
         mapped, _ = build_feature_map(self.config).apply(raw.to(resolve_device(self.config.device)))

@@ -22,6 +22,7 @@ from protocols import broadcast_digest, make_protocol
 from protocols.transcript import TranscriptWriter, check_destination, size_on_disk
 from secure_afl.algorithms.afl import statistics_bound
 from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer
+from secure_afl.algorithms.convnet import PIXELS, pixel_dataset
 from secure_afl.algorithms.registry import algorithm
 from secure_afl.class_minimum import withheld_summary, withhold_rare_classes
 from secure_afl.config import RunConfig
@@ -278,8 +279,16 @@ class Features:
 
 
 def load_features(plan: RunPlan, timer: Timer, progress: bool = False) -> Features:
-    """Backbone features (cached) and the public feature maps, for the whole federation."""
+    """Backbone features (cached) and the public feature maps, for the whole federation; for an algorithm
+    trained end to end on pixels, the normalised 32 px pixel rows instead (no backbone, no map)."""
     config, device = plan.config, plan.device
+    if algorithm(config.algorithm).inputs == "pixels":
+        with timer.phase("features"):
+            train_x, test_x = (pixel_dataset(plan.dataset, split) for split in (plan.dataset.train, plan.dataset.test))
+        data = FederatedData(train_x, plan.train_y, test_x, plan.test_y, plan.sent_indices, plan.held_out,
+                             plan.dataset.num_classes)
+        info = {"pools": len(plan.dataset.pools), "cache_hits": 0, "feature_dim": PIXELS}
+        return Features(data, train_x.numpy(), test_x.numpy(), info, 0.0)
     log.info("features: %s on %s (%s, %d px)", config.backbone, device, config.dataset, config.resolution)
     with timer.phase("features"):
         train_raw, test_raw, info = backbone_features(config, plan.dataset, device, progress)

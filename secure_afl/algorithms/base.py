@@ -113,3 +113,5 @@ class Algorithm:
     report: Callable[[Any, AlgorithmServer, dict, Any], dict] | None = None  # (job, server, clients, features)
     history: bool = False  # record the global test accuracy after every round (iterative algorithms)
     model_type: type | None = None  # the class of ``server.model()``: its ``state``/``from_state`` save and load it
+    inputs: str = "features"  # what clients train on: "features" (backbone features through the public feature
+    # map) or "pixels" (normalised 32 px pixel rows, algorithms/convnet.py: a model trained end to end, no backbone)

@@ -1,5 +1,9 @@
 """FedAvg and FedProx (spec §7) on the same frozen features, with optional DP-SGD through Opacus.
 
+The same client and server also train models other modules register in ``MODELS`` (algorithms/convnet.py:
+a CNN trained end to end on pixel rows), as FedAvg or as FedSGD with ``full_batch`` (one step on all of a
+client's data per epoch), the gradient-FL baseline the gradient-inversion attacks are measured on.
+
 Each round the server broadcasts the global parameters θ; every sampled client trains locally
 (E epochs of SGD; FedProx follows every SGD step with the proximal step of μ/2‖θ − θ_global‖²,
 θ ← θ − lr·μ(θ − θ_global), which DP-SGD's per-sample machinery would otherwise drop) and
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -33,11 +37,11 @@ from torch import nn
 from secure_afl.algorithms.base import Algorithm, AlgorithmClient, AlgorithmServer, RoundSpec
 from secure_afl.errors import ConfigError, TrainingWarning
 
-HEADS = ("linear", "mlp")
+HEADS = ("linear", "mlp")  # models trained on frozen features
 CLAMP_WARNING = 0.01  # warn when more than this fraction of the parameter values sent were clamped
 # the learning rate each head gets unless one is given, chosen on validation: linear by
 # benchmarks/accuracy_table.py, mlp by benchmarks/head_selection.py (at the linear head's rate it ends at chance)
-DEFAULT_LR = {"linear": 16.0, "mlp": 1.0}
+DEFAULT_LR = {"linear": 16.0, "mlp": 1.0}  # a module registering MODELS adds their rates
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 BOUND_SLACK = 1.0 + 1e-6
 
@@ -78,15 +82,17 @@ class FedAvgConfig:
     param_bound: float = 100.0
     seed: int = 0
     dp: DPConfig | None = None
+    width: int = 4  # the width of a registered CNN (algorithms/convnet.py)
+    full_batch: bool = False  # FedSGD: each local epoch is one step on all of a client's data
 
     def __post_init__(self) -> None:
         positive = {"rounds": self.rounds, "local_epochs": self.local_epochs, "batch_size": self.batch_size,
-                    "hidden": self.hidden}
+                    "hidden": self.hidden, "width": self.width}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
-        if self.head not in HEADS:
-            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.head not in (*HEADS, *MODELS):
+            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join((*HEADS, *MODELS))}")
         if self.lr is None:
             object.__setattr__(self, "lr", DEFAULT_LR[self.head])  # frozen: resolved once, here
         if not (self.lr > 0 and self.param_bound > 0):
@@ -97,9 +103,17 @@ class FedAvgConfig:
             raise ConfigError(f"mu must be ≥ 0, got {self.mu}")
 
 
+# model name → (job, classes) → the initialised module, for models other than the heads that train through this
+# client and server; registered by their own module (algorithms/convnet.py), so this one names none of them
+MODELS: dict[str, Callable[[FedAvgConfig, int], nn.Module]] = {}
+
+
 def build_head(config: FedAvgConfig, dim: int, num_classes: int) -> nn.Module:
     """The model every client trains, initialised identically from the public seed (PyTorch's default
-    U(±1/√fan_in) initialisation, drawn from a private generator rather than the global one)."""
+    U(±1/√fan_in) initialisation, drawn from a private generator rather than the global one; a registered
+    model initialises itself)."""
+    if config.head in MODELS:
+        return MODELS[config.head](config, num_classes)
     if config.head == "linear":
         module = nn.Linear(dim, num_classes)
     else:
@@ -200,8 +214,9 @@ class FedAvgClient(AlgorithmClient):
     def _batches(self, generator: torch.Generator):
         """Shuffled minibatches by slicing (a DataLoader's per-sample indexing cost more than the training)."""
         order = torch.randperm(len(self._y), generator=generator)
-        for start in range(0, len(order), self.config.batch_size):
-            index = order[start : start + self.config.batch_size]
+        size = len(order) if self.config.full_batch else self.config.batch_size
+        for start in range(0, len(order), size):
+            index = order[start : start + size]
             yield self._x[index], self._y[index]
 
     def contribute(self, spec: RoundSpec) -> np.ndarray:
@@ -273,9 +288,16 @@ class FedAvgServer(AlgorithmServer):
         count = clients_per_round(self.config.client_fraction, len(self.clients))
         chosen = frozenset(int(c) for c in self._rng.choice(self.clients, size=count, replace=False))
         layout = {"kind": "weighted_parameters", "parameters": [0, self.theta.shape[0]], "weight": self.theta.shape[0],
-                  "head": self.config.head}  # [n_k θ_k, n_k]
+                  "head": self.config.head, "local": self.local_training()}  # [n_k θ_k, n_k]
         return RoundSpec(f"fedavg/{self.round}", self.theta.shape[0] + 1, self.bound, {"params": self.theta}, chosen,
                          layout)
+
+    def local_training(self) -> dict:
+        """How every client trains locally (public: the job's configuration), recorded with each round."""
+        c = self.config
+        return {"model": c.head, "dim": self.dim, "classes": self.num_classes, "hidden": c.hidden, "width": c.width,
+                "lr": c.lr, "epochs": c.local_epochs, "batch": c.batch_size, "full_batch": c.full_batch, "mu": c.mu,
+                "dp": c.dp is not None}
 
     def receive(self, spec: RoundSpec, total: np.ndarray) -> None:
         self.theta = total[:-1] / total[-1]
@@ -303,9 +325,10 @@ def build(job: FedAvgConfig, data, max_samples: int, max_norm: float):
 
 
 def report(job: FedAvgConfig, server: FedAvgServer, clients: dict, features) -> dict:
-    """Parameter clamps and, under DP-SGD, the guarantee and how loud its noise is; warns when either dominates."""
+    """The learning rate used (a default resolves per model), parameter clamps and, under DP-SGD, the guarantee and
+    how loud its noise is; warns when clamps or noise dominate."""
     clamped, sent = sum(c.clamped for c in clients.values()), sum(c.sent for c in clients.values())
-    report = {"parameters_clamped": clamped, "parameter_values_sent": sent}
+    report = {"lr": job.lr, "parameters_clamped": clamped, "parameter_values_sent": sent}
     if sent and clamped > CLAMP_WARNING * sent:
         warnings.warn(f"{clamped} of the {sent} parameter values sent ({clamped / sent:.1%}) were clamped to the public "
                       f"box ±{job.param_bound:g} (--param-bound): the sum is of clamped models; raise the bound or "

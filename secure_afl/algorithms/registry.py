@@ -6,7 +6,7 @@ scopes and the CLI's choices all read this registry, never an algorithm's name.
 
 from __future__ import annotations
 
-from secure_afl.algorithms import afl, apfl, deepafl, fedavg
+from secure_afl.algorithms import afl, apfl, convnet, deepafl, fedavg
 from secure_afl.algorithms.base import Algorithm
 from secure_afl.errors import ConfigError
 
@@ -36,6 +36,7 @@ def algorithm_scopes() -> dict[str, tuple[str, ...]]:
     return scopes
 
 
-_BUILT_IN = (afl.ALGORITHM, apfl.ALGORITHM, deepafl.ALGORITHM, fedavg.FEDAVG, fedavg.FEDPROX)
+_BUILT_IN = (afl.ALGORITHM, apfl.ALGORITHM, deepafl.ALGORITHM, fedavg.FEDAVG, fedavg.FEDPROX,
+             convnet.FEDSGD_CNN, convnet.FEDAVG_CNN)
 for _entry in _BUILT_IN:
     register(_entry)
