@@ -39,4 +39,6 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/privacy_grid.py
 	$(BIN)/python benchmarks/privacy_report.py
 	$(BIN)/python benchmarks/head_selection.py
+	$(BIN)/python benchmarks/deepafl_speed.py
+	$(BIN)/python benchmarks/gradient_inversion.py
 	$(BIN)/python benchmarks/readme_figures.py
