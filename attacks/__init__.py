@@ -4,7 +4,7 @@
 sees a ``ServerView`` only. See attacks/base.py for the case / attack / evaluator split.
 """
 
-from attacks import membership, statistics  # noqa: F401  (registers the closed-form and membership attacks)
+from attacks import inversion, membership, statistics  # noqa: F401  (registers the closed-form, inversion and membership attacks)
 from attacks.base import ATTACKS, Attack, AttackOutput, NotApplicable, Reconstruction, ServerView
 
 __all__ = ["ATTACKS", "Attack", "AttackOutput", "NotApplicable", "Reconstruction", "ServerView"]

@@ -1,8 +1,9 @@
 """The picture of an attack: each target's private image beside what the attacker got.
 
-One row per target, one column per view of it. Today the columns are the original and the image
-the attacker identified (the nearest training sample to the reconstruction, in the attack's
-threat model); inversion to pixels adds columns through ``COLUMNS`` without changing the layout.
+One row per target, one column per view of it: ``COLUMNS``, the original and the image the
+attacker identified (the nearest training sample to the reconstruction, in the attack's threat
+model), then the picture's own ``images`` (method → target sample → uint8 image), one column each:
+inversion to pixels draws the decoder's and the optimisation's images beside them.
 Rows show recovered targets first and then, so the picture does not flatter the attack, some that
 were not recovered.
 """
@@ -32,6 +33,10 @@ COLUMNS: dict[str, Callable] = {
 }
 
 
+def _drawn(images: dict) -> Callable:
+    return lambda row, truth: images.get(row["sample"])
+
+
 def choose_rows(rows: list[dict]) -> list[dict]:
     """Up to MAX_ROWS targets spread evenly over the report (so classes and clients vary): recovered ones,
     then up to FAILURES_SHOWN that were not."""
@@ -59,7 +64,8 @@ def picture_format(path: str | Path) -> str:
 def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:
     """Targets fill ``blocks`` groups side by side; within a group each target is a row and each view a column."""
     truth, rows = picture["truth"], choose_rows(picture["rows"])
-    columns = list(COLUMNS.items())
+    columns = list(COLUMNS.items()) + [(method, _drawn(images)) for method, images in picture.get("images", {}).items()]
+    score_name = picture.get("score_name", "cos")
     blocks = max(1, min(blocks, len(rows)))
     per_block = -(-len(rows) // blocks)
     figure, axes = plt.subplots(per_block, blocks * len(columns), squeeze=False,
@@ -80,7 +86,7 @@ def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:
                 axis.set_title(title, fontsize=8)
         score = "—" if row["score"] is None else f"{row['score']:.4f}"
         mark = {True: "identified", False: "not identified", None: "not matched"}[row["identified"]]
-        axes[i, block * len(columns)].set_ylabel(f"client {row['client']}\ncos {score}\n{mark}", fontsize=6)
+        axes[i, block * len(columns)].set_ylabel(f"client {row['client']}\n{score_name} {score}\n{mark}", fontsize=6)
     figure.suptitle(picture["title"], fontsize=8)
     figure.tight_layout()
     path = Path(path)
