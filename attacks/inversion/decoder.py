@@ -106,7 +106,7 @@ def trained_decoder(knowledge: Knowledge, settings: DecoderSettings = DecoderSet
         return Decoder(network.to(knowledge.device).eval(), settings, int(meta["pairs"]), public.description, True)
     images = augmented(public.unit(), settings.augmentation, settings.seed)
     features = knowledge.encoder.to(knowledge.device).features(
-        images if public.channels == 3 else images.expand(-1, 3, -1, -1))
+        images if public.channels == 3 else images.expand(-1, 3, -1, -1), progress=knowledge.progress)
     network = build(features.shape[1], knowledge, settings).to(knowledge.device)
     fit(network, features, images, settings, knowledge.device, knowledge.progress)
     if cache is not None:

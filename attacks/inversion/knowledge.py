@@ -50,10 +50,14 @@ class Encoder:
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         return self.model((x - mean) / std)
 
-    def features(self, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    def features(self, images: torch.Tensor, batch: int = 128, progress: bool = False) -> torch.Tensor:
         """Unit-norm features of many images, without gradients (float32, on the CPU)."""
+        from tqdm.auto import tqdm
+
         with torch.inference_mode():
-            rows = [self(images[i:i + batch]).float().cpu() for i in range(0, len(images), batch)]
+            rows = [self(images[i:i + batch]).float().cpu()
+                    for i in tqdm(range(0, len(images), batch), desc="public features", unit="batch",
+                                  disable=not progress, leave=False)]
         return unit(torch.cat(rows)) if rows else torch.zeros(0, 0)
 
 
