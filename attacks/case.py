@@ -79,6 +79,16 @@ class GroundTruth:
             owner[indices] = client
         return owner
 
+    def cell_sizes(self) -> np.ndarray:
+        """(clients, classes): how many samples of each class each client holds."""
+        sizes = np.zeros((len(self.client_indices), self.num_classes), dtype=np.int64)
+        np.add.at(sizes, (self.client_of(), self.labels), 1)
+        return sizes
+
+    def singletons(self) -> np.ndarray:
+        """Training samples alone in their class on their client."""
+        return np.flatnonzero(self.cell_sizes()[self.client_of(), self.labels] == 1)
+
     def contribution(self, round_name: str, client: int, layout: dict) -> np.ndarray | None:
         """The client's true vector for a round: recorded by the case, or rebuilt for statistics of X."""
         if (round_name, client) in self.contributions:

@@ -1,9 +1,10 @@
 """The picture of an attack: each target's private image beside what the attacker got.
 
-One row per target, one column per view of it. The columns are the original, the image
-the attacker identified (the nearest training sample to the reconstruction, in the attack's
-threat model) and the pixels an inversion rebuilt; inversion attacks add columns through ``COLUMNS``
-without changing the layout, and a column no shown row has an image for is left out.
+One row per target, one column per view of it: ``COLUMNS`` (the original, the image the attacker
+identified, i.e. the nearest training sample to the reconstruction in the attack's threat model, and
+the batch a gradient inversion rebuilt), then the picture's own ``images`` (method → target sample →
+uint8 image), one column each: feature inversion draws the decoder's and the optimisation's images.
+A column no shown row has an image for is left out.
 Rows show recovered targets first and then, so the picture does not flatter the attack, some that
 were not recovered.
 """
@@ -34,6 +35,10 @@ COLUMNS: dict[str, Callable] = {
 }
 
 
+def _drawn(images: dict) -> Callable:
+    return lambda row, truth: images.get(row["sample"])
+
+
 def choose_rows(rows: list[dict]) -> list[dict]:
     """Up to MAX_ROWS targets spread evenly over the report (so classes and clients vary): recovered ones,
     then up to FAILURES_SHOWN that were not."""
@@ -62,6 +67,7 @@ def save_grid(path: str | Path, picture: dict, blocks: int = 3) -> Path:
     """Targets fill ``blocks`` groups side by side; within a group each target is a row and each view a column."""
     truth, rows = picture["truth"], choose_rows(picture["rows"])
     columns = [(title, draw) for title, draw in COLUMNS.items() if any(draw(row, truth) is not None for row in rows)]
+    columns += [(method, _drawn(images)) for method, images in picture.get("images", {}).items()]
     blocks = max(1, min(blocks, len(rows)))
     per_block = -(-len(rows) // blocks)
     figure, axes = plt.subplots(per_block, blocks * len(columns), squeeze=False,

@@ -10,14 +10,17 @@ machine has the data: the ground truth is rebuilt from the transcript's public c
 the partition options given here, and refused unless it reproduces the transcript's sums. The
 membership attack scores candidate records rather than reconstructing anything, so its own
 evaluator (attacks/membership/evaluation.py) draws the candidates from the ground truth, runs it
-and scores its ROC; without ground truth it has nothing to ask about.
+and scores its ROC; without ground truth it has nothing to ask about. The ``invert`` attack turns
+recovered features into images: it is handed the public knowledge it needs (the job's backbone and
+the data set's test split, which no client holds) and scored by the image evaluator
+(attacks/inversion/evaluation.py). It trains a decoder, so ``all`` leaves it out: ask for it by name.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,32 +28,54 @@ import numpy as np
 from attacks.base import ATTACKS, ServerView
 from attacks.case import Case, GroundTruth
 from attacks.evaluation import evaluate
-from attacks.gradient.evaluation import evaluate_inversion, inversion_picture
+from attacks.gradient.evaluation import evaluate_inversion as evaluate_gradient_inversion
+from attacks.gradient.evaluation import inversion_picture
 from attacks.gradient.inversion import GradientInversion
 from attacks.grid import save_grid
+from attacks.inversion.attack import ORACLE, InvertAttack, SourceFeature
+from attacks.inversion.decoder import DecoderSettings
+from attacks.inversion.evaluation import evaluate_inversion as evaluate_feature_inversion
+from attacks.inversion.knowledge import Encoder, Knowledge, PublicImages
+from attacks.inversion.optimise import OptimiseSettings
 from attacks.membership.attack import MembershipAttack
 from attacks.membership.evaluation import evaluate_membership
 from attacks.membership.plot import save_roc
 from protocols.transcript import Transcript
 from secure_afl.config import RunConfig
+from secure_afl.data.datasets import Dataset
 from secure_afl.device import resolve_device
 from secure_afl.errors import ConfigError
+from secure_afl.features.backbone import load_backbone
+from secure_afl.features.cache import default_cache_dir
 from secure_afl.results import SCHEMA_VERSION, environment
 from secure_afl.runner import LOCAL_FIELDS, PARTITION_FIELDS
 
 PICTURED = ("singletons", "samples", "batches", "membership")  # target kinds with a picture: single images, or ROC curves
+NOT_IN_ALL = ("invert",)  # trains a decoder (minutes on a CPU): asked for by name only
+DECODE_CAP = 64  # largest side decoded: image files are read at their own size up to this
+
+
+@dataclass(frozen=True)
+class InversionOptions:
+    """How ``invert`` runs: which recovered features it inverts and by which method (attacks/inversion/attack.py)."""
+
+    source: str = "singleton"
+    method: str = "decoder"
+    decoder: DecoderSettings = field(default_factory=DecoderSettings)
+    optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
 
 
 def attack_names(requested: str) -> list[str]:
     if requested == "all":
-        return list(ATTACKS)
+        return [name for name in ATTACKS if name not in NOT_IN_ALL]
     if requested not in ATTACKS:
         raise ConfigError(f"unknown attack {requested!r}; choose one of {', '.join(ATTACKS)} or all")
     return [requested]
 
 
 def attack_run(names: list[str], config: RunConfig, victims: tuple[int, ...] = (0,), progress: bool = False,
-               work_dir: str | Path | None = None, defended: bool = True) -> tuple[dict, dict]:
+               work_dir: str | Path | None = None, defended: bool = True,
+               inversion: InversionOptions = InversionOptions()) -> tuple[dict, dict]:
     """Run the case(s) these attacks need, attack and score. Returns (document, pictures) where pictures maps
     an attack to what ``grid.save_grid`` draws. ``defended=False``: the clients keep no contribution ledger."""
     document = _document(config)
@@ -67,7 +92,8 @@ def attack_run(names: list[str], config: RunConfig, victims: tuple[int, ...] = (
                                             "seconds": time.perf_counter() - started,
                                             **({"metrics": _model_metrics(ran.results)} if behaviour == "honest" else
                                                {key: ran.results[key] for key in ("victims", "defended", "refusals")})}
-            _attack_all(members, ServerView(ran.transcript), ran.truth, document, pictures)
+            _attack_all(members, ServerView(ran.transcript), ran.truth, document, pictures,
+                        _Inverting(inversion, config, progress))
             if behaviour == "retry":
                 for name in members:
                     _report_refusals(document["attacks"][name], ran.results["refusals"])
@@ -75,7 +101,7 @@ def attack_run(names: list[str], config: RunConfig, victims: tuple[int, ...] = (
 
 
 def attack_transcript(names: list[str], path: str | Path, config: RunConfig | None,
-                      progress: bool = False) -> tuple[dict, dict]:
+                      progress: bool = False, inversion: InversionOptions = InversionOptions()) -> tuple[dict, dict]:
     """Attack a saved transcript; score it when ``config`` (the run's partition options) is given and the data
     reproduce the transcript."""
     view = ServerView(Transcript.load(path))
@@ -87,7 +113,7 @@ def attack_transcript(names: list[str], path: str | Path, config: RunConfig | No
     document = _document(config)
     document["transcript"] = {"path": str(path), "rounds": len(view.transcript.rounds), "bytes": view.transcript.bytes}
     pictures = {}
-    _attack_all(names, view, truth, document, pictures)
+    _attack_all(names, view, truth, document, pictures, _Inverting(inversion, config, progress))
     return _finish(document), pictures
 
 
@@ -128,9 +154,16 @@ def check_reproduces(view: ServerView, truth: GroundTruth) -> None:
                       "it cannot be scored")
 
 
-def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, document: dict, pictures: dict) -> None:
+def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, document: dict, pictures: dict,
+                inverting: _Inverting) -> None:
     """Run, score and (where there is something to show) picture each attack on one view."""
     for name in names:
+        if ATTACKS[name] is InvertAttack:
+            report, picture = inverting.run(view, truth)
+            document["attacks"][name] = report
+            if picture is not None:
+                pictures[name] = picture
+            continue
         attack = ATTACKS[name]()
         if isinstance(attack, MembershipAttack):
             report = document["attacks"][name] = evaluate_membership(attack, view, truth)
@@ -140,7 +173,7 @@ def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, d
             continue
         output = attack.run(view)
         if isinstance(attack, GradientInversion):
-            report, images = evaluate_inversion(attack, output, view, truth)
+            report, images = evaluate_gradient_inversion(attack, output, view, truth)
             document["attacks"][name] = report
             if images:
                 pictures[name] = inversion_picture(report, images, truth)
@@ -148,6 +181,65 @@ def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, d
         report = document["attacks"][name] = evaluate(attack, output, view, truth)
         if truth is not None and output.applicable and attack.targets in PICTURED and report["per_target"]:
             pictures[name] = {"truth": truth, "rows": report["per_target"], "title": f"{name}: {report['targets']}"}
+
+
+@dataclass(frozen=True)
+class _Inverting:
+    """What the ``invert`` attack is given besides the view: its options and the public knowledge of the job."""
+
+    options: InversionOptions
+    config: RunConfig | None
+    progress: bool
+
+    def run(self, view: ServerView, truth: GroundTruth | None) -> tuple[dict, dict | None]:
+        knowledge = None if truth is None or self.config is None else self.knowledge(truth)
+        oracle = None
+        if self.options.source == ORACLE and truth is not None:
+            oracle = oracle_features(truth)
+        attack = InvertAttack(knowledge, self.options.source, self.options.method, oracle, self.options.decoder,
+                              self.options.optimise)
+        output = attack.run(view)
+        return evaluate_feature_inversion(attack, output, view, truth, knowledge)
+
+    def knowledge(self, truth: GroundTruth) -> Knowledge:
+        return public_knowledge(self.config, truth.dataset, self.progress)
+
+
+def public_knowledge(config: RunConfig, dataset: Dataset, progress: bool = False) -> Knowledge:
+    """The job's public backbone and the data set's test split (disjoint from every client's data), with the
+    decoder cache beside the feature cache."""
+    backbone = load_backbone(config.backbone, config.weights, config.random_weights, seed=config.seed)
+    pool = dataset.pools[dataset.test.pool]
+    images = pool.read(dataset.test.indices, native_size(pool))
+    identity = (f"{backbone.name}|{backbone.weights_id}|{config.resolution}|{backbone.preprocessing.mean}|"
+                f"{backbone.preprocessing.std}|{backbone.preprocessing.interpolation}")
+    encoder = Encoder(backbone.model, backbone.preprocessing.mean, backbone.preprocessing.std, config.resolution,
+                      identity)
+    public = PublicImages(images, dataset.labels(dataset.test),
+                          f"{dataset.name} test split ({len(images)} images, disjoint from every client's data) "
+                          f"and augmented copies")
+    cache = None
+    if config.use_cache:
+        cache = Path(config.cache_dir) / "decoders" if config.cache_dir else default_cache_dir().parent / "decoders"
+    return Knowledge(encoder, public, resolve_device(config.device), cache, progress)
+
+
+def native_size(source) -> int:
+    """The side images are decoded at: an array source's own, an image file's own up to DECODE_CAP."""
+    paths = getattr(source, "paths", None)
+    if paths is None:
+        return int(source.read([0], DECODE_CAP).shape[-1])
+    from PIL import Image
+
+    with Image.open(paths[0]) as image:
+        return min(max(image.size), DECODE_CAP)
+
+
+def oracle_features(truth: GroundTruth) -> list[SourceFeature]:
+    """The ORACLE source: the true backbone features of the singleton targets (the image stage alone)."""
+    owner = truth.client_of()
+    return [SourceFeature("oracle", int(owner[s]), int(truth.labels[s]), truth.backbone[s], True)
+            for s in truth.singletons()]
 
 
 def _report_refusals(report: dict, refusals: list[dict]) -> None:

@@ -7,10 +7,13 @@ mounts refuse anyway), so the check creates and removes a temporary file where t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Callable
+
+import numpy as np
 
 
 def default_mode(base: int) -> int:
@@ -51,3 +54,14 @@ def write_atomically(path: str | Path, write: Callable[[IO], None], binary: bool
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def entry_checksum(key: str, *arrays: np.ndarray) -> str:
+    """SHA-256 binding a cache entry's arrays (dtype, shape, bytes) to its key, so a damaged file fails it and so
+    does a file under another key's name."""
+    digest = hashlib.sha256(key.encode())
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.data)
+    return digest.hexdigest()

@@ -239,12 +239,18 @@ def _attack_parser(sub) -> None:
                                    "Attacks see only the transcript and public knowledge; ground truth reaches only "
                                    "the evaluator.")
     p.add_argument("--attack", required=True, help="an attack name (counts, class-means, singleton, gram, difference, "
-                                                   "buffer, membership) or all")
+                                                   "buffer, membership, invert) or all (every one but invert)")
     p.add_argument("--transcript", default=None, metavar="DIR",
                    help="attack this saved transcript instead of running a case; the run options then only give the "
                         "partition (--seed, --alpha …) to score it against")
     p.add_argument("--victim", action="append", type=int, default=[], metavar="K",
                    help="difference attack: the client that drops out of the retried aggregation (repeatable; default 0)")
+    p.add_argument("--source", default=None, choices=("singleton", "gram", "true"),
+                   help="invert attack: the recovered features it turns into images (default singleton; true is the "
+                        "oracle: the true features, to measure the image stage alone)")
+    p.add_argument("--method", default=None, choices=("decoder", "optimise", "decoder+optimise"),
+                   help="invert attack: learned decoder, optimisation through the backbone, or the decoder's output "
+                        "refined by optimisation (default decoder)")
     _run_options(p)
     out = p.add_argument_group("output")
     out.add_argument("--out", default=None, help="attack report JSON path")
@@ -396,7 +402,7 @@ def _attack(args, config: RunConfig) -> str:
     """``secure-afl attack``: outputs and options are checked before the case runs; returns the summary."""
     from attacks.base import ATTACKS
     from attacks.grid import picture_format
-    from attacks.suite import PICTURED, attack_names, attack_run, attack_transcript, save_picture
+    from attacks.suite import PICTURED, InversionOptions, attack_names, attack_run, attack_transcript, save_picture
     from secure_afl.results import check_output_path, write_results
 
     _refuse_silent_run(args, args.out, args.grid)
@@ -412,11 +418,16 @@ def _attack(args, config: RunConfig) -> str:
             check_output_path(path, args.overwrite)
     if args.victim and "difference" not in names:
         raise ConfigError("--victim only applies to the difference attack")
+    if (args.source or args.method) and "invert" not in names:
+        raise ConfigError("--source and --method only apply to the invert attack")
+    inversion = InversionOptions(args.source or InversionOptions.source, args.method or InversionOptions.method)
     config.validate()
     if args.transcript is not None:
-        document, pictures = attack_transcript(names, args.transcript, config, progress=not args.quiet)
+        document, pictures = attack_transcript(names, args.transcript, config, progress=not args.quiet,
+                                               inversion=inversion)
     else:
-        document, pictures = attack_run(names, config, tuple(args.victim) or (0,), progress=not args.quiet)
+        document, pictures = attack_run(names, config, tuple(args.victim) or (0,), progress=not args.quiet,
+                                        inversion=inversion)
     lines = [_attack_summary(document)]
     for name, path in grids.items():
         if name in pictures:
@@ -472,9 +483,20 @@ def _attack_summary(document: dict) -> str:
         if report["applicable"] and report["metrics"].get("auc") is not None:
             text.append(f"{name}: AUC {report['metrics']['auc']:.3f}, TPR at 1 % FPR "
                         f"{report['metrics']['tpr_at_1pct_fpr']:.3f} ({report['metrics']['best_test']})")
+        if report["applicable"] and report["metrics"].get("psnr_mean") is not None:
+            text.append(_inversion_line(name, report))
         if not report["applicable"]:
             text.append(f"{name}: not applicable: {report['reason']}")
     return "\n".join(text)
+
+
+def _inversion_line(name: str, report: dict) -> str:
+    metrics, baseline = report["metrics"], report["metrics"]["baseline"]
+    oracle = " (ORACLE: true features)" if report.get("oracle") else ""
+    return (f"{name}{oracle}: {report['source']} → {metrics['method']}: PSNR {metrics['psnr_mean']:.1f} dB "
+            f"(class-mean image {metrics['baseline_psnr_mean']:.1f} dB), identified {metrics['identified_fraction']:.3f} "
+            f"(class-mean image {baseline['identified_fraction']:.3f}), top-5 {metrics['top5_fraction']:.3f}, "
+            f"feature-space identified {metrics['feature_identified_fraction']:.3f}")
 
 
 def _dropout(text: str) -> tuple[str, float]:

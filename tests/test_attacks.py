@@ -143,7 +143,7 @@ def test_a_saved_transcript_is_scored_only_against_the_partition_that_made_it(tm
 
 
 # -- the structure that keeps ground truth away from attacks -------------------------------
-FORBIDDEN = ("attacks.case", "attacks.evaluation", "attacks.suite", "secure_afl.runner", "secure_afl.data",
+FORBIDDEN = ("attacks.case", "attacks.evaluation", "attacks.inversion.evaluation", "attacks.suite", "secure_afl.runner", "secure_afl.data",
              "secure_afl.features.extract", "secure_afl.features.backbone", "secure_afl.features.cache")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protocols.files import write_atomically
+from protocols.files import entry_checksum, write_atomically
 
 CACHE_FORMAT = 1
 log = logging.getLogger(__name__)
@@ -73,17 +73,6 @@ class FeatureCache:
         write_atomically(self.path(key), lambda out: np.savez(out, features=features, labels=labels, checksum=checksum),
                          binary=True)
         log.info("feature cache: stored %s", self.path(key))
-
-
-def entry_checksum(key: str, features: np.ndarray, labels: np.ndarray) -> str:
-    """SHA-256 binding an entry's arrays (dtype, shape, bytes) to its key, so a file under another key's
-    name fails it too."""
-    digest = hashlib.sha256(key.encode())
-    for array in (features, labels):
-        array = np.ascontiguousarray(array)
-        digest.update(f"|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.data)
-    return digest.hexdigest()
 
 
 def _unusable(path: Path, reason: str) -> None:
