@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from protocols import broadcast_digest, make_protocol
+from protocols import Roster, RoundResult, broadcast_digest, make_protocol
 from protocols.transcript import TranscriptWriter, check_destination, size_on_disk
 from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, ridge_solve, statistics_bound
 from secure_afl.algorithms.apfl import APFLClient, APFLConfig
-from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel
+from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
 from secure_afl.algorithms.deepafl import DeepAFLClient, DeepAFLConfig, DeepAFLServer
 from secure_afl.algorithms.deepafl import centralized as deepafl_centralized
 from secure_afl.algorithms.fedavg import DPConfig, FedAvgClient, FedAvgConfig, FedAvgServer
@@ -115,41 +116,66 @@ def backbone_features(config: RunConfig, dataset: Dataset, device: torch.device,
     return train, test, {"pools": len(per_pool), "cache_hits": hits, "feature_dim": backbone.feature_dim}
 
 
+def make_server(afl: AFLConfig, max_norm: float, dim: int, num_classes: int, max_samples: int, clients: list[int],
+                deep: DeepAFLConfig | None = None, gradient: FedAvgConfig | None = None) -> AlgorithmServer:
+    """The algorithm's server; the public bounds follow from the feature norm bound and the largest client size.
+    APFL's server is AFL's (its primary stream is AFL)."""
+    if gradient is not None:
+        return FedAvgServer(dim, num_classes, gradient, clients, max_samples)
+    if deep is not None:
+        return DeepAFLServer(dim, num_classes, deep, max_samples, max_norm)
+    return AFLServer(dim, num_classes, afl, statistics_bound(max_samples, max_norm))
+
+
+def make_client(server: AlgorithmServer, client: int, x: torch.Tensor, y: np.ndarray, num_classes: int,
+                afl: AFLConfig, max_norm: float, deep: DeepAFLConfig | None = None,
+                gradient: FedAvgConfig | None = None, refine_x: torch.Tensor | None = None) -> AlgorithmClient:
+    """Client ``client`` on its own mapped features (APFL's also on its refinement features); an AFL or APFL
+    client clips its (noisy) vector to the bound of the server's round."""
+    if gradient is not None:
+        return FedAvgClient(client, x, y, num_classes, gradient, gradient.rounds)
+    if deep is not None:
+        return DeepAFLClient(x, y, num_classes, deep, max_norm)
+    bound = server.next_round().bound
+    if refine_x is None:
+        return AFLClient(x, y, num_classes, afl.privacy, bound)
+    return APFLClient(x, refine_x, y, num_classes, afl.privacy, bound)
+
+
 def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_samples: int,
                    deep: DeepAFLConfig | None = None, gradient: FedAvgConfig | None = None):
-    """The server and the clients; the public bounds follow from the feature norm bound and client size.
-
-    APFL's server is AFL's (its primary stream is AFL); its clients also hold refinement features. A
-    client that withholds every row (the minimum-count rule) has nothing to send and is not built.
-    """
-    dim = data.train_x.shape[1]
-    if gradient is not None:
-        ids = list(range(len(data.client_indices)))
-        server = FedAvgServer(dim, data.num_classes, gradient, ids, max_samples)
-        clients = {k: FedAvgClient(k, data.train_x[idx], data.train_y[idx], data.num_classes, gradient, gradient.rounds)
-                   for k, idx in enumerate(data.client_indices)}
-        return server, clients
-    if deep is not None:
-        server = DeepAFLServer(dim, data.num_classes, deep, max_samples, max_norm)
-        clients = {k: DeepAFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, deep, max_norm)
-                   for k, idx in enumerate(data.client_indices) if len(idx)}
-        return server, clients
-    server = AFLServer(dim, data.num_classes, afl, statistics_bound(max_samples, max_norm))
-    bound = server.next_round().bound  # what each client clips its (noisy) vector to
-    if data.refine_train_x is None:
-        clients = {k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, afl.privacy, bound)
-                   for k, idx in enumerate(data.client_indices) if len(idx)}
-    else:
-        clients = {k: APFLClient(data.train_x[idx], data.refine_train_x[idx], data.train_y[idx], data.num_classes,
-                                 afl.privacy, bound)
-                   for k, idx in enumerate(data.client_indices) if len(idx)}
+    """The server and the clients of the whole federation. A client of an analytic algorithm that withholds
+    every row (the minimum-count rule) has nothing to send and is not built."""
+    ids = list(range(len(data.client_indices)))
+    server = make_server(afl, max_norm, data.train_x.shape[1], data.num_classes, max_samples, ids, deep, gradient)
+    refine = data.refine_train_x
+    clients = {k: make_client(server, k, data.train_x[idx], data.train_y[idx], data.num_classes, afl, max_norm, deep,
+                              gradient, None if refine is None else refine[idx])
+               for k, idx in enumerate(data.client_indices) if len(idx) or gradient is not None}
     return server, clients
 
 
 def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], protocol, timer: Timer,
              observer=None, transcript: TranscriptWriter | None = None, progress: bool = False,
              expected_rounds: int | None = None) -> dict:
-    """Drive every round: clients contribute, the protocol sums, the server consumes. Returns byte counts.
+    """Every round in this process: the clients contribute, the protocol sums (``run_rounds`` says the rest)."""
+    protocol.enrol(clients)  # every client of the job, before its first round (a no-op once enrolled)
+
+    def exchange(spec: RoundSpec, asked: list[int]) -> RoundResult:
+        with timer.phase("local"):
+            vectors = {k: clients[k].contribute(spec) for k in asked}
+        with timer.phase("aggregation"):
+            return protocol.aggregate(spec.name, vectors, spec.bound, broadcast_digest=broadcast_digest(spec.broadcast))
+
+    return run_rounds(server, sorted(clients), exchange, protocol.name, timer, observer, transcript, progress,
+                      expected_rounds)
+
+
+def run_rounds(server: AlgorithmServer, clients: list[int], exchange: Callable[[RoundSpec, list[int]], RoundResult],
+               protocol_name: str, timer: Timer, observer=None, transcript: TranscriptWriter | None = None,
+               progress: bool = False, expected_rounds: int | None = None) -> dict:
+    """Drive every round: ``exchange(spec, asked)`` gets the asked clients' sum through the protocol (in this
+    process, or over a deployment's network), the server consumes it. Returns byte counts.
 
     A round asks the clients its spec names (all by default), once: a round that fails is never
     retried and no statistic is aggregated twice, since two sums of one statistic over client sets
@@ -168,18 +194,13 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
     upload = dict.fromkeys(clients, 0)
     download = dict.fromkeys(clients, 0)
     rounds = []
-    protocol.enrol(clients)  # every client of the job, before its first round (a no-op once enrolled)
-    with tqdm(total=expected_rounds, desc=f"rounds ({protocol.name})", unit="round", disable=not progress,
+    with tqdm(total=expected_rounds, desc=f"rounds ({protocol_name})", unit="round", disable=not progress,
               leave=False, mininterval=0) as bar:  # rounds are coarse: show every one (tqdm skips updates < 0.1 s)
         while (spec := server.next_round()) is not None:
-            asked = included if spec.participants is None else included & spec.participants
+            asked = sorted(included if spec.participants is None else included & spec.participants)
             bar.set_postfix_str(spec.name)
             log.info("round %s: %d clients asked, %d values each", spec.name, len(asked), spec.length)
-            with timer.phase("local"):
-                vectors = {k: clients[k].contribute(spec) for k in sorted(asked)}
-            with timer.phase("aggregation"):
-                result = protocol.aggregate(spec.name, vectors, spec.bound,
-                                            broadcast_digest=broadcast_digest(spec.broadcast))
+            result = exchange(spec, asked)
             if transcript is not None:
                 with timer.phase("transcript"):
                     transcript.write_round(result.view, spec.public(), spec.broadcast)
@@ -187,17 +208,17 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
                 server.receive(spec, result.total)
             for k in result.upload_bytes:
                 upload[k] += result.upload_bytes[k]
-                download[k] += result.download_bytes[k] + (spec.broadcast_bytes if k in vectors else 0)
+                download[k] += result.download_bytes[k] + (spec.broadcast_bytes if k in asked else 0)
             if result.included is not None:
-                included -= set(vectors) - result.included
+                included -= set(asked) - result.included
             if observer is not None:
                 observer(spec, server)
             rounds.append({
                 "round": spec.name,
                 "length": spec.length,
                 "upload_per_client_max": max(result.upload_bytes.values()),
-                "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in vectors),
-                "clients_asked": len(vectors),
+                "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in asked),
+                "clients_asked": len(asked),
                 "clients_included": len(included),
                 "protocol": result.details,
             })
@@ -242,9 +263,11 @@ class RunPlan:
     device: torch.device
 
 
-def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
+def plan_run(config: RunConfig, record: bool = False, roster: Roster | None = None) -> RunPlan:
     """Validate, build the protocol, open the data set and partition it: every cheap check that can
-    refuse a run happens here, before features are extracted or anything is written."""
+    refuse a run happens here, before features are extracted or anything is written. A deployed job's
+    server passes the operator's ``roster``: the protocol adopts it (refusing one for another job) instead
+    of enrolling identities of its own."""
     config.validate()
     algorithm_configs(config)  # refuses combinations only the algorithms' own configurations see
     feature_map = build_feature_map(config)
@@ -279,7 +302,10 @@ def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
     sent = withhold_rare_classes(client_indices, train_y, config.min_class_count)
     _check_senders(sent, config)
     protocol.prepare(len(client_indices), statistics_bound(len(train_y), config.max_norm))
-    protocol.enrol(range(len(client_indices)), job=public_config(config))  # the operator's roster for the job
+    if roster is None:
+        protocol.enrol(range(len(client_indices)), job=public_config(config))  # the operator's roster for the job
+    else:
+        protocol.adopt(roster, range(len(client_indices)), job=public_config(config))
     return RunPlan(config, protocol, dataset, train_y, test_y, client_indices, held_out, sent, feature_map,
                    refinement_map, device)
 
