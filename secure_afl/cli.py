@@ -167,6 +167,36 @@ def _run_parser(sub) -> None:
     out.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
 
 
+def _deploy_parser(sub) -> None:
+    p = sub.add_parser("deploy", help="run a job over Flower: a SuperLink and one SuperNode per client, as processes",
+                       formatter_class=_HelpFormatter)
+    where = p.add_subparsers(dest="where", required=True)
+    local = where.add_parser("local", help="a SuperLink and --nodes SuperNodes on this machine (loopback)",
+                             formatter_class=_HelpFormatter,
+                             description="Starts a Flower SuperLink and one SuperNode per client as separate processes "
+                                         "on 127.0.0.1, runs the job through them (needs `pip install "
+                                         "'secure-afl[deploy]'`), writes the same results JSON as `secure-afl run` "
+                                         "plus per-stage bytes and latencies, and stops every process it started.")
+    local.add_argument("--nodes", type=int, required=True, help="SuperNodes, one per client (sets --clients)")
+    _run_options(local)
+    net = local.add_argument_group("deployment")
+    net.add_argument("--stage-timeout", type=float, default=60.0,
+                     help="seconds a protocol stage waits for replies; a node that has not answered has dropped out")
+    net.add_argument("--connect-timeout", type=float, default=120.0, help="seconds to wait for the nodes to connect")
+    net.add_argument("--crash", action="append", type=_crash, default=[], metavar="NODE=STAGE",
+                     help="a drill: kill node NODE's processes when STAGE's message reaches it (hello, plaintext, "
+                          f"{', '.join(STAGES)}); repeatable")
+    net.add_argument("--workdir", default=None,
+                     help="an empty directory for the job's files and every process's log, kept afterwards "
+                          "(default: a temporary one, removed)")
+    out = local.add_argument_group("output")
+    out.add_argument("--out", default=None, help="results JSON path")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing results file (and transcript)")
+    out.add_argument("--transcript", default=None, metavar="DIR", help="write the deployed server's view of every round here")
+    out.add_argument("--quiet", action="store_true", help="no summary")
+    out.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
+
+
 def _attack_parser(sub) -> None:
     p = sub.add_parser("attack", help="attack what a run's server saw and score it against the private data",
                        formatter_class=_HelpFormatter,
@@ -209,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _attack_parser(sub)
+    _deploy_parser(sub)
     _report_parser(sub)
     args = parser.parse_args(argv)
     config = None
@@ -217,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         options = vars(args)
         options["dropout"] = dict(options["dropout"])
         config = RunConfig(**{k: v for k, v in options.items() if k in names})
-    command = {"run": _run, "attack": _attack, "report": _report}[args.command]
+    command = {"run": _run, "attack": _attack, "deploy": _deploy, "report": _report}[args.command]
     handler = _log_to_stderr() if args.verbose else None
     try:
         with warnings.catch_warnings():
@@ -326,6 +357,27 @@ def _attack(args, config: RunConfig) -> str:
     return "\n".join(lines)
 
 
+def _deploy(args, config: RunConfig) -> str:
+    """``secure-afl deploy local``: outputs and the job are checked before any process starts."""
+    from secure_afl.results import check_output_path, format_summary, write_results
+
+    try:
+        from secure_afl.deploy.local import LocalDeployment, run_local
+    except ImportError as exc:
+        raise ConfigError(f"deploying needs Flower: pip install 'secure-afl[deploy]' ({exc})") from exc
+    _refuse_silent_run(args, args.out, args.transcript)
+    check_output_path(args.out, args.overwrite)
+    deployment = LocalDeployment(args.nodes, args.stage_timeout, args.connect_timeout, crash=dict(args.crash),
+                                 workdir=args.workdir)
+    results = run_local(config, deployment, args.transcript, args.overwrite)
+    if args.out:
+        write_results(args.out, results, overwrite=args.overwrite)
+    stages = results["deployment"]["stages"]
+    latency = ", ".join(f"{s['stage']} {s['seconds']:.2f} s" for s in stages)
+    return "\n".join([format_summary(results), f"deployed over {args.nodes} SuperNodes; stages: {latency}"]
+                     + ([f"results written to {args.out}"] if args.out else []))
+
+
 def _report(args, config: None) -> str:
     """``secure-afl report``: the grid is read and the output checked before anything is written."""
     from attacks.report import load_grid, write_report
@@ -372,6 +424,13 @@ def _dropout(text: str) -> tuple[str, float]:
         return stage, float(fraction)
     except ValueError:
         raise argparse.ArgumentTypeError(f"the dropout fraction must be a number, got {fraction!r}") from None
+
+
+def _crash(text: str) -> tuple[int, str]:
+    node, sep, stage = text.partition("=")
+    if not sep or not node.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NODE=STAGE, e.g. 2=input, got {text!r}")
+    return int(node), stage
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -354,7 +354,7 @@ def public_config(config: RunConfig) -> dict:
     return public
 
 
-def public_knowledge(plan: RunPlan, features: Features) -> dict:
+def public_knowledge(plan: RunPlan, backbone_dim: int, feature_dim: int) -> dict:
     """What the server of this run legitimately knows besides the messages: the job's public
     configuration, the client ids, the feature and class dimensions, and the training-set size the
     bounds are built from. Never which client holds which sample."""
@@ -362,11 +362,16 @@ def public_knowledge(plan: RunPlan, features: Features) -> dict:
         "config": public_config(plan.config),
         "clients": list(range(len(plan.client_indices))),
         "num_classes": plan.dataset.num_classes,
-        "backbone_dim": int(features.info["feature_dim"]),
-        "feature_dim": int(features.data.train_x.shape[1]),
+        "backbone_dim": int(backbone_dim),
+        "feature_dim": int(feature_dim),
         "train_size": len(plan.train_y),
         "secure_protocol": bool(plan.protocol.secure),
     }
+
+
+def features_knowledge(plan: RunPlan, features: Features) -> dict:
+    """``public_knowledge`` of a run whose features this process extracted."""
+    return public_knowledge(plan, features.info["feature_dim"], features.data.train_x.shape[1])
 
 
 @dataclass
@@ -407,22 +412,30 @@ def train(plan: RunPlan, features: Features, timer: Timer, transcript: Transcrip
     if apfl_config is not None:
         with timer.phase("personalization"):  # local only: nothing is sent
             personal = {k: client.personalize(server.model().weights, apfl_config) for k, client in clients.items()}
-    log.info("evaluation: %d test images", len(data.test_y))
     with timer.phase("evaluation"):
-        included = bytes_report["included_clients"]
-        central = None if gradient_config else reference_model(data, included, afl_config, deep_config, config.max_norm)
-        metrics = evaluate(server.model(), central, data, included, personal)
+        metrics = job_metrics(plan, features, server.model(), bytes_report["included_clients"], personal)
         if history is not None:
             metrics["history"] = history.rows
             metrics.update(gradient_report(clients, gradient_config))
-    metrics["rows_changed_by_norm_bound"] = features.rows_changed
-    if config.min_class_count > 1:
-        metrics["min_class_count"] = withheld_summary(plan.client_indices, plan.sent_indices)
     if afl_config.privacy is not None:
         metrics["dp"] = dp_report(server, clients, afl_config.privacy, features)
     if deep_config is not None:  # nonzero only when a declared bound was false (see algorithms/deepafl.py)
         metrics["values_clipped_to_bound"] = sum(client.clipped for client in clients.values())
     return Training(server, clients, metrics, bytes_report)
+
+
+def job_metrics(plan: RunPlan, features: Features, model, included: list[int], personal: dict | None = None) -> dict:
+    """The model's evaluation against the centralized reference on the included clients, and what the feature
+    map and the minimum-count rule changed: the metrics of an in-process run and of a deployed one alike."""
+    config, data = plan.config, features.data
+    afl_config, _, deep_config, gradient_config = algorithm_configs(config)
+    log.info("evaluation: %d test images", len(data.test_y))
+    central = None if gradient_config else reference_model(data, included, afl_config, deep_config, config.max_norm)
+    metrics = evaluate(model, central, data, included, personal)
+    metrics["rows_changed_by_norm_bound"] = features.rows_changed
+    if config.min_class_count > 1:
+        metrics["min_class_count"] = withheld_summary(plan.client_indices, plan.sent_indices)
+    return metrics
 
 
 def results_document(plan: RunPlan, features: Features, training: Training, timer: Timer, **extra) -> dict:
@@ -454,7 +467,7 @@ def run(config: RunConfig, progress: bool = False, transcript: str | None = None
     timer = Timer()
     with timer.phase("total"):
         features = load_features(plan, timer, progress)
-        writer = TranscriptWriter(transcript, public_knowledge(plan, features), overwrite) if transcript else None
+        writer = TranscriptWriter(transcript, features_knowledge(plan, features), overwrite) if transcript else None
         try:
             training = train(plan, features, timer, writer, progress=progress)
         except BaseException:
