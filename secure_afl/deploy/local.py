@@ -87,20 +87,23 @@ class Processes:
         return descendants([process.pid for _, process in self.started])
 
     def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM to every process of the deployment, SIGKILL to those still alive after ``grace`` seconds."""
         pids = self.pids()
         for pid in pids:
             _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for _, process in self.started:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+        _wait_gone(pids, grace)
         for pid in pids:
             if _alive(pid):
                 _signal(pid, signal.SIGKILL)
+        _wait_gone(pids, grace)
         for _, process in self.started:
             process.wait()
+
+
+def _wait_gone(pids: list[int], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def descendants(roots: list[int]) -> list[int]:
