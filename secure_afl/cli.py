@@ -177,6 +177,15 @@ def _deploy_parser(sub) -> None:
                                          "on 127.0.0.1, runs the job through them (needs `pip install "
                                          "'secure-afl[deploy]'`), writes the same results JSON as `secure-afl run` "
                                          "plus per-stage bytes and latencies, and stops every process it started.")
+    issue = where.add_parser("issue", help="write a multi-machine job's files: job.json, the roster, one identity per site",
+                             formatter_class=_HelpFormatter,
+                             description="The operator's files of a job (see the README's Deployment section): give "
+                                         "job.json to the server and every site, roster.json and sites/K/ to site K "
+                                         "(its identity is private), out of band. Prints each site's --node-config.")
+    issue.add_argument("--dir", required=True, help="an empty or new directory for the files")
+    _run_options(issue)
+    issue.add_argument("--quiet", action="store_true", help="print nothing")
+    issue.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
     local.add_argument("--nodes", type=int, required=True, help="SuperNodes, one per client (sets --clients)")
     _run_options(local)
     net = local.add_argument_group("deployment")
@@ -358,9 +367,12 @@ def _attack(args, config: RunConfig) -> str:
 
 
 def _deploy(args, config: RunConfig) -> str:
-    """``secure-afl deploy local``: outputs and the job are checked before any process starts."""
+    """``secure-afl deploy local`` / ``issue``: outputs and the job are checked before any process starts or any
+    file is written."""
     from secure_afl.results import check_output_path, format_summary, write_results
 
+    if args.where == "issue":
+        return _issue(args, config)
     try:
         from secure_afl.deploy.local import LocalDeployment, run_local
     except ImportError as exc:
@@ -376,6 +388,21 @@ def _deploy(args, config: RunConfig) -> str:
     latency = ", ".join(f"{s['stage']} {s['seconds']:.2f} s" for s in stages)
     return "\n".join([format_summary(results), f"deployed over {args.nodes} SuperNodes; stages: {latency}"]
                      + ([f"results written to {args.out}"] if args.out else []))
+
+
+def _issue(args, config: RunConfig) -> str:
+    from secure_afl.deploy.issue import issue_files, node_config
+    from secure_afl.deploy.site import check_deployable
+    from secure_afl.runner import plan_run
+
+    directory = Path(args.dir)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise ConfigError(f"--dir {args.dir!r} exists and is not an empty directory; choose a new one")
+    check_deployable(config)
+    files = issue_files(plan_run(config), directory)
+    lines = [f"job {files['job']}"] + ([f"roster {files['roster']}"] if "roster" in files else [])
+    return "\n".join(lines + [f"site {k}: --node-config '{node_config(k, config.clients, files)}'"
+                               for k in range(config.clients)])
 
 
 def _report(args, config: None) -> str:

@@ -106,3 +106,23 @@ def test_a_flower_message_carries_our_wire_messages_unchanged():
     assert parts(SimpleNamespace(content=content(*wire))) == wire
     with pytest.raises(MalformedMessageError):
         parts(SimpleNamespace(content=RecordDict()))
+
+
+def test_deploy_issue_writes_each_site_its_private_identity_and_node_config(tmp_path, capsys):
+    from protocols import Roster
+    from protocols.identity import Identity
+    from secure_afl.cli import main
+
+    options = ["--clients", "3", "--dataset", "digits", "--resolution", "32", "--partition", "iid"]
+    assert main(["deploy", "issue", "--dir", str(tmp_path / "job"), *options]) == 0
+    out = capsys.readouterr().out
+    roster = Roster.load(tmp_path / "job" / "roster.json")
+    assert sorted(roster.clients) == [0, 1, 2]
+    for k in range(3):
+        identity = tmp_path / "job" / "sites" / str(k) / "identity.json"
+        assert identity.stat().st_mode & 0o777 == 0o600
+        assert Identity.from_json(identity.read_text(), roster).client == k
+        assert f'partition-id={k} num-partitions=3 job="{tmp_path / "job" / "job.json"}"' in out
+    assert read_job(tmp_path / "job" / "job.json").clients == 3
+    assert main(["deploy", "issue", "--dir", str(tmp_path / "job"), *options]) == 2  # never over an earlier job
+    assert capsys.readouterr().err.startswith("secure-afl: error: --dir")

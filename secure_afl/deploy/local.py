@@ -32,7 +32,8 @@ from protocols.transcript import check_destination
 from secure_afl.algorithms.base import LinearModel
 from secure_afl.config import RunConfig
 from secure_afl.deploy.server_app import MODEL, REPORT, TRANSCRIPT
-from secure_afl.deploy.site import check_deployable, write_job
+from secure_afl.deploy.issue import issue_files, node_config, toml_value
+from secure_afl.deploy.site import check_deployable
 from secure_afl.errors import ConfigError, SecureAFLError
 from secure_afl.runner import Timer, Training, load_features, job_metrics, plan_run, results_document
 
@@ -172,37 +173,6 @@ def _tool(name: str) -> str:
     return str(path)
 
 
-def _toml_string(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a TOML basic string
-
-
-def _issue_files(plan, work: Path, nodes: int) -> dict[str, str]:
-    """The operator's files: the roster and each site's private identity (a secure protocol only)."""
-    protocol = plan.protocol
-    if getattr(protocol, "roster", None) is None:
-        return {}
-    roster = protocol.roster.save(work / "roster.json")
-    files = {"roster": str(roster)}
-    for k in range(nodes):
-        path = work / "sites" / str(k) / "identity.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private to the site
-        with os.fdopen(fd, "w") as out:
-            out.write(protocol.member(k).identity.to_json(protocol.roster.job_id))
-    return files
-
-
-def node_config(k: int, nodes: int, work: Path, files: dict[str, str], crash: str | None) -> str:
-    entries = {"partition-id": k, "num-partitions": nodes, "job": _toml_string(str(work / "job.json"))}
-    if "roster" in files:
-        entries.update(roster=_toml_string(files["roster"]),
-                       identity=_toml_string(str(work / "sites" / str(k) / "identity.json")),
-                       **{"ledger-dir": _toml_string(str(work / "sites" / str(k) / "ledger"))})
-    if crash is not None:
-        entries["crash-at"] = _toml_string(crash)
-    return " ".join(f"{key}={value}" for key, value in entries.items())
-
-
 @contextmanager
 def _workdir(given: str | None):
     if given is not None:
@@ -234,8 +204,7 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
     with _workdir(deployment.workdir) as work, timer.phase("total"):
         for sub in ("logs", "flwr", "out", "app"):
             (work / sub).mkdir()
-        write_job(work / "job.json", config)
-        files = _issue_files(plan, work, deployment.nodes)
+        files = issue_files(plan, work)
         shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
         env = {**os.environ, **OFFLINE, "FLWR_HOME": str(work / "flwr"),  # Flower starts its helpers from PATH
                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
@@ -275,12 +244,12 @@ def _run_processes(processes: Processes, work: Path, files: dict[str, str], depl
     for k in range(deployment.nodes):
         processes.start(f"supernode-{k}", [
             _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
-            "--node-config", node_config(k, deployment.nodes, work, files, deployment.crash.get(k))])
+            "--node-config", node_config(k, deployment.nodes, files, deployment.crash.get(k))])
     (work / "flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-    settings = {"job": str(work / "job.json"), "out": str(work / "out"), "roster": files.get("roster", ""),
+    settings = {"job": files["job"], "out": str(work / "out"), "roster": files.get("roster", ""),
                 "stage-timeout": float(deployment.stage_timeout), "connect-timeout": float(deployment.connect_timeout)}
-    run_config = " ".join(f"{key}={_toml_string(v) if isinstance(v, str) else v}" for key, v in settings.items())
+    run_config = " ".join(f"{key}={toml_value(v)}" for key, v in settings.items())
     start = time.monotonic()
     with open(work / "logs" / "flwr-run.log", "wb") as log:
         try:
