@@ -7,6 +7,7 @@ Flower is not installed (`make test` installs it with the test extra).
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ pytest.importorskip("flwr")
 from protocols import ContributionLedger, FixedPoint, Transcript  # noqa: E402
 from secure_afl.algorithms.afl import AFLConfig  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
-from secure_afl.deploy.local import DeploymentError, LocalDeployment, run_local  # noqa: E402
+from secure_afl.deploy.local import DeploymentError, LocalDeployment, _alive, run_local  # noqa: E402
 from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, reference_model, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -40,6 +41,19 @@ def in_process(clients: int):
     return train(plan, features, Timer()), vectors, spec, features
 
 
+def left_running(tmp_path) -> list[int]:
+    """Live processes of the deployment under ``tmp_path`` (each carries its FLWR_HOME in its environment)."""
+    marker = f"FLWR_HOME={tmp_path / 'work' / 'flwr'}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return [pid for pid in found if _alive(pid)]
+
+
 def relative(a, b):
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
@@ -54,7 +68,7 @@ def test_masked_afl_over_three_supernodes_equals_the_in_process_run_and_hides_ev
     deployment = results["deployment"]
     assert [s["stage"] for s in deployment["stages"]] == ["advertise", "share", "input", "consistency", "unmask"]
     assert all(s["answered"] == [0, 1, 2] and s["upload_bytes"]["max"] > 0 for s in deployment["stages"])
-    assert deployment["processes_left_running"] == []
+    assert deployment["processes_left_running"] == [] and left_running(tmp_path) == []
 
     # the deployed server's transcript holds masked words only: no client's true statistics, only their sum
     (round_,) = Transcript.load(tmp_path / "transcript").rounds
@@ -82,7 +96,7 @@ def test_a_supernode_killed_before_key_sharing_leaves_an_exact_round_of_the_surv
     central = reference_model(features.data, [0, 1, 2], AFLConfig(), None, 1.0)
     weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
     assert relative(weights, central.weights) <= 1e-9
-    assert results["deployment"]["processes_left_running"] == []
+    assert results["deployment"]["processes_left_running"] == [] and left_running(tmp_path) == []
 
 
 def test_too_few_survivors_fail_cleanly_after_masked_inputs_without_revealing_any(tmp_path):
@@ -91,6 +105,7 @@ def test_too_few_survivors_fail_cleanly_after_masked_inputs_without_revealing_an
     with pytest.raises(DeploymentError, match="signed the survivor sets"):
         deploy(tmp_path, 3, crash={2: "consistency"}, transcript=str(tmp_path / "transcript"))
     work = tmp_path / "work"
+    assert left_running(tmp_path) == []  # stopped on failure too
     report = json.loads((work / "out" / "server.json").read_text())
     assert report["status"] == "failed"
     assert [s["stage"] for s in report["stages"]] == ["advertise", "share", "input", "consistency"]

@@ -1,6 +1,5 @@
 """The deployment's parts that need no running federation: wire messages, job files, refusals, process cleanup."""
 
-import subprocess
 import sys
 import time
 from dataclasses import replace

@@ -31,11 +31,11 @@ import numpy as np
 from protocols.transcript import check_destination
 from secure_afl.algorithms.base import LinearModel
 from secure_afl.config import RunConfig
-from secure_afl.deploy.server_app import MODEL, REPORT, TRANSCRIPT
 from secure_afl.deploy.issue import issue_files, node_config, toml_value
+from secure_afl.deploy.server_app import MODEL, REPORT, TRANSCRIPT
 from secure_afl.deploy.site import check_deployable
 from secure_afl.errors import ConfigError, SecureAFLError
-from secure_afl.runner import Timer, Training, load_features, job_metrics, plan_run, results_document
+from secure_afl.runner import Timer, Training, job_metrics, load_features, plan_run, results_document
 
 APP = Path(__file__).with_name("app")
 CONNECTION = "secure-afl-local"
