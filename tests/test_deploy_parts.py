@@ -11,7 +11,7 @@ import pytest
 from protocols import MalformedMessageError, RosterError, make_protocol
 from secure_afl.config import RunConfig
 from secure_afl.deploy.messages import NodeHello, RoundCall
-from secure_afl.deploy.site import Site, check_deployable, read_job, write_job
+from secure_afl.deploy.site import Site, SiteData, check_deployable, read_job, write_job
 from secure_afl.errors import ConfigError
 from secure_afl.runner import public_config
 
@@ -125,3 +125,30 @@ def test_deploy_issue_writes_each_site_its_private_identity_and_node_config(tmp_
     assert read_job(tmp_path / "job" / "job.json").clients == 3
     assert main(["deploy", "issue", "--dir", str(tmp_path / "job"), *options]) == 2  # never over an earlier job
     assert capsys.readouterr().err.startswith("secure-afl: error: --dir")
+
+
+def test_a_site_answers_only_the_round_it_derives_from_the_job_itself(tmp_path):
+    pytest.importorskip("flwr")
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+
+    from protocols import ProtocolAbort
+    from secure_afl.deploy.client_app import DATA, FACTS, _vector
+    from secure_afl.statistics import packed_statistics
+
+    write_job(tmp_path / "job.json", RunConfig(clients=3, protocol="plaintext", dataset="digits"))
+    site = Site.from_node_config({"job": str(tmp_path / "job.json"), "partition-id": 1, "num-partitions": 3})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # rows within --max-norm 1, as the feature map leaves them
+    y = rng.integers(0, 10, size=20)
+    state = RecordDict({DATA: ArrayRecord({"x": Array(x), "y": Array(y)}),
+                        FACTS: ConfigRecord({"num_classes": 10, "train_size": 100, "backbone_dim": 8})})
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=state, run_config={})
+    server, _ = site.algorithm(SiteData(x, y, 10, 100, 8))
+    own = server.next_round()
+    spec, vector = _vector(site, ctx, RoundCall(own.name, own.length, own.bound, {}).to_bytes())
+    assert spec.bound == own.bound and np.array_equal(vector, packed_statistics(x, y, 10))
+    for name, bound, broadcast in ((own.name, 2 * own.bound, {}), ("afl/other", own.bound, {}),
+                                   (own.name, own.bound, {"w": np.zeros(2)})):
+        with pytest.raises(ProtocolAbort, match="not the round this site derives"):
+            _vector(site, ctx, RoundCall(name, own.length, bound, broadcast).to_bytes())

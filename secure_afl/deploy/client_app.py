@@ -21,9 +21,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from protocols.errors import ProtocolAbort
 from protocols.masking.client import MaskingClient
 from protocols.plaintext import PlaintextInput
 from protocols.terms import RoundTerms, broadcast_digest
+from secure_afl.algorithms.base import RoundSpec
 from secure_afl.deploy.messages import NodeHello, RoundCall
 from secure_afl.deploy.site import Site, SiteData
 from secure_afl.deploy.transport import content, parts
@@ -67,26 +69,35 @@ def _rows(site: Site, ctx: Context) -> SiteData:
                     int(facts["backbone_dim"]))
 
 
-def _vector(site: Site, ctx: Context, call: bytes) -> tuple[RoundCall, np.ndarray]:
+def _vector(site: Site, ctx: Context, call: bytes) -> tuple[RoundSpec, np.ndarray]:
+    """The round as this site derives it from the job, refused unless the server's call names exactly that round
+    (protocols/terms.py: a client never takes a round's name, bound or broadcast from the server alone), and the
+    site's vector for it. An AFL site derives its one round completely."""
     call = RoundCall.from_bytes(call)
-    return call, site.algorithm_client(_rows(site, ctx)).contribute(call.spec())
+    server, client = site.algorithm(_rows(site, ctx))
+    own = server.next_round()
+    if own is None or (own.name, own.length, own.bound, broadcast_digest(own.broadcast)) != (
+            call.name, call.length, call.bound, broadcast_digest(call.broadcast)):
+        raise ProtocolAbort(f"client {site.client}: the server called round {call.name!r} ({call.length} values, bound "
+                            f"{call.bound!r}), not the round this site derives from the job")
+    return own, client.contribute(own)
 
 
 @app.query("plaintext")
 def plaintext(msg: Message, ctx: Context) -> Message:
     site = _site(msg, ctx)
     (call,) = parts(msg)
-    call, vector = _vector(site, ctx, call)
-    return _reply(msg, PlaintextInput(call.name, site.client, vector).to_bytes())
+    spec, vector = _vector(site, ctx, call)
+    return _reply(msg, PlaintextInput(spec.name, site.client, vector).to_bytes())
 
 
 @app.query("advertise")
 def advertise(msg: Message, ctx: Context) -> Message:
-    """The round opens: the client derives its terms and vector from the call, then answers the setup."""
+    """The round opens: the client checks the call against the round it derives, then answers the setup."""
     site = _site(msg, ctx)
     call, setup = parts(msg)
-    call, vector = _vector(site, ctx, call)
-    terms = RoundTerms(call.name, call.bound, broadcast_digest(call.broadcast))
+    spec, vector = _vector(site, ctx, call)
+    terms = RoundTerms(spec.name, spec.bound, broadcast_digest(spec.broadcast))
     masking = MaskingClient(site.member(), vector, terms, site.ledger())
     return _step(msg, ctx, masking, masking.advertise, setup)
 

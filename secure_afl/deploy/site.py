@@ -25,7 +25,7 @@ from protocols.identity import Identity
 from secure_afl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from secure_afl.algorithms.base import AlgorithmClient
+    from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer
     from secure_afl.config import RunConfig
 
 JOB_FORMAT = "secure-afl/deploy-job"
@@ -132,8 +132,9 @@ class Site:
         return SiteData(x.cpu().numpy(), plan.train_y[rows], plan.dataset.num_classes, len(plan.train_y),
                         int(info["feature_dim"]))
 
-    def algorithm_client(self, data: SiteData) -> AlgorithmClient:
-        """The algorithm's client on this site's rows (``secure_afl.runner.make_client``)."""
+    def algorithm(self, data: SiteData) -> tuple[AlgorithmServer, AlgorithmClient]:
+        """The algorithm's server as this site derives it from the job (its rounds and public bounds, to check the
+        server's calls against) and the site's client on its rows (``secure_afl.runner.make_client``)."""
         import torch
 
         from secure_afl.runner import algorithm_configs, make_client, make_server
@@ -142,8 +143,9 @@ class Site:
         afl, _, deep, gradient = algorithm_configs(config)
         server = make_server(afl, config.max_norm, data.x.shape[1], data.num_classes, data.train_size,
                              list(range(config.clients)), deep, gradient)
-        return make_client(server, self.client, torch.from_numpy(data.x), data.y, data.num_classes, afl, config.max_norm,
-                           deep, gradient)
+        client = make_client(server, self.client, torch.from_numpy(data.x), data.y, data.num_classes, afl,
+                             config.max_norm, deep, gradient)
+        return server, client
 
 
 @dataclass(frozen=True)
