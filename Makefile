@@ -38,3 +38,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ledger_cost.py
 	$(BIN)/python benchmarks/privacy_grid.py
 	$(BIN)/python benchmarks/privacy_report.py
+	$(BIN)/python benchmarks/head_selection.py
+	$(BIN)/python benchmarks/readme_figures.py

@@ -33,9 +33,9 @@ from scipy.optimize import linear_sum_assignment
 from attacks.base import Attack, AttackOutput, Reconstruction, ServerView
 from attacks.case import GroundTruth
 from attacks.statistics.difference import same_statistic
+from secure_afl.algorithms.deepafl import configure as deepafl_config
 from secure_afl.algorithms.deepafl import layer_features
 from secure_afl.config import RunConfig
-from secure_afl.runner import deepafl_config
 
 TARGETS = {
     "singletons": "training samples alone in their class on their client",

@@ -39,6 +39,7 @@ from secure_afl.algorithms.afl import AFLConfig
 from secure_afl.algorithms.apfl import APFLConfig
 from secure_afl.algorithms.deepafl import DeepAFLConfig, centralized
 from secure_afl.algorithms.fedavg import FedAvgConfig
+from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import load_dataset
 from secure_afl.data.partition import allocate_held_out, partition, stratified_holdout
@@ -46,7 +47,7 @@ from secure_afl.device import resolve_device
 from secure_afl.errors import SecureAFLError
 from secure_afl.results import environment, write_results
 from secure_afl.runner import (
-    FederatedData, Timer, backbone_features, build_feature_map, build_refinement_map, evaluate, federate, make_algorithm,
+    FederatedData, Timer, backbone_features, build_feature_map, build_local_map, evaluate, federate,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -78,7 +79,7 @@ class Features:
 
     def refinement(self, activation: str) -> tuple[torch.Tensor, torch.Tensor]:
         if activation not in self._refine:
-            feature_map = build_refinement_map(RunConfig(algorithm="apfl", refine_activation=activation))
+            feature_map = build_local_map(RunConfig(algorithm="apfl", refine_activation=activation))
             self._refine[activation] = tuple(feature_map.apply(r)[0] for r in self.raw)
         return self._refine[activation]
 
@@ -91,23 +92,23 @@ def federation(x, y, x_test, y_test, classes, clients, alpha, seed, refine=None)
 
 def train(method: str, data: FederatedData, params: dict, seed: int):
     """One federated run; returns (model, metrics, test accuracy after every round of a gradient method)."""
-    afl = AFLConfig(GAMMA)
-    deep = gradient = None
-    if method == "deepafl":
-        deep = deep_config(params, params["layers"], seed)
-    if method in ("fedavg", "fedprox"):
-        gradient = FedAvgConfig(rounds=params["rounds"], lr=params["lr"], mu=params.get("mu", 0.0), seed=seed)
+    entry = algorithm(method)
+    job = {
+        "afl": lambda: AFLConfig(GAMMA),
+        "apfl": lambda: APFLConfig(params["lam"], params["beta"], AFLConfig(GAMMA)),
+        "deepafl": lambda: deep_config(params, params["layers"], seed),
+        "fedavg": lambda: FedAvgConfig(rounds=params["rounds"], lr=params["lr"], head=params.get("head", "linear"),
+                                       seed=seed),
+        "fedprox": lambda: FedAvgConfig(rounds=params["rounds"], lr=params["lr"], mu=params["mu"], seed=seed),
+    }[method]()  # this benchmark's own grids, not the CLI's options
     history = []
-    server, clients = make_algorithm(afl, 1.0, data, len(data.train_y), deep, gradient)
+    server, clients = entry.build(job, data, len(data.train_y), 1.0)
     observer = None
-    if gradient is not None:
+    if entry.history:
         test_x = data.test_x.numpy()
         observer = lambda spec, srv: history.append(srv.model().accuracy(test_x, data.test_y))  # noqa: E731
     federate(server, clients, PlaintextProtocol(), Timer(), observer)
-    personal = None
-    if method == "apfl":
-        config = APFLConfig(params["lam"], params["beta"])
-        personal = {k: c.personalize(server.model().weights, config) for k, c in clients.items()}
+    personal = None if entry.personalize is None else entry.personalize(job, server, clients)
     model = server.model()
     metrics = evaluate(model, None, data, list(range(len(data.client_indices))), personal)
     return model, metrics, history

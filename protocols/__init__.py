@@ -9,7 +9,7 @@ from protocols.errors import (
     ProtocolAbort, ProtocolError, RosterError, StatisticReusedError, ThresholdError, TooFewClientsError,
     UnknownProtocolError, UnsafeContextError,
 )
-from protocols.graph import GraphParameters, Targets, choose_parameters
+from protocols.graph import GraphParameters, Targets, TargetsNotMetWarning, choose_parameters
 from protocols.he import ApproximateCKKSProtocol, BFVProtocol, CKKSProtocol
 from protocols.identity import Identity, Member, Roster, enrol
 from protocols.ledger import ContributionLedger, Statistic
@@ -51,6 +51,7 @@ __all__ = [
     "ProtocolAbort",
     "ProtocolError",
     "Targets",
+    "TargetsNotMetWarning",
     "ThresholdError",
     "TooFewClientsError",
     "choose_parameters",

@@ -24,7 +24,12 @@ Neighbours. The default k is the smallest even k for which, with clients corrupt
 with probability γ and dropping with probability δ, union bounds give
 P[some client has ≥ t − 1 corrupt neighbours, or ≥ 2q − n clients are corrupt] ≤ 2^-σ (security)
 and P[some client keeps < t surviving holders, or fewer than q clients are left to sign] ≤ 2^-η
-(failure). When no k < n − 1 does, the graph is complete. The relabelling is drawn from the
+(failure), with t chosen for that k: the default t when it meets both, else the t with the
+largest worse margin. When no k < n − 1 does, the graph is complete, with such a t if one meets
+both. Small jobs often cannot meet the defaults whatever k and t (at n = 20, ≥ 2q − n = 8 corrupt
+clients out of 20 already has probability 2^-18.4 at γ = 5 %): then the default t of the complete
+graph is kept, ``meets_targets`` is False and the protocol warns once per run, naming the bounds it
+does reach. The assumptions (γ, δ) and targets (σ, η) are the job's options. The relabelling is drawn from the
 session id (a hash of every client's fresh public keys), so every client computes the same graph
 itself and the server cannot choose it.
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,6 +46,10 @@ from functools import lru_cache
 from protocols.errors import ParameterError
 from protocols.minimum import supermajority
 from protocols.prg import keystream
+
+
+class TargetsNotMetWarning(UserWarning):
+    """No neighbourhood size and threshold reach the job's security and failure targets for its size."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,21 @@ class GraphParameters:
     threshold: int  # t, out of k + 1 holders
     security_log2: float  # log2 of the union bound on exposing some client (−inf: impossible under the model)
     failure_log2: float  # log2 of the union bound on an unrecoverable round
+    targets: Targets = Targets()
+
+    @property
+    def meets_targets(self) -> bool:
+        return _meets(self.security_log2, self.failure_log2, self.targets)
+
+    def shortfall(self) -> str:
+        """One line for a warning: what was asked, what these parameters reach, and what would help."""
+        t = self.targets
+        graph = "the complete graph" if self.complete else f"{self.neighbours} neighbours"
+        return (f"masking over {self.clients} clients cannot meet 2^-{t.security_bits} security and 2^-{t.failure_bits} "
+                f"failure with {t.corrupt_fraction:.0%} corrupt clients and {t.dropout_fraction:.0%} dropouts assumed; "
+                f"{graph} with threshold {self.threshold} reaches security 2^{self.security_log2:.1f} and failure "
+                f"2^{self.failure_log2:.1f}. Enrol more clients, or state other assumptions or targets "
+                "(--corrupt-fraction, --dropout-fraction, --security-bits, --failure-bits)")
 
     @property
     def complete(self) -> bool:
@@ -106,8 +131,9 @@ def _log2_sum(*terms: float) -> float:
     return top + math.log2(sum(2.0 ** (x - top) for x in terms))
 
 
+@lru_cache(maxsize=1 << 16)
 def _log2_tail_at_least(k: int, p: float, m: int) -> float:
-    """log2 P[Binomial(k, p) ≥ m]."""
+    """log2 P[Binomial(k, p) ≥ m] (cached: the parameter search asks for the same tails many times)."""
     if m <= 0:
         return 0.0
     if m > k or p == 0:
@@ -118,6 +144,41 @@ def _log2_tail_at_least(k: int, p: float, m: int) -> float:
              for i in range(m, k + 1)]
     top = max(terms)
     return (top + math.log(sum(math.exp(x - top) for x in terms))) / math.log(2)
+
+
+def _meets(security: float, failure: float, targets: Targets) -> bool:
+    return security <= -targets.security_bits and failure <= -targets.failure_bits
+
+
+def _margin(security: float, failure: float, targets: Targets) -> float:
+    """The worse of the two margins, in bits, by which a choice beats its targets (negative: misses one)."""
+    return min(-security - targets.security_bits, -failure - targets.failure_bits)
+
+
+def _threshold_for(clients: int, neighbours: int, targets: Targets) -> int | None:
+    """The threshold for k = ``neighbours`` that meets both targets: the default when it does, else the one with
+    the largest worse margin; None when none does."""
+    default = default_threshold(neighbours)
+    if _meets(*bounds(clients, neighbours, default, targets), targets):
+        return default
+    thresholds = range(minimum_threshold(neighbours), neighbours + 2)
+    # security only improves and failure only worsens as t grows, so each target holds on an interval of t
+    lowest = bisect_left(thresholds, True,
+                         key=lambda t: bounds(clients, neighbours, t, targets)[0] <= -targets.security_bits)
+    highest = bisect_left(thresholds, True,
+                          key=lambda t: bounds(clients, neighbours, t, targets)[1] > -targets.failure_bits) - 1
+    if lowest > highest:
+        return None
+    # the worse margin is the smaller of a rising and a falling one: it peaks where they cross
+    feasible = thresholds[lowest:highest + 1]
+    crossing = bisect_left(feasible, True, key=lambda t: _rising_passes_falling(clients, neighbours, t, targets))
+    return max(feasible[max(crossing - 1, 0):crossing + 1], key=lambda t: _margin(*bounds(clients, neighbours, t, targets),
+                                                                                  targets))
+
+
+def _rising_passes_falling(clients: int, neighbours: int, threshold: int, targets: Targets) -> bool:
+    security, failure = bounds(clients, neighbours, threshold, targets)
+    return -security - targets.security_bits >= -failure - targets.failure_bits
 
 
 def bounds(clients: int, neighbours: int, threshold: int, targets: Targets) -> tuple[float, float]:
@@ -141,11 +202,14 @@ def choose_parameters(clients: int, threshold: int | None = None, neighbours: in
     complete = clients - 1
     if neighbours is None:
         neighbours = complete
-        for k in range(2, complete, 2):
-            security, failure = bounds(clients, k, default_threshold(k), targets)
-            if security <= -targets.security_bits and failure <= -targets.failure_bits:
-                neighbours = k
+        for k in [*range(2, complete, 2), complete]:
+            chosen = _threshold_for(clients, k, targets) if threshold is None else threshold
+            if chosen is not None and minimum_threshold(k) <= chosen <= k + 1 \
+                    and _meets(*bounds(clients, k, chosen, targets), targets):
+                neighbours, threshold = k, chosen
                 break
+    elif threshold is None and 1 <= neighbours <= complete:
+        threshold = _threshold_for(clients, neighbours, targets)
     if not 1 <= neighbours <= complete:
         raise ParameterError(f"neighbours must be between 1 and {complete} (complete graph) for {clients} clients, got {neighbours}")
     if neighbours != complete and neighbours % 2:
@@ -158,7 +222,7 @@ def choose_parameters(clients: int, threshold: int | None = None, neighbours: in
             f"and {neighbours + 1}, got {threshold}"
         )
     security, failure = bounds(clients, neighbours, threshold, targets)
-    return GraphParameters(clients, neighbours, threshold, security, failure)
+    return GraphParameters(clients, neighbours, threshold, security, failure, targets)
 
 
 def _uniform_below(stream: bytes, position: int, bound: int) -> tuple[int, int]:

@@ -10,10 +10,12 @@ from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from protocols import PROTOCOLS, ProtocolError
 from protocols.masking import STAGES
-from secure_afl.algorithms.fedavg import ACCOUNTANTS, HEADS
-from secure_afl.config import ALGORITHMS, RunConfig
+from secure_afl.algorithms.fedavg import ACCOUNTANTS, DEFAULT_LR, HEADS
+from secure_afl.algorithms.registry import ALGORITHMS
+from secure_afl.config import RunConfig
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
 from secure_afl.errors import ConfigError, SecureAFLError
@@ -23,6 +25,7 @@ from secure_afl.features.feature_map import ROW_NORMS
 from secure_afl.privacy import PLACEMENTS, SOLVES
 
 EXIT_USAGE = 2
+PREDICTIONS_SCHEMA = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a job stopped by Ctrl-C
 LOGGERS = ("secure_afl", "protocols", "attacks")
 
@@ -49,7 +52,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def _run_options(p: argparse.ArgumentParser) -> None:
     """Every option of a run; ``attack`` takes them too, to build the case it attacks."""
     defaults = RunConfig()
-    p.add_argument("--algorithm", choices=ALGORITHMS, default=defaults.algorithm, help="the federated algorithm")
+    p.add_argument("--algorithm", choices=tuple(ALGORITHMS), default=defaults.algorithm, help="the federated algorithm")
     p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=defaults.protocol,
                    help="mask: pairwise masking (SecAgg/SecAgg+); he-bfv / he-ckks: exact homomorphic sums; "
                         "he-ckks-approx: approximate; plaintext: the server sees every client's statistics")
@@ -59,16 +62,26 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                              "refuse smaller rounds, so a server cannot isolate a client among a few colluders "
                              "(default ⌊2P/3⌋+1 of the P clients asked per round; at most P - M clients may drop out "
                              "over a whole job)")
+    secure.add_argument("--dropout", action="append", type=_dropout, default=[], metavar="STAGE=FRACTION",
+                        help=f"simulate clients dropping at a stage (mask: {', '.join(STAGES)}; he-*: input, where "
+                             "the key holder dropping fails the round); repeatable")
     masking = p.add_argument_group("masking protocol")
     masking.add_argument("--threshold", type=int, default=None,
                          help="shares needed to unmask (default ⌊2(k+1)/3⌋+1 for k neighbours)")
     masking.add_argument("--neighbours", type=int, default=None,
                          help="neighbours per client: n-1 is the complete graph, an even k < n-1 a k-regular graph "
-                              "(default: the smallest k meeting 2^-40 security and 2^-20 failure at 5%% corrupt, 10%% dropouts)")
+                              "(default: the smallest k meeting the security and failure targets under the assumed "
+                              "corrupt and dropout fractions below; the complete graph, with a warning, when none does)")
+    masking.add_argument("--corrupt-fraction", type=float, default=defaults.corrupt_fraction,
+                         help="assumed chance that a client colludes with the server, for choosing k and t")
+    masking.add_argument("--dropout-fraction", type=float, default=defaults.dropout_fraction,
+                         help="assumed chance that a client drops during a round, for choosing k and t")
+    masking.add_argument("--security-bits", type=int, default=defaults.security_bits,
+                         help="target: P[some client's input is exposed] ≤ 2^-BITS under the assumptions")
+    masking.add_argument("--failure-bits", type=int, default=defaults.failure_bits,
+                         help="target: P[a round cannot be unmasked] ≤ 2^-BITS under the assumptions")
     masking.add_argument("--fraction-bits", type=int, default=None,
                          help="fixed-point precision, mask and he-bfv/he-ckks (default: the largest the protocol's range allows)")
-    masking.add_argument("--dropout", action="append", type=_dropout, default=[], metavar="STAGE=FRACTION",
-                         help=f"simulate clients dropping at a stage ({', '.join(STAGES)}); repeatable")
     he = p.add_argument_group("homomorphic protocols (he-bfv, he-ckks exact; he-ckks-approx approximate)")
     he.add_argument("--limbs", type=int, default=None,
                     help="limbs per value (default 1 for he-bfv, 2 for he-ckks); more limbs carry more fraction bits")
@@ -127,7 +140,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     grad = p.add_argument_group("FedAvg / FedProx (--algorithm fedavg | fedprox)")
     grad.add_argument("--rounds", type=int, default=defaults.rounds, help="communication rounds")
     grad.add_argument("--local-epochs", type=int, default=defaults.local_epochs, help="epochs per client and round")
-    grad.add_argument("--lr", type=float, default=defaults.lr, help="local learning rate")
+    grad.add_argument("--lr", type=float, default=defaults.lr,
+                      help="local learning rate (default per head, chosen on validation: "
+                           + ", ".join(f"{head} {lr:g}" for head, lr in DEFAULT_LR.items()) + ")")
     grad.add_argument("--local-batch", type=int, default=defaults.local_batch, help="local minibatch size")
     grad.add_argument("--client-fraction", type=float, default=defaults.client_fraction, help="clients sampled per round")
     grad.add_argument("--mu", type=float, default=defaults.mu, help="FedProx proximal weight")
@@ -135,16 +150,20 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     grad.add_argument("--hidden", type=int, default=defaults.hidden, help="MLP head width")
     grad.add_argument("--param-bound", type=float, default=defaults.param_bound,
                       help="public box |θ_i| ≤ bound on what a client sends (the protocols' declared bound)")
-    dp = p.add_argument_group("differential privacy (DP-SGD for fedavg / fedprox; DP on the statistics for afl / apfl)")
+    dp = p.add_argument_group("differential privacy (DP-SGD for fedavg / fedprox; DP on the statistics for afl / apfl / deepafl)")
     dp.add_argument("--dp-epsilon", type=float, default=None, help="target ε for the whole run")
     dp.add_argument("--dp-noise", type=float, default=None, help="the noise multiplier z instead of a target ε")
     dp.add_argument("--dp-delta", type=float, default=defaults.dp_delta, help="δ of the (ε, δ) guarantee")
     dp.add_argument("--dp-placement", choices=PLACEMENTS, default=None,
-                    help="afl / apfl: local (each client adds the full σ: private even in plaintext) or distributed "
+                    help="afl / apfl / deepafl: local (each client adds the full σ: private even in plaintext) or distributed "
                          "(each adds σ/√t, t = --min-clients: any sum the secure protocol opens has σ) (default local)")
     dp.add_argument("--dp-solve", choices=SOLVES, default=defaults.dp_solve,
-                    help="afl / apfl: the server's solve of the noisy Gram: eigenvalues clipped to the noise floor, or "
+                    help="afl / apfl / deepafl: the server's solve of the noisy Gram: eigenvalues clipped to the noise floor, or "
                          "AdaSSP's ridge")
+    dp.add_argument("--dp-row-rms", type=float, default=defaults.dp_row_rms,
+                    help="deepafl: public clip of every layer's rows Φ_t, F_t, in RMS per coordinate (norm rms·√width)")
+    dp.add_argument("--dp-residual-clip", type=float, default=defaults.dp_residual_clip,
+                    help="deepafl: public clip norm of the residual targets Y − Φ_t W_t")
     dp.add_argument("--dp-clip", type=float, default=defaults.dp_clip,
                     help="DP-SGD per-sample gradient norm bound (the statistics' clip norm is --max-norm)")
     dp.add_argument("--dp-accountant", choices=ACCOUNTANTS, default=defaults.dp_accountant, help="DP-SGD's accountant")
@@ -163,6 +182,12 @@ def _run_parser(sub) -> None:
     out.add_argument("--transcript", default=None, metavar="DIR",
                      help="write the server's view of every round to this directory (manifest.json + arrays; "
                           "the input of `secure-afl attack --transcript`)")
+    out.add_argument("--save-model", default=None, metavar="PATH",
+                     help="write the trained (global) model here: one .npz with a JSON manifest, no pickle; "
+                          "the input of `secure-afl predict --model`")
+    out.add_argument("--no-centralized-reference", dest="centralized_reference", action="store_false",
+                     help="do not also train centrally on the pooled data (it doubles DeepAFL's time): the results "
+                          "then carry no centralized accuracy and no gap to it")
     out.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     out.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
 
@@ -200,10 +225,43 @@ def _deploy_parser(sub) -> None:
                           "(default: a temporary one, removed)")
     out = local.add_argument_group("output")
     out.add_argument("--out", default=None, help="results JSON path")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing results file (and transcript)")
     out.add_argument("--transcript", default=None, metavar="DIR", help="write the deployed server's view of every round here")
-    out.add_argument("--quiet", action="store_true", help="no summary")
-    out.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
+    _output_flags(out, "an existing results file (and transcript)")
+
+
+def _predict_parser(sub) -> None:
+    about = ("Loads a model written by `secure-afl run --save-model` and runs images through its backbone, feature "
+             "map and predictor. On a data set it also reports the accuracy (metrics.accuracy): on the test split, "
+             "the run's own figure.")
+    p = sub.add_parser("predict", help="predict with a saved model on a data set's split or on image files",
+                       formatter_class=_HelpFormatter, description=about)
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify (instead of --dataset)")
+    p.add_argument("--model", required=True, metavar="PATH", help="a model file from `secure-afl run --save-model`")
+    p.add_argument("--dataset", default=None, help=f"one of {', '.join(DATASETS)} (instead of IMAGE files)")
+    p.add_argument("--split", choices=("train", "test"), default="test", help="the data set's split")
+    p.add_argument("--data-dir", default=None, help="root of an on-disk dataset (cifar10, cifar100, imagefolder)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default $SECURE_AFL_CACHE or ~/.cache/secure_afl)")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false",
+                   help="always extract features; neither read nor write the cache")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default=None, help="predictions JSON path")
+    _output_flags(out, "an existing predictions file")
+
+
+def _plot_parser(sub) -> None:
+    p = sub.add_parser("plot", help="draw a results JSON: per-client, per-layer and per-round accuracy, bytes per stage",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("results", help="the JSON of `secure-afl run --out`")
+    p.add_argument("--out", default=None, metavar="DIR", help="directory for the PNGs (default: RESULTS-plots beside it)")
+    _output_flags(p, "existing pictures")
+
+
+def _output_flags(group, replaced: str) -> None:
+    """The flags every command that writes files shares."""
+    group.add_argument("--overwrite", action="store_true", help=f"replace {replaced}")
+    group.add_argument("--quiet", action="store_true", help="print nothing on success")
+    group.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
 
 
 def _attack_parser(sub) -> None:
@@ -250,14 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     _attack_parser(sub)
     _deploy_parser(sub)
     _report_parser(sub)
+    _predict_parser(sub)
+    _plot_parser(sub)
     args = parser.parse_args(argv)
     config = None
-    if args.command != "report":
+    if args.command in ("run", "attack", "deploy"):
         names = {f.name for f in fields(RunConfig)}
         options = vars(args)
         options["dropout"] = dict(options["dropout"])
         config = RunConfig(**{k: v for k, v in options.items() if k in names})
-    command = {"run": _run, "attack": _attack, "deploy": _deploy, "report": _report}[args.command]
+    command = {"run": _run, "attack": _attack, "deploy": _deploy, "report": _report, "predict": _predict,
+               "plot": _plot}[args.command]
     handler = _log_to_stderr() if args.verbose else None
     try:
         with warnings.catch_warnings():
@@ -315,17 +376,54 @@ def _refuse_silent_run(args, *outputs) -> None:
 def _run(args, config: RunConfig) -> str:
     """``secure-afl run``: every output is checked before the run, written after it; returns the summary."""
     from protocols.transcript import check_destination
+    from secure_afl.model import check_saveable, trained_model
     from secure_afl.results import check_output_path, format_summary, write_results
-    from secure_afl.runner import run
+    from secure_afl.runner import complete_run
 
-    _refuse_silent_run(args, args.out, args.transcript)
+    _refuse_silent_run(args, args.out, args.transcript, args.save_model)
     check_output_path(args.out, args.overwrite)
+    if args.save_model is not None:
+        check_saveable(config.algorithm)
+        check_output_path(args.save_model, args.overwrite)
     if args.transcript is not None:
         check_destination(args.transcript, args.overwrite)
-    results = run(config, progress=not args.quiet, transcript=args.transcript, overwrite=args.overwrite)
+    completed = complete_run(config, progress=not args.quiet, transcript=args.transcript, overwrite=args.overwrite)
+    lines = [format_summary(completed.document)]
     if args.out:
-        write_results(args.out, results, overwrite=args.overwrite)
-    return format_summary(results) + (f"\nresults written to {args.out}" if args.out else "")
+        write_results(args.out, completed.document, overwrite=args.overwrite)
+        lines.append(f"results written to {args.out}")
+    if args.save_model is not None:
+        trained_model(completed).save(args.save_model, overwrite=args.overwrite)
+        lines.append(f"model written to {args.save_model}")
+    return "\n".join(lines)
+
+
+def _predict(args, config: None) -> str:
+    """``secure-afl predict``: the model, the inputs and the output are checked before any image is read."""
+    from secure_afl.model import Model
+    from secure_afl.results import check_output_path, write_results
+
+    if (args.dataset is None) == (not args.images):
+        raise ConfigError("give either --dataset NAME or IMAGE files (not both)")
+    _refuse_silent_run(args, args.out)
+    check_output_path(args.out, args.overwrite)
+    model = Model.load(args.model).with_options(device=args.device, cache_dir=args.cache_dir, use_cache=args.use_cache)
+    document = {"schema_version": PREDICTIONS_SCHEMA, "model": {"path": args.model, **model.manifest()}}
+    if args.dataset is not None:
+        features, labels = model.dataset_features(args.dataset, args.split, args.data_dir)
+        predicted = model.predict(features)
+        accuracy = float(np.mean(predicted == labels)) if len(labels) else None
+        document.update(dataset=args.dataset, split=args.split, n=len(labels), metrics={"accuracy": accuracy},
+                        predictions=predicted.tolist(), labels=labels.tolist())
+        summary = f"{args.dataset}/{args.split}: accuracy {accuracy:.4f} (n = {len(labels)})"
+    else:
+        predicted = model.predict(list(args.images))
+        document.update(images=list(args.images), n=len(predicted), predictions=predicted.tolist())
+        summary = "\n".join(f"{image}  {label}" for image, label in zip(args.images, predicted.tolist()))
+    if args.out:
+        write_results(args.out, document, overwrite=args.overwrite)
+        summary += f"\npredictions written to {args.out}"
+    return summary
 
 
 def _attack(args, config: RunConfig) -> str:
@@ -413,6 +511,15 @@ def _report(args, config: None) -> str:
     check_output_path(args.out, args.overwrite)
     paths = write_report(load_grid(args.grid), args.out)
     return "\n".join(f"written {path}" for path in paths)
+
+
+def _plot(args, config: None) -> str:
+    """``secure-afl plot``: the file is checked to be a results document before anything is drawn."""
+    from secure_afl.plots import load_results, plot_results
+
+    document = load_results(args.results)
+    out = args.out or str(Path(args.results).with_suffix("")) + "-plots"
+    return "\n".join(f"written {path}" for path in plot_results(document, out, args.overwrite))
 
 
 def _grid_path(path: str, attack: str, count: int) -> str:

@@ -7,43 +7,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocols.graph import Targets
 from protocols.minimum import default_min_clients
-from secure_afl.algorithms.fedavg import clients_per_round
+from secure_afl.algorithms.registry import ALGORITHMS, algorithm, algorithm_scopes
 from secure_afl.data.datasets import DATASETS
 from secure_afl.data.partition import PARTITIONS
 from secure_afl.errors import ConfigError
 from secure_afl.features.backbone import DEFAULT_BACKBONE
 from secure_afl.features.extract import check_precision
 
-ALGORITHMS = ("afl", "apfl", "deepafl", "fedavg", "fedprox")
+TARGET_OPTIONS = ("corrupt_fraction", "dropout_fraction", "security_bits", "failure_bits")  # masking's Targets
 PROTOCOL_OPTIONS = {
-    "mask": ("threshold", "neighbours", "fraction_bits", "dropout", "min_clients"),
-    "he-bfv": ("limbs", "fraction_bits", "key_holder", "min_clients"),
-    "he-ckks": ("limbs", "fraction_bits", "key_holder", "min_clients"),
-    "he-ckks-approx": ("key_holder", "min_clients"),
+    "mask": ("threshold", "neighbours", "fraction_bits", "dropout", "min_clients", *TARGET_OPTIONS),
+    "he-bfv": ("limbs", "fraction_bits", "key_holder", "min_clients", "dropout"),
+    "he-ckks": ("limbs", "fraction_bits", "key_holder", "min_clients", "dropout"),
+    "he-ckks-approx": ("key_holder", "min_clients", "dropout"),
 }
-_GRADIENT = ("fedavg", "fedprox")
-ANALYTIC_DP = ("afl", "apfl")  # analytic algorithms with DP on their statistics (secure_afl/privacy.py)
-_ALGORITHM_OPTIONS = {  # option → the algorithms it applies to
-    **dict.fromkeys(("refine_width", "refine_activation", "refine_seed", "lam", "beta"), ("apfl",)),
-    **dict.fromkeys(("depth", "deep_width", "residual_width", "deep_lam", "deep_gamma", "deep_activation", "deep_seed"),
-                    ("deepafl",)),
-    **dict.fromkeys(("rounds", "local_epochs", "lr", "local_batch", "client_fraction", "head", "hidden", "param_bound",
-                     "dp_clip", "dp_accountant"), _GRADIENT),
-    **dict.fromkeys(("dp_noise", "dp_epsilon", "dp_delta"), _GRADIENT + ANALYTIC_DP),
-    **dict.fromkeys(("dp_placement", "dp_solve"), ANALYTIC_DP),
-    "mu": ("fedprox",),
-    "min_class_count": ("afl", "apfl", "deepafl"),
-}
-# option → (the choice it belongs to, the values of that choice it applies to); an option changed from
-# its default for any other value is refused, not ignored
-OPTION_SCOPE = {
-    **{name: ("algorithm", algorithms) for name, algorithms in _ALGORITHM_OPTIONS.items()},
-    **{name: ("protocol", tuple(p for p, names in PROTOCOL_OPTIONS.items() if name in names))
-       for names in PROTOCOL_OPTIONS.values() for name in names},
-    "alpha": ("partition", ("dirichlet",)),
-    "shards_per_client": ("partition", ("shards",)),
-}
+PARTITION_OPTIONS = {"alpha": ("dirichlet",), "shards_per_client": ("shards",)}
+
+
+def option_scope() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Option → (the choice it belongs to, the values of that choice it applies to). An option changed from its
+    default for any other value is refused, not ignored. Algorithms declare their own options (registry.py)."""
+    return {
+        **{name: ("algorithm", algorithms) for name, algorithms in algorithm_scopes().items()},
+        **{name: ("protocol", tuple(p for p, names in PROTOCOL_OPTIONS.items() if name in names))
+           for names in PROTOCOL_OPTIONS.values() for name in names},
+        **{name: ("partition", partitions) for name, partitions in PARTITION_OPTIONS.items()},
+    }
 
 
 @dataclass(frozen=True)
@@ -91,26 +82,33 @@ class RunConfig:
     deep_seed: int = 0
     rounds: int = 100  # FedAvg/FedProx: communication rounds
     local_epochs: int = 1
-    lr: float = 16.0  # chosen on validation (mnist5k, benchmarks/accuracy_table.py)
+    lr: float | None = None  # FedAvg/FedProx: None: the head's default, chosen on validation (fedavg.DEFAULT_LR)
     local_batch: int = 32
     client_fraction: float = 1.0
     mu: float = 0.001  # FedProx proximal weight (chosen on validation)
     head: str = "linear"  # linear or mlp
     hidden: int = 256  # MLP head width
     param_bound: float = 100.0  # public box on every parameter a client sends
-    dp_noise: float | None = None  # noise multiplier z, of DP-SGD or of the statistics (AFL / APFL); or dp_epsilon
-    dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (AFL / APFL)
+    dp_noise: float | None = None  # noise multiplier z (DP-SGD or DP on the statistics); or dp_epsilon
+    dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (afl/apfl/deepafl)
     dp_delta: float = 1e-5
     dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound (the statistics' clip norm C is max_norm)
     dp_accountant: str = "rdp"
-    dp_placement: str | None = None  # AFL / APFL: local (default under DP) or distributed (needs a secure protocol)
-    dp_solve: str = "eig-clip"  # AFL / APFL under DP: how the server solves with a noisy Gram (eig-clip or adassp)
+    dp_placement: str | None = None  # analytic DP: local (default under DP) or distributed (needs a secure protocol)
+    dp_solve: str = "eig-clip"  # analytic DP: how the server solves a noisy Gram (eig-clip or adassp)
+    dp_row_rms: float = 1.0  # DeepAFL under DP: Φ_t and F_t rows clipped to dp_row_rms·√width
+    dp_residual_clip: float = 1.0  # DeepAFL under DP: residual target rows clipped to this norm
     threshold: int | None = None  # masking: shares needed to reconstruct (default from the neighbour count)
     neighbours: int | None = None  # masking: k neighbours per client (default from n and the targets)
     fraction_bits: int | None = None  # fixed-point precision (default: the largest the protocol's range allows)
-    dropout: dict[str, float] = field(default_factory=dict)  # masking: simulated dropout fraction per stage
+    dropout: dict[str, float] = field(default_factory=dict)  # mask / he-*: simulated dropout fraction per stage
+    corrupt_fraction: float = Targets.corrupt_fraction  # masking: assumed chance a client colludes with the server
+    dropout_fraction: float = Targets.dropout_fraction  # masking: assumed chance a client drops during a round
+    security_bits: int = Targets.security_bits  # masking: target P[a client's secrets are exposed] ≤ 2^-bits
+    failure_bits: int = Targets.failure_bits  # masking: target P[a round cannot be unmasked] ≤ 2^-bits
     limbs: int | None = None  # he-bfv / he-ckks: limbs per value (default 1 for BFV, 2 for integer CKKS)
     key_holder: int | None = None  # he-*: the client that holds the secret key (default: the lowest id)
+    centralized_reference: bool = True  # also train centrally on the pooled data, to measure the federated gap
     min_clients: int | None = None  # mask / he-*: the fewest clients a sum may hold (default ⌊2P/3⌋ + 1, P per round)
 
     def protocol_options(self) -> dict:
@@ -119,9 +117,11 @@ class RunConfig:
         rounds (the protocol alone would take every enrolled client as a round's size)."""
         defaults = RunConfig()
         options = {name: getattr(self, name) for name in PROTOCOL_OPTIONS.get(self.protocol, ())
-                   if getattr(self, name) != getattr(defaults, name)}
-        if self.protocol == "mask":
+                   if getattr(self, name) != getattr(defaults, name) and name not in TARGET_OPTIONS}
+        if "dropout" in PROTOCOL_OPTIONS.get(self.protocol, ()):
             options["dropout_seed"] = self.seed
+        if self.protocol == "mask":
+            options["targets"] = Targets(*(getattr(self, name) for name in TARGET_OPTIONS))
         if "min_clients" in PROTOCOL_OPTIONS.get(self.protocol, ()):
             options["min_clients"] = self.min_clients or default_min_clients(self.clients_per_round())
         return options
@@ -129,16 +129,15 @@ class RunConfig:
     def clients_per_round(self) -> int:
         """P, the clients an honest server asks each round: all of them for AFL, APFL and DeepAFL, the sampled
         ⌈client_fraction · K⌉ for FedAvg / FedProx."""
-        if self.algorithm in _GRADIENT:
-            return clients_per_round(self.client_fraction, self.clients)
-        return self.clients
+        sampled = algorithm(self.algorithm).clients_per_round
+        return self.clients if sampled is None else sampled(self)
 
     def validate(self) -> None:
         """Refuse values no run can use; names are checked against the registries they select from."""
         from protocols import PROTOCOLS
 
         choices = {
-            "algorithm": ALGORITHMS,
+            "algorithm": tuple(ALGORITHMS),
             "protocol": tuple(PROTOCOLS),
             "dataset": DATASETS,
             "partition": PARTITIONS,
@@ -157,30 +156,15 @@ class RunConfig:
             raise ConfigError(f"buffer_width must be ≥ 0 (0 disables the buffer), got {self.buffer_width}")
         if self.partition == "dirichlet" and not self.alpha > 0:
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
-        self._validate_dp()
-        defaults = RunConfig()
-        stray = [name for name, (choice, accepted) in OPTION_SCOPE.items()
+        if (validate := algorithm(self.algorithm).validate) is not None:
+            validate(self)
+        defaults, scope = RunConfig(), option_scope()
+        stray = [name for name, (choice, accepted) in scope.items()
                  if getattr(self, name) != getattr(defaults, name) and getattr(self, choice) not in accepted]
         if stray:
-            choice, accepted = OPTION_SCOPE[stray[0]]
-            names = [name for name in stray if OPTION_SCOPE[name] == (choice, accepted)]
+            choice, accepted = scope[stray[0]]
+            names = [name for name in stray if scope[name] == (choice, accepted)]
             raise ConfigError(f"{', '.join(names)} only apply to --{choice} {' / '.join(accepted)}")
         if self.min_clients is not None and not 2 <= self.min_clients <= self.clients_per_round():
             raise ConfigError(f"--min-clients must be from 2 (a sum of one client is that client's vector) to the "
                               f"{self.clients_per_round()} clients a round asks, got {self.min_clients}")
-
-    def _validate_dp(self) -> None:
-        """The DP refusals that need more than the option scope: what C is, what a placement needs."""
-        private = self.dp_epsilon is not None or self.dp_noise is not None
-        if self.algorithm == "deepafl" and private:
-            raise ConfigError("DP on DeepAFL's 2T+1 statistics releases is not implemented: use --algorithm afl or "
-                              "apfl (or fedavg / fedprox for DP-SGD)")
-        if self.algorithm not in ANALYTIC_DP:
-            return
-        if not private and (self.dp_placement is not None or self.dp_solve != RunConfig.dp_solve):
-            raise ConfigError("--dp-placement and --dp-solve need --dp-epsilon (or --dp-noise)")
-        if self.dp_clip != RunConfig.dp_clip:
-            raise ConfigError("--dp-clip is DP-SGD's gradient bound; the statistics' clip norm C is --max-norm")
-        if self.dp_placement == "distributed" and "min_clients" not in PROTOCOL_OPTIONS.get(self.protocol, ()):
-            raise ConfigError(f"--dp-placement distributed needs a secure protocol (mask, he-*): under {self.protocol} "
-                              "the server reads each client's share of the noise; use --dp-placement local")

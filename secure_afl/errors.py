@@ -33,5 +33,13 @@ class EmptyClientError(FeatureError):
     """A client holds no samples, so it has no statistics to contribute."""
 
 
+class ModelFileError(SecureAFLError):
+    """A saved model file is missing, damaged, of another format or of a version this package cannot read."""
+
+
 class SingularSystemError(SecureAFLError, ArithmeticError):
     """A normal-equation matrix is not (numerically) positive definite."""
+
+
+class TrainingWarning(UserWarning):
+    """A finished run whose result is dominated by a setting: parameter clamps, DP noise, or accuracy at chance."""

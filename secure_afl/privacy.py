@@ -49,10 +49,11 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
+import torch
 
 from secure_afl.errors import ConfigError
 
@@ -137,6 +138,11 @@ class StatisticsPrivacy:
             return self.noise
         return noise_multiplier_for(self.epsilon, self.delta, self.releases)
 
+    def with_clip(self, clip: float) -> StatisticsPrivacy:
+        """The same mechanism (same z, placement and t) on a release whose rows are clipped to ``clip``: DeepAFL's
+        layers release statistics of rows with their own public clip norms."""
+        return replace(self, clip=clip, epsilon=None, noise=self.noise_multiplier)
+
     @property
     def sigma(self) -> float:
         """σ = z Δ₂: the standard deviation of the noise every released sum carries at least."""
@@ -192,6 +198,14 @@ class StatisticsPrivacy:
                 "reference": "max_rel_diff_to_centralized compares with the noise-free centralized model: the DP error"}
 
 
+def clip_rows(rows: torch.Tensor, norm: float) -> tuple[torch.Tensor, int]:
+    """(rows scaled down to norm ≤ ``norm`` in float64, how many were scaled): the clipping that bounds one
+    record's contribution to a release."""
+    rows = rows.to(torch.float64)
+    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    return rows * (norm / norms.clamp_min(norm)), int((norms > norm).sum())
+
+
 def noisy_ridge_solve(gram: np.ndarray, cross: np.ndarray, gamma: float, sum_sigma: float, solve: str,
                       floor: float = EIG_FLOOR) -> np.ndarray:
     """W for a noisy, possibly indefinite Gram: eigendecomposition, then ``spectral_solve``; never fails on an
@@ -201,12 +215,16 @@ def noisy_ridge_solve(gram: np.ndarray, cross: np.ndarray, gamma: float, sum_sig
 
 def spectral_solve(values: np.ndarray, vectors: np.ndarray, cross: np.ndarray, gamma: float, sum_sigma: float,
                    solve: str, floor: float = EIG_FLOOR) -> np.ndarray:
-    """W from the Gram's eigendecomposition: ``eig-clip`` raises eigenvalues to ``floor`` · σ_sum√d, ``adassp``
-    adds AdaSSP's ridge; then γ (and γ as the last floor, for AdaSSP's ρ-probability miss)."""
+    """W from the Gram's eigendecomposition: ``robust_spectrum``, then γ (and γ as the last floor, for AdaSSP's
+    ρ-probability miss)."""
+    values = np.maximum(robust_spectrum(values, sum_sigma, solve, floor) + gamma, max(gamma, np.finfo(np.float64).tiny))
+    return vectors @ ((vectors.T @ cross) / values[:, None])
+
+
+def robust_spectrum(values: np.ndarray, sum_sigma: float, solve: str, floor: float = EIG_FLOOR) -> np.ndarray:
+    """A noisy Gram's eigenvalues made safe to invert: ``eig-clip`` raises them to ``floor`` · σ_sum√d,
+    ``adassp`` adds AdaSSP's ridge σ_sum √(d log(2d²/ρ))."""
     dim = len(values)
     if solve == "eig-clip":
-        values = np.maximum(values, floor * sum_sigma * math.sqrt(dim))
-    else:
-        values = values + sum_sigma * math.sqrt(dim * math.log(2.0 * dim**2 / ADASSP_RHO))
-    values = np.maximum(values + gamma, max(gamma, np.finfo(np.float64).tiny))
-    return vectors @ ((vectors.T @ cross) / values[:, None])
+        return np.maximum(values, floor * sum_sigma * math.sqrt(dim))
+    return values + sum_sigma * math.sqrt(dim * math.log(2.0 * dim**2 / ADASSP_RHO))

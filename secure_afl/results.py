@@ -86,12 +86,14 @@ def format_summary(results: dict) -> str:
                     f"{config['clients']} clients ({_partition(config)})"),
         ("features", f"{config['backbone']} @ {config['resolution']}px, dim {results['features']['dim']}"),
         ("global accuracy", _accuracy(metrics["accuracy"], results["features"]["test"])),
-        ("centralized accuracy", _accuracy(metrics["centralized_accuracy"], results["features"]["test"])),
+        ("centralized accuracy", "skipped" if str(metrics.get("centralized_reference")).startswith("skipped")
+         else _accuracy(metrics["centralized_accuracy"], results["features"]["test"])),
         ("max rel diff to central", "n/a" if metrics["max_rel_diff_to_centralized"] is None
          else f"{metrics['max_rel_diff_to_centralized']:.2e}"),
         ("personalized accuracy", _accuracy(metrics["personalized_accuracy"], *_held_out(results))),
-        *([("differential privacy", _dp_line(metrics["dp"]))] if "dp" in metrics else []),
-        ("upload per client", f"{sent['per_client_upload_max'] / 2**20:.2f} MiB"),
+        *([("differential privacy", _dp_line(metrics))] if "dp" in metrics else []),
+        *([("masking", _masking_line(sent["per_round"][0]["protocol"]))] if config["protocol"] == "mask" else []),
+        ("upload per client", _upload_line(sent)),
         *([("transcript", f"{results['transcript']['path']} ({results['transcript']['rounds']} rounds, "
                           f"{results['transcript']['bytes'] / 2**20:.1f} MiB)")] if "transcript" in results else []),
         ("time", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())),
@@ -119,10 +121,43 @@ def _partition(config: dict) -> str:
             "shards": f"shards, {config['shards_per_client']} per client"}.get(config["partition"], config["partition"])
 
 
-def _dp_line(dp: dict) -> str:
+def _dp_line(metrics: dict) -> str:
+    dp = metrics["dp"]
     line = f"ε {dp['epsilon']:.3g}, δ {dp['delta']:g}, z {dp['noise_multiplier']:.3g}"
     if dp.get("scope") != "statistics":
-        return line + f", clip {dp['clip']:g} (DP-SGD)"
+        return line + (f", σ {dp['sigma']:.3g}, clip {dp['clip']:g}, noise/signal per step "
+                       f"{dp['noise_to_signal_per_step']:.2g}, {metrics['parameters_clamped']} of "
+                       f"{metrics['parameter_values_sent']} parameter values clamped (DP-SGD)")
     return (line + f", σ {dp['sigma']:.3g}, C {dp['clip']:g}, {dp['placement']} (share σ {dp['share_sigma']:.3g}), "
             f"{dp['releases']} release(s), {dp['rows_clipped']} rows clipped, "
-            f"{dp['entries_clipped_to_bound']} entries clipped, solve {dp['solve']}")
+            f"{dp['entries_clipped_to_bound']} entries clipped, solve {dp['solve']}" + _layer_clips(dp))
+
+
+def _upload_line(sent: dict) -> str:
+    """The largest upload per role: a plain client's, and the HE key holder's apart (it also decrypts)."""
+    roles = sent.get("upload_max_by_role", {"client": sent["per_client_upload_max"]})
+    if set(roles) == {"client"}:
+        return f"{roles['client'] / 2**20:.2f} MiB"
+    return ", ".join(f"{role} {size / 2**20:.2f} MiB" for role, size in roles.items())
+
+
+def _masking_line(details: dict) -> str:
+    """The first round's graph and the bounds it reaches against the job's targets and assumptions."""
+    targets = details["targets"]
+
+    def bits(log2):
+        return "0 (impossible under the model)" if log2 is None else f"2^{log2:.1f}"
+
+    verdict = "met" if details["targets_met"] else "NOT met"
+    return (f"{details['graph']} graph, k {details['neighbours']}, t {details['threshold']}: security "
+            f"{bits(details['security_log2'])}, failure {bits(details['failure_log2'])}; targets 2^-"
+            f"{targets['security_bits']} / 2^-{targets['failure_bits']} {verdict} (assuming "
+            f"{targets['corrupt_fraction']:.0%} corrupt, {targets['dropout_fraction']:.0%} dropouts)")
+
+
+def _layer_clips(dp: dict) -> str:
+    """DeepAFL's per-layer clip norms and the rows each clipped (empty for AFL / APFL)."""
+    if "layer_clips" not in dp:
+        return ""
+    rows = dp["rows_clipped_by_layer_clips"]
+    return "; layer clips " + ", ".join(f"{name} {norm:.3g} ({rows[name]} rows)" for name, norm in dp["layer_clips"].items())

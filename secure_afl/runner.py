@@ -9,6 +9,7 @@ protocols only through ``AggregationProtocol.aggregate``, so secure protocols sl
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -20,26 +21,21 @@ import torch
 
 from protocols import Roster, RoundResult, broadcast_digest, make_protocol
 from protocols.transcript import TranscriptWriter, check_destination, size_on_disk
-from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, ridge_solve, statistics_bound
-from secure_afl.algorithms.apfl import APFLClient, APFLConfig
-from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
-from secure_afl.algorithms.deepafl import DeepAFLClient, DeepAFLConfig, DeepAFLServer
-from secure_afl.algorithms.deepafl import centralized as deepafl_centralized
-from secure_afl.algorithms.fedavg import DPConfig, FedAvgClient, FedAvgConfig, FedAvgServer
+from secure_afl.algorithms.afl import statistics_bound
+from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSpec
+from secure_afl.algorithms.registry import algorithm
 from secure_afl.class_minimum import withheld_summary, withhold_rare_classes
-from secure_afl.config import ANALYTIC_DP, RunConfig
+from secure_afl.config import RunConfig
 from secure_afl.data.datasets import Dataset, load_dataset
 from secure_afl.data.partition import allocate_held_out, partition
 from secure_afl.device import resolve_device
-from secure_afl.errors import ConfigError
+from secure_afl.errors import ConfigError, TrainingWarning
 from secure_afl.features.backbone import load_backbone
 from secure_afl.features.buffer import RandomBuffer
 from secure_afl.features.cache import FeatureCache
 from secure_afl.features.extract import cached_features
 from secure_afl.features.feature_map import FeatureMap
-from secure_afl.privacy import StatisticsPrivacy
 from secure_afl.results import SCHEMA_VERSION, environment
-from secure_afl.statistics import compute_statistics
 
 
 log = logging.getLogger(__name__)
@@ -92,12 +88,10 @@ def build_feature_map(config: RunConfig) -> FeatureMap:
     return FeatureMap(buffer, config.feature_norm, config.max_norm)
 
 
-def build_refinement_map(config: RunConfig) -> FeatureMap | None:
-    """APFL's second public map (its own seed and activation); None for the other algorithms."""
-    if config.algorithm != "apfl":
-        return None
-    buffer = RandomBuffer(config.refine_width, config.refine_activation, config.refine_seed)
-    return FeatureMap(buffer, config.feature_norm, config.max_norm)
+def build_local_map(config: RunConfig) -> FeatureMap | None:
+    """The algorithm's second public map, whose features never leave a client (APFL's refinement stream)."""
+    local_map = algorithm(config.algorithm).local_map
+    return None if local_map is None else local_map(config)
 
 
 def backbone_features(config: RunConfig, dataset: Dataset, device: torch.device, progress: bool):
@@ -114,45 +108,6 @@ def backbone_features(config: RunConfig, dataset: Dataset, device: torch.device,
     train = per_pool[dataset.train.pool][dataset.train.indices]
     test = per_pool[dataset.test.pool][dataset.test.indices]
     return train, test, {"pools": len(per_pool), "cache_hits": hits, "feature_dim": backbone.feature_dim}
-
-
-def make_server(afl: AFLConfig, max_norm: float, dim: int, num_classes: int, max_samples: int, clients: list[int],
-                deep: DeepAFLConfig | None = None, gradient: FedAvgConfig | None = None) -> AlgorithmServer:
-    """The algorithm's server; the public bounds follow from the feature norm bound and the largest client size.
-    APFL's server is AFL's (its primary stream is AFL)."""
-    if gradient is not None:
-        return FedAvgServer(dim, num_classes, gradient, clients, max_samples)
-    if deep is not None:
-        return DeepAFLServer(dim, num_classes, deep, max_samples, max_norm)
-    return AFLServer(dim, num_classes, afl, statistics_bound(max_samples, max_norm))
-
-
-def make_client(server: AlgorithmServer, client: int, x: torch.Tensor, y: np.ndarray, num_classes: int,
-                afl: AFLConfig, max_norm: float, deep: DeepAFLConfig | None = None,
-                gradient: FedAvgConfig | None = None, refine_x: torch.Tensor | None = None) -> AlgorithmClient:
-    """Client ``client`` on its own mapped features (APFL's also on its refinement features); an AFL or APFL
-    client clips its (noisy) vector to the bound of the server's round."""
-    if gradient is not None:
-        return FedAvgClient(client, x, y, num_classes, gradient, gradient.rounds)
-    if deep is not None:
-        return DeepAFLClient(x, y, num_classes, deep, max_norm)
-    bound = server.next_round().bound
-    if refine_x is None:
-        return AFLClient(x, y, num_classes, afl.privacy, bound)
-    return APFLClient(x, refine_x, y, num_classes, afl.privacy, bound)
-
-
-def make_algorithm(afl: AFLConfig, max_norm: float, data: FederatedData, max_samples: int,
-                   deep: DeepAFLConfig | None = None, gradient: FedAvgConfig | None = None):
-    """The server and the clients of the whole federation. A client of an analytic algorithm that withholds
-    every row (the minimum-count rule) has nothing to send and is not built."""
-    ids = list(range(len(data.client_indices)))
-    server = make_server(afl, max_norm, data.train_x.shape[1], data.num_classes, max_samples, ids, deep, gradient)
-    refine = data.refine_train_x
-    clients = {k: make_client(server, k, data.train_x[idx], data.train_y[idx], data.num_classes, afl, max_norm, deep,
-                              gradient, None if refine is None else refine[idx])
-               for k, idx in enumerate(data.client_indices) if len(idx) or gradient is not None}
-    return server, clients
 
 
 def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], protocol, timer: Timer,
@@ -193,6 +148,7 @@ def run_rounds(server: AlgorithmServer, clients: list[int], exchange: Callable[[
     included = set(clients)
     upload = dict.fromkeys(clients, 0)
     download = dict.fromkeys(clients, 0)
+    key_holders = set()  # HE: clients that also create the keys and decrypt (they upload far more)
     rounds = []
     with tqdm(total=expected_rounds, desc=f"rounds ({protocol_name})", unit="round", disable=not progress,
               leave=False, mininterval=0) as bar:  # rounds are coarse: show every one (tqdm skips updates < 0.1 s)
@@ -211,6 +167,8 @@ def run_rounds(server: AlgorithmServer, clients: list[int], exchange: Callable[[
                 download[k] += result.download_bytes[k] + (spec.broadcast_bytes if k in asked else 0)
             if result.included is not None:
                 included -= set(asked) - result.included
+            if "key_holder" in result.details:
+                key_holders.add(result.details["key_holder"])
             if observer is not None:
                 observer(spec, server)
             rounds.append({
@@ -229,6 +187,7 @@ def run_rounds(server: AlgorithmServer, clients: list[int], exchange: Callable[[
     return {
         "per_client_upload_max": max(upload.values()),
         "per_client_upload_mean": float(np.mean(list(upload.values()))),
+        "upload_max_by_role": upload_by_role(upload, key_holders),
         "per_client_download_max": max(download.values()),
         "per_client_download_mean": float(np.mean(list(download.values()))),
         "server_received_total": sum(upload.values()),
@@ -239,11 +198,19 @@ def run_rounds(server: AlgorithmServer, clients: list[int], exchange: Callable[[
     }
 
 
+def upload_by_role(upload: dict[int, int], key_holders: set[int]) -> dict[str, int]:
+    """The largest upload of a plain client and, under HE, of the key holder (context and decryptions)."""
+    roles = {"client": [b for k, b in upload.items() if k not in key_holders],
+             "key holder": [b for k, b in upload.items() if k in key_holders]}
+    return {role: max(sizes) for role, sizes in roles.items() if sizes}
+
+
 # Fields of the configuration that decide which client holds which sample (the simulation's secret:
 # with them and the data set anyone could rebuild every client's data), and fields that only describe
-# the local machine. Neither is public knowledge, so neither enters a transcript.
+# the local machine or the simulation's own evaluation. Neither is public knowledge, so neither enters a transcript.
 PARTITION_FIELDS = ("seed", "partition", "alpha", "shards_per_client", "min_client_size")
-LOCAL_FIELDS = ("data_dir", "download", "cache_dir", "use_cache", "device", "batch_size", "precision")
+LOCAL_FIELDS = ("data_dir", "download", "cache_dir", "use_cache", "device", "batch_size", "precision",
+                "centralized_reference")
 
 
 @dataclass
@@ -269,9 +236,9 @@ def plan_run(config: RunConfig, record: bool = False, roster: Roster | None = No
     server passes the operator's ``roster``: the protocol adopts it (refusing one for another job) instead
     of enrolling identities of its own."""
     config.validate()
-    algorithm_configs(config)  # refuses combinations only the algorithms' own configurations see
+    algorithm(config.algorithm).configure(config)  # refuses combinations only the algorithm's own configuration sees
     feature_map = build_feature_map(config)
-    refinement_map = build_refinement_map(config)
+    refinement_map = build_local_map(config)
     protocol = make_protocol(config.protocol, record=record, **config.protocol_options())
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir, config.download)
@@ -382,56 +349,74 @@ class Training:
     bytes: dict
 
 
-def algorithm_configs(config: RunConfig):
-    """(AFL, APFL or None, DeepAFL or None, FedAvg/FedProx or None) configurations of the run's algorithm."""
-    return (AFLConfig(config.gamma, config.restore, statistics_privacy(config)),
-            APFLConfig(config.lam, config.beta) if config.algorithm == "apfl" else None,
-            deepafl_config(config) if config.algorithm == "deepafl" else None,
-            fedavg_config(config) if config.algorithm in ("fedavg", "fedprox") else None)
-
-
 def build_algorithm(plan: RunPlan, features: Features):
     """The run's algorithm server and clients on the federation's features."""
-    afl, _, deep, gradient = algorithm_configs(plan.config)
-    return make_algorithm(afl, plan.config.max_norm, features.data, len(plan.train_y), deep, gradient)
+    entry = algorithm(plan.config.algorithm)
+    return entry.build(entry.configure(plan.config), features.data, len(plan.train_y), plan.config.max_norm)
+
+
+def site_algorithm(config: RunConfig, clients: int, dim: int, num_classes: int, max_samples: int,
+                   client: int | None = None, x: torch.Tensor | None = None,
+                   y: np.ndarray | None = None) -> tuple[AlgorithmServer, AlgorithmClient | None]:
+    """The algorithm's server and one site's client as a deployment's processes build them: the registry's
+    ``build`` on the federation as that process sees it, the site's own rows ``x``, ``y`` under its index
+    ``client`` and every other client without rows (the deployed server holds none, ``client`` None). The
+    client is None for the server, and for a site the minimum-count rule left with nothing to send."""
+    x = torch.empty((0, dim)) if x is None else x
+    y = np.empty(0, dtype=np.int64) if y is None else y
+    none = np.empty(0, dtype=np.int64)
+    indices = [none] * clients
+    if client is not None:
+        indices[client] = np.arange(len(y))
+    view = FederatedData(x, y, x[:0], y[:0], indices, [none] * clients, num_classes)
+    entry = algorithm(config.algorithm)
+    server, built = entry.build(entry.configure(config), view, max_samples, config.max_norm)
+    return server, built.get(client)
 
 
 def train(plan: RunPlan, features: Features, timer: Timer, transcript: TranscriptWriter | None = None,
           protocol=None, progress: bool = False) -> Training:
     """The federation proper: clients, rounds through the protocol (``protocol`` replaces the plan's, e.g. a
-    server that behaves differently), personalization and evaluation against the centralized reference."""
+    server that behaves differently), local post-processing and evaluation against the centralized reference."""
     config, data = plan.config, features.data
     protocol = protocol or plan.protocol
-    afl_config, apfl_config, deep_config, gradient_config = algorithm_configs(config)
+    entry = algorithm(config.algorithm)
+    job = entry.configure(config)
     with timer.phase("local"):
-        server, clients = build_algorithm(plan, features)
-    history = History(data, timer) if gradient_config is not None else None
+        server, clients = entry.build(job, data, len(plan.train_y), config.max_norm)
+    history = History(data, timer) if entry.history else None
     log.info("training: %s over %s, %d clients", config.algorithm, protocol.name, len(clients))
-    bytes_report = federate(server, clients, protocol, timer, history, transcript, progress, expected_rounds(config))
+    bytes_report = federate(server, clients, protocol, timer, history, transcript, progress, entry.rounds(config))
     personal = None
-    if apfl_config is not None:
+    if entry.personalize is not None:
         with timer.phase("personalization"):  # local only: nothing is sent
-            personal = {k: client.personalize(server.model().weights, apfl_config) for k, client in clients.items()}
+            personal = entry.personalize(job, server, clients)
     with timer.phase("evaluation"):
-        metrics = job_metrics(plan, features, server.model(), bytes_report["included_clients"], personal)
+        metrics = job_metrics(plan, features, job, server.model(), bytes_report["included_clients"], personal)
         if history is not None:
             metrics["history"] = history.rows
-            metrics.update(gradient_report(clients, gradient_config))
-    if afl_config.privacy is not None:
-        metrics["dp"] = dp_report(server, clients, afl_config.privacy, features)
-    if deep_config is not None:  # nonzero only when a declared bound was false (see algorithms/deepafl.py)
-        metrics["values_clipped_to_bound"] = sum(client.clipped for client in clients.values())
+    if entry.report is not None:
+        metrics.update(entry.report(job, server, clients, features))
     return Training(server, clients, metrics, bytes_report)
 
 
-def job_metrics(plan: RunPlan, features: Features, model, included: list[int], personal: dict | None = None) -> dict:
-    """The model's evaluation against the centralized reference on the included clients, and what the feature
-    map and the minimum-count rule changed: the metrics of an in-process run and of a deployed one alike."""
+def job_metrics(plan: RunPlan, features: Features, job, model, included: list[int],
+                personal: dict | None = None) -> dict:
+    """The model's evaluation against the centralized reference on the included clients (warning when it is at
+    chance), and what the feature map and the minimum-count rule changed: the metrics of an in-process run and of
+    a deployed one alike. ``job`` is the algorithm's configuration (``Algorithm.configure``)."""
     config, data = plan.config, features.data
-    afl_config, _, deep_config, gradient_config = algorithm_configs(config)
+    entry = algorithm(config.algorithm)
     log.info("evaluation: %d test images", len(data.test_y))
-    central = None if gradient_config else reference_model(data, included, afl_config, deep_config, config.max_norm)
+    central = None
+    if entry.reference is not None and config.centralized_reference:
+        pooled = np.concatenate([data.client_indices[k] for k in included])
+        central = entry.reference(job, data.train_x[pooled], data.train_y[pooled], data.num_classes, config.max_norm)
     metrics = evaluate(model, central, data, included, personal)
+    metrics["centralized_reference"] = ("computed" if central is not None else "none: the algorithm has no "
+                                        "closed-form centralized solution" if entry.reference is None
+                                        else "skipped (--no-centralized-reference)")
+    warn_if_chance(metrics, data, config, job)
     metrics["rows_changed_by_norm_bound"] = features.rows_changed
     if config.min_class_count > 1:
         metrics["min_class_count"] = withheld_summary(plan.client_indices, plan.sent_indices)
@@ -458,9 +443,21 @@ def results_document(plan: RunPlan, features: Features, training: Training, time
     }
 
 
-def run(config: RunConfig, progress: bool = False, transcript: str | None = None, overwrite: bool = False) -> dict:
-    """Run one simulated federation and return the results document (see results.py). With ``transcript``,
-    the server's view of every round is streamed to that path (see protocols/transcript.py)."""
+@dataclass(frozen=True)
+class CompletedRun:
+    """A finished run: its results document and its trained model (``server.model()``), with the plan that
+    says how the model's inputs were made (backbone, feature map) for secure_afl/model.py."""
+
+    document: dict
+    model: object
+    plan: RunPlan
+    feature_dim: int  # the backbone's output width
+
+
+def complete_run(config: RunConfig, progress: bool = False, transcript: str | None = None,
+                 overwrite: bool = False) -> CompletedRun:
+    """Run one simulated federation. With ``transcript``, the server's view of every round is streamed to that
+    path (see protocols/transcript.py)."""
     plan = plan_run(config, record=transcript is not None)
     if transcript is not None:
         check_destination(transcript, overwrite)
@@ -480,12 +477,14 @@ def run(config: RunConfig, progress: bool = False, transcript: str | None = None
                 path = writer.close()
             extra["transcript"] = {"path": str(path), "rounds": len(training.bytes["per_round"]),
                                    "bytes": size_on_disk(path)}
-    return results_document(plan, features, training, timer, **extra)
+    document = results_document(plan, features, training, timer, **extra)
+    return CompletedRun(document, training.server.model(), plan, int(features.info["feature_dim"]))
 
 
-def expected_rounds(config: RunConfig) -> int:
-    """Aggregation rounds the job's algorithm asks for (fewer only if it stops early): the progress bar's total."""
-    return {"deepafl": 2 * config.depth + 1, "fedavg": config.rounds, "fedprox": config.rounds}.get(config.algorithm, 1)
+def run(config: RunConfig, progress: bool = False, transcript: str | None = None, overwrite: bool = False) -> dict:
+    """Run one simulated federation and return the results document (see results.py); ``complete_run`` also
+    returns the model."""
+    return complete_run(config, progress, transcript, overwrite).document
 
 
 TRAINING_PHASES = ("local", "aggregation", "solve")  # building clients, the sums, the server's solves
@@ -512,78 +511,37 @@ class History:
                           "accuracy": server.model().accuracy(self._test_x, self._test_y), "train_seconds": spent})
 
 
-def gradient_report(clients: dict, config: FedAvgConfig) -> dict:
-    report = {"parameters_clamped": sum(c.clamped for c in clients.values())}
-    if config.dp is not None:
-        report["dp"] = {
-            "epsilon": max(c.epsilon() for c in clients.values()),
-            "delta": config.dp.delta,
-            "noise_multiplier": max(c.noise_multiplier for c in clients.values()),
-            "clip": config.dp.clip,
-            "accountant": config.dp.accountant,
-            "noise_rng": "torch generator seeded from os.urandom per client and round (Opacus secure_mode unavailable)",
-        }
-    return report
-
-
-def fedavg_config(config: RunConfig) -> FedAvgConfig:
-    dp = None
-    if config.dp_noise is not None or config.dp_epsilon is not None:
-        dp = DPConfig(config.dp_clip, config.dp_noise, config.dp_epsilon, config.dp_delta, config.dp_accountant)
-    return FedAvgConfig(config.rounds, config.local_epochs, config.lr, config.local_batch, config.client_fraction,
-                        config.mu if config.algorithm == "fedprox" else 0.0, config.head, config.hidden,
-                        config.param_bound, config.seed, dp)
-
-
-def statistics_privacy(config: RunConfig) -> StatisticsPrivacy | None:
-    """DP on AFL's / APFL's statistics when --dp-epsilon or --dp-noise asks for it (C is --max-norm; the
-    distributed placement's t is the protocol's minimum aggregation size). Refuses a fixed-point precision
-    too coarse to carry the noise: a share's σ must span at least 1000 encoding steps."""
-    if config.algorithm not in ANALYTIC_DP or (config.dp_epsilon is None and config.dp_noise is None):
-        return None
-    placement = config.dp_placement or "local"
-    t = config.protocol_options()["min_clients"] if placement == "distributed" else 1
-    privacy = StatisticsPrivacy(config.dp_epsilon, config.dp_delta, config.max_norm, placement, t,
-                                config.clients_per_round(), solve=config.dp_solve, noise=config.dp_noise)
-    share = privacy.share_sigma  # calibrates z now: an ε no accountant can certify is refused before any work
-    if config.fraction_bits is not None and share * 2.0**config.fraction_bits < 1000:
-        raise ConfigError(f"--fraction-bits {config.fraction_bits} cannot resolve the DP noise (share σ {share:.3g}): "
-                          "raise it or leave the default")
-    return privacy
-
-
-def dp_report(server: AFLServer, clients: dict, privacy: StatisticsPrivacy, features: Features) -> dict:
-    """The results' ``dp`` block: the guarantee, and every row and entry the mechanism clipped."""
-    rows = round(features.rows_changed * len(features.data.train_y))  # rows the feature map's norm bound changed
-    report = privacy.report(rows, server.layout.length, sum(c.entries_clipped for c in clients.values()))
-    report["rows_reclipped_float64"] = sum(c.rows_clipped for c in clients.values())
-    return report
-
-
-def deepafl_config(config: RunConfig) -> DeepAFLConfig:
-    return DeepAFLConfig(config.deep_width, config.residual_width, config.depth, config.deep_lam, config.deep_gamma,
-                         config.deep_activation, config.deep_seed)
-
-
-def reference_model(data: FederatedData, included: list[int], afl_config: AFLConfig,
-                    deep_config: DeepAFLConfig | None, max_norm: float):
-    """The same algorithm trained centrally on the included clients' pooled data."""
-    pooled = np.concatenate([data.client_indices[k] for k in included])
-    x, y = data.train_x[pooled], data.train_y[pooled]
-    if deep_config is not None:
-        return deepafl_centralized(x, y, data.num_classes, deep_config, max_norm)
-    return LinearModel(ridge_solve(compute_statistics(x, y, data.num_classes), afl_config))
+def warn_if_chance(metrics: dict, data: FederatedData, config: RunConfig, job) -> None:
+    """A model within noise of chance usually means a setting, not the data: say which one likely."""
+    labels = np.asarray(data.test_y)
+    if len(labels) == 0 or metrics["accuracy"] is None:
+        return
+    chance = np.bincount(labels).max() / len(labels)  # always guessing the most frequent test class
+    if metrics["accuracy"] > chance + 3.0 * math.sqrt(chance * (1.0 - chance) / len(labels)):
+        return
+    private = config.dp_epsilon is not None or config.dp_noise is not None
+    if getattr(job, "lr", None) is not None:  # a gradient method
+        cause = f"the learning rate {job.lr:g} (--lr)" + (" or the DP-SGD noise (--dp-epsilon)" if private else "")
+    elif private:
+        cause = "the DP noise on the statistics (raise --dp-epsilon)"
+    else:
+        cause = "the features (--backbone, --resolution) or too little data per class"
+    warnings.warn(f"final accuracy {metrics['accuracy']:.3f} is within noise of chance ({chance:.3f}, the most "
+                  f"frequent test class, n = {len(labels)}); the likely cause is {cause}", TrainingWarning, stacklevel=2)
 
 
 def evaluate(model, central, data: FederatedData, included: list[int], personal: dict | None = None) -> dict:
     """Global accuracy, the centralized reference on the included clients' pooled data, and the paper's
     personalized metric: the mean over clients of the accuracy, on each client's held-out split, of
     the model that client uses (the global model, or its own under APFL; a client with nothing to send
-    uses the global one). Gradient baselines have
-    no closed-form centralized reference (``central`` None): those two metrics are null."""
+    uses the global one). Algorithms without a closed-form centralized reference, and runs that skip it
+    (``central`` None), have those two metrics null. Each split goes through the model once (a layered model
+    predicts every layer in that pass); the per-client figures are read off the test split's predictions."""
     train_x = data.train_x.cpu().numpy()
     test_x = data.test_x.cpu().numpy()
-    global_per_client = [model.accuracy(test_x[idx], data.test_y[idx]) for idx in data.held_out_indices]
+    test_layers, train_layers = _layer_predictions(model, test_x), _layer_predictions(model, train_x)
+    predicted = test_layers[-1]
+    global_per_client = [_accuracy(predicted[idx], data.test_y[idx]) for idx in data.held_out_indices]
     per_client = global_per_client
     if personal is not None:
         refine_x = data.refine_test_x.cpu().numpy()
@@ -592,14 +550,24 @@ def evaluate(model, central, data: FederatedData, included: list[int], personal:
     evaluated = [acc for acc in per_client if not np.isnan(acc)]
     global_evaluated = [acc for acc in global_per_client if not np.isnan(acc)]
     return {
-        "accuracy": model.accuracy(test_x, data.test_y),
-        "train_accuracy": model.accuracy(train_x, data.train_y),
+        "accuracy": _accuracy(predicted, data.test_y),
+        "train_accuracy": _accuracy(train_layers[-1], data.train_y),
         "centralized_accuracy": None if central is None else central.accuracy(test_x, data.test_y),
         "max_rel_diff_to_centralized": None if central is None else model.relative_difference(central),
         "personalized_accuracy": float(np.mean(evaluated)) if evaluated else None,
         "global_model_personalized_accuracy": float(np.mean(global_evaluated)) if global_evaluated else None,
         "per_client_accuracy": [None if np.isnan(a) else a for a in per_client],
         "clients_included": len(included),
-        **({"layer_accuracy": model.layer_accuracy(test_x, data.test_y),
-            "layer_train_accuracy": model.layer_accuracy(train_x, data.train_y)} if hasattr(model, "layer_accuracy") else {}),
+        **({"layer_accuracy": [_accuracy(p, data.test_y) for p in test_layers],
+            "layer_train_accuracy": [_accuracy(p, data.train_y) for p in train_layers]}
+           if hasattr(model, "layer_predictions") else {}),
     }
+
+
+def _layer_predictions(model, x: np.ndarray) -> list[np.ndarray]:
+    """Predicted classes after every layer of a layered model, or the one prediction of any other."""
+    return model.layer_predictions(x) if hasattr(model, "layer_predictions") else [model.predict(x)]
+
+
+def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(predicted == np.asarray(labels))) if len(labels) else float("nan")

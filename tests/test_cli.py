@@ -45,7 +45,8 @@ def test_masking_is_the_default_and_matches_the_plaintext_run(tmp_path, capsys):
         out = tmp_path / f"{protocol}.json"
         args = [*QUICK, "--out", str(out)] + (["--protocol", protocol] if protocol == "plaintext" else [])
         code, _, err = run_cli(args, capsys)
-        assert code == 0 and ("warning" in err) == (protocol == "plaintext")
+        assert code == 0 and ("statistics in the clear" in err) == (protocol == "plaintext")
+        assert ("masking over 10 clients cannot meet" in err) == (protocol == "mask")  # 10 clients: too few
         runs[protocol] = json.loads(out.read_text())
     masked, plain = runs["mask"], runs["plaintext"]
     assert masked["config"]["protocol"] == "mask"

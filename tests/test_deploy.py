@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("flwr")
 
 from protocols import ContributionLedger, FixedPoint, Transcript  # noqa: E402
-from secure_afl.algorithms.afl import AFLConfig  # noqa: E402
+from secure_afl.algorithms.afl import AFLConfig, reference  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.deploy.local import DeploymentError, LocalDeployment, _alive, run_local  # noqa: E402
-from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, reference_model, train  # noqa: E402
+from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 JOB = {"dataset": "digits", "resolution": 32, "partition": "iid", "protocol": "mask"}
@@ -93,7 +93,9 @@ def test_a_supernode_killed_before_key_sharing_leaves_an_exact_round_of_the_surv
     assert round_["protocol"]["dropped"]["share"] == [3] and round_["protocol"]["threshold"] == 3
     assert results["metrics"]["max_rel_diff_to_centralized"] <= 1e-9  # centralized ridge on clients 0-2's pooled rows
     _, _, _, features = in_process(4)
-    central = reference_model(features.data, [0, 1, 2], AFLConfig(), None, 1.0)
+    data = features.data
+    pooled = np.concatenate(data.client_indices[:3])
+    central = reference(AFLConfig(), data.train_x[pooled], data.train_y[pooled], data.num_classes, 1.0)
     weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
     assert relative(weights, central.weights) <= 1e-9
     assert results["deployment"]["processes_left_running"] == [] and left_running(tmp_path) == []

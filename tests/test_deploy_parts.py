@@ -152,3 +152,20 @@ def test_a_site_answers_only_the_round_it_derives_from_the_job_itself(tmp_path):
                                    (own.name, own.bound, {"w": np.zeros(2)})):
         with pytest.raises(ProtocolAbort, match="not the round this site derives"):
             _vector(site, ctx, RoundCall(name, own.length, bound, broadcast).to_bytes())
+
+
+def test_the_deployed_server_and_a_site_derive_the_same_round_and_a_site_without_rows_refuses(tmp_path):
+    """Both build through the registry (runner.site_algorithm); a site the minimum-count rule emptied sends nothing."""
+    from secure_afl.runner import site_algorithm
+
+    config = RunConfig(clients=3, protocol="plaintext", dataset="digits")
+    write_job(tmp_path / "job.json", config)
+    site = Site.from_node_config({"job": str(tmp_path / "job.json"), "partition-id": 2, "num-partitions": 3})
+    x = np.full((4, 8), 0.25, dtype=np.float32)
+    site_server, client = site.algorithm(SiteData(x, np.array([0, 1, 1, 3]), 10, 100, 8))
+    server, none = site_algorithm(config, 3, 8, 10, 100)
+    ours, theirs = server.next_round(), site_server.next_round()
+    assert none is None and client is not None
+    assert (ours.name, ours.length, ours.bound) == (theirs.name, theirs.length, theirs.bound)
+    with pytest.raises(ConfigError, match="withheld every row of this site"):
+        site.algorithm(SiteData(x[:0], np.zeros(0, dtype=np.int64), 10, 100, 8))

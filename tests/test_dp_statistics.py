@@ -15,7 +15,8 @@ from secure_afl.data.partition import partition
 from secure_afl.errors import ConfigError
 from secure_afl.privacy import (StatisticsPrivacy, epsilon_of, noise_multiplier_for, noisy_ridge_solve,
                                 statistics_sensitivity)
-from secure_afl.runner import Timer, algorithm_configs, federate
+from secure_afl.algorithms.registry import algorithm
+from secure_afl.runner import Timer, federate
 from secure_afl.statistics import StatisticsLayout, compute_statistics, packed_statistics
 
 DELTA = 1e-5
@@ -173,7 +174,6 @@ def test_apfl_personalizes_on_the_noisy_primary_model(synthetic):
     ({"dp_placement": "local"}, "need --dp-epsilon"),
     ({"dp_solve": "adassp"}, "need --dp-epsilon"),
     ({"dp_epsilon": 1.0, "dp_clip": 2.0}, "clip norm C is --max-norm"),
-    ({"dp_epsilon": 1.0, "algorithm": "deepafl"}, "DeepAFL"),
     ({"dp_placement": "local", "algorithm": "fedavg"}, "only apply to --algorithm afl / apfl"),
 ])
 def test_config_refusals(options, message):
@@ -191,13 +191,13 @@ def test_algorithm_refusals(options, message):
     config = RunConfig(**options)
     config.validate()
     with pytest.raises(ConfigError, match=message):
-        algorithm_configs(config)
+        algorithm(config.algorithm).configure(config)
 
 
 def test_distributed_placement_uses_the_protocols_minimum(synthetic):
     config = RunConfig(dp_epsilon=1.0, dp_placement="distributed", clients=9, min_clients=5)
     config.validate()
-    mechanism = algorithm_configs(config)[0].privacy
+    mechanism = algorithm(config.algorithm).configure(config).privacy
     assert mechanism.min_clients == 5 and mechanism.share_sigma == pytest.approx(mechanism.sigma / math.sqrt(5))
 
 

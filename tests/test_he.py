@@ -254,3 +254,30 @@ def test_batching_prime_search():
     p = batching_prime(40, 4096)
     assert is_prime(p) and p % 8192 == 1 and p.bit_length() == 40
     assert not is_prime(561) and not is_prime(2**61 + 1) and is_prime(2**61 - 1)
+
+
+def test_simulated_dropouts_leave_clients_out_and_a_key_holder_dropout_fails_cleanly():
+    """Issue 16 item 14: HE accepts the same dropout options as masking; a client that never sends is left out,
+    and the key holder leaving ends the round with an abort, before any sum exists."""
+    from protocols.dropouts import draw_dropouts
+
+    vs = vectors(8, length=20)
+    survived = failed = 0
+    for seed in range(8):
+        protocol = make_protocol("he-bfv", dropout={"input": 0.25}, dropout_seed=seed, min_clients=5)
+        drawn = draw_dropouts(list(vs), {"input": 0.25}, seed, ("input",))["input"]
+        assert len(drawn) == 2
+        if min(vs) in drawn:  # the default key holder is the lowest id
+            with pytest.raises(ProtocolAbort, match="key holder 0 dropped out"):
+                protocol.aggregate("r", vs, BOUND)
+            failed += 1
+            continue
+        result = protocol.aggregate("r", vs, BOUND)
+        kept = {c: v for c, v in vs.items() if c not in drawn}
+        encoding = FixedPoint.for_round(8, BOUND, result.details["fraction_bits"])
+        assert result.included == set(kept)
+        np.testing.assert_array_equal(result.total, encoding.decode(fixed_point_sum(kept, encoding)))
+        survived += 1
+    assert survived and failed
+    with pytest.raises(ProtocolError, match="unknown dropout stages"):
+        make_protocol("he-bfv", dropout={"share": 0.1})

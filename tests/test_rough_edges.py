@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from protocols import Targets, choose_parameters
+from protocols.graph import minimum_threshold
 from secure_afl.cli import main
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import load_dataset
@@ -192,7 +194,7 @@ def test_quiet_with_nowhere_to_write_is_refused_before_any_work(capsys, monkeypa
     (["attack", "--dataset", "digits"], "secure-afl: error: the following arguments are required: --attack\n"
                                         "(see secure-afl attack --help)\n"),
     (["train"], "secure-afl: error: argument command: invalid choice: 'train' (choose from 'run', 'attack', "
-                "'report')\n(see secure-afl --help)\n"),
+                "'deploy', 'report', 'predict', 'plot')\n(see secure-afl --help)\n"),
 ])
 def test_a_usage_error_is_one_line_and_a_pointer_to_the_help(capsys, args, expected):
     with pytest.raises(SystemExit) as exit_info:
@@ -264,3 +266,109 @@ def test_the_table_names_only_the_partitions_own_parameter(tmp_path, capsys):
     assert "(dirichlet, alpha=0.1)" in summary
     results["config"].update(partition="shards", shards_per_client=3)
     assert "(shards, 3 per client)" in format_summary(results) and "alpha" not in format_summary(results)
+
+
+def test_masking_parameters_meet_the_targets_when_any_choice_can():
+    """Item 5: k and t are searched together; the smallest k for which some t meets both targets is chosen."""
+    chosen = choose_parameters(100)
+    assert chosen.meets_targets and not chosen.complete
+    assert chosen.security_log2 <= -40 and chosen.failure_log2 <= -20
+    smaller = chosen.neighbours - 2
+    assert not any(choose_parameters(100, threshold=t, neighbours=smaller).meets_targets
+                   for t in range(minimum_threshold(smaller), smaller + 2))
+    relaxed = choose_parameters(20, targets=Targets(corrupt_fraction=0.01, dropout_fraction=0.01, security_bits=20,
+                                                    failure_bits=10))
+    assert relaxed.meets_targets
+
+
+def test_unmet_masking_targets_are_warned_and_shown_and_the_targets_are_options(capsys):
+    code, printed, err = cli(["run", *TINY], capsys)
+    assert code == 0
+    unmet = choose_parameters(2)
+    assert not unmet.meets_targets
+    assert "secure-afl: warning: masking over 2 clients cannot meet 2^-40 security and 2^-20 failure" in err
+    rows = dict(line.split("  ", 1) for line in printed.splitlines())
+    assert rows["masking"].strip().endswith("targets 2^-40 / 2^-20 NOT met (assuming 5% corrupt, 10% dropouts)")
+    code, printed, err = cli(["run", *TINY[:-1], "4", "--partition", "iid", "--corrupt-fraction", "0.001",
+                              "--dropout-fraction", "0.001", "--security-bits", "2", "--failure-bits", "2"], capsys)
+    assert code == 0 and "cannot meet" not in err
+    rows = dict(line.split("  ", 1) for line in printed.splitlines())
+    assert "targets 2^-2 / 2^-2 met (assuming 0% corrupt, 0% dropouts)" in rows["masking"]
+    code, _, err = cli(["run", *TINY, "--corrupt-fraction", "1.5"], capsys)
+    assert code == 2 and err.strip().startswith("secure-afl: error:") and "corrupt_fraction" in err
+    code, _, err = cli(["run", *TINY, "--protocol", "plaintext", "--security-bits", "30"], capsys)
+    assert code == 2 and "only apply to --protocol mask" in err
+
+
+def test_he_runs_take_the_dropout_options(capsys):
+    config = RunConfig(protocol="he-bfv", dropout={"input": 0.2}, seed=4)
+    config.validate()
+    assert config.protocol_options()["dropout"] == {"input": 0.2} and config.protocol_options()["dropout_seed"] == 4
+    code, _, err = cli(["run", *TINY, "--protocol", "he-bfv", "--dropout", "share=0.1"], capsys)
+    assert code == 2 and err.strip() == "secure-afl: error: unknown dropout stages ['share']; stages are input"
+
+
+def test_upload_is_reported_per_role_under_he(synthetic):
+    """Item 13: the HE key holder's upload (context, decryptions) is reported apart from the clients'."""
+    from protocols import make_protocol
+    from secure_afl.algorithms.afl import AFLClient, AFLConfig, AFLServer, statistics_bound
+    from secure_afl.results import _upload_line
+    from secure_afl.runner import Timer, federate
+
+    x, labels, classes = synthetic
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    parts = np.array_split(np.arange(len(labels)), 4)
+    server = AFLServer(x.shape[1], classes, AFLConfig(), statistics_bound(len(labels), 1.0))
+    clients = {k: AFLClient(x[p], labels[p], classes) for k, p in enumerate(parts)}
+    sent = federate(server, clients, make_protocol("he-bfv", key_holder=2), Timer())
+    roles = sent["upload_max_by_role"]
+    assert set(roles) == {"client", "key holder"} and roles["key holder"] > roles["client"]
+    assert roles["key holder"] == sent["per_client_upload_max"]
+    assert _upload_line(sent) == f"client {roles['client'] / 2**20:.2f} MiB, key holder {roles['key holder'] / 2**20:.2f} MiB"
+    plain = federate(AFLServer(x.shape[1], classes, AFLConfig(), statistics_bound(len(labels), 1.0)),
+                     {k: AFLClient(x[p], labels[p], classes) for k, p in enumerate(parts)}, make_protocol("mask"),
+                     Timer())
+    assert set(plain["upload_max_by_role"]) == {"client"} and _upload_line(plain).endswith(" MiB")
+
+
+DIGITS = ["--dataset", "digits", "--resolution", "32", "--clients", "5", "--alpha", "1", "--protocol", "plaintext"]
+
+
+def test_each_head_gets_its_own_validated_learning_rate():
+    """Item 3: the MLP head no longer inherits the linear head's rate (which left it at chance)."""
+    from secure_afl.algorithms.fedavg import DEFAULT_LR, FedAvgConfig
+    from secure_afl.algorithms.registry import algorithm
+
+    fedavg_config = algorithm("fedavg").configure
+
+    assert DEFAULT_LR["mlp"] != DEFAULT_LR["linear"]
+    assert FedAvgConfig(head="mlp").lr == DEFAULT_LR["mlp"] and FedAvgConfig().lr == DEFAULT_LR["linear"]
+    assert fedavg_config(RunConfig(algorithm="fedavg", head="mlp")).lr == DEFAULT_LR["mlp"]
+    assert fedavg_config(RunConfig(algorithm="fedavg", head="mlp", lr=0.3)).lr == 0.3
+
+
+def test_a_run_at_chance_says_so_and_names_the_likely_cause(capsys):
+    code, _, err = cli(["run", *DIGITS, "--algorithm", "fedavg", "--rounds", "2", "--lr", "1e-6"], capsys)
+    assert code == 0
+    assert re.search(r"secure-afl: warning: final accuracy 0\.\d+ is within noise of chance \(0\.\d+, the most frequent "
+                     r"test class, n = 359\); the likely cause is the learning rate 1e-06 \(--lr\)",
+                     err)
+    code, _, err = cli(["run", *DIGITS], capsys)
+    assert code == 0 and "within noise of chance" not in err
+
+
+def test_dp_sgd_shows_its_noise_and_clamps_and_warns_when_they_dominate(tmp_path, capsys):
+    """Item 4: ε, δ, σ and the clamp count are in the table; dominant noise or clamping is warned about."""
+    out = tmp_path / "run.json"
+    code, printed, err = cli(["run", *DIGITS, "--algorithm", "fedavg", "--rounds", "2", "--dp-epsilon", "3",
+                              "--param-bound", "0.01", "--out", str(out)], capsys)
+    assert code == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    dp = metrics["dp"]
+    assert dp["sigma"] == pytest.approx(dp["noise_multiplier"] * dp["clip"]) and dp["noise_to_signal_per_step"] > 1
+    assert metrics["parameters_clamped"] > 0.01 * metrics["parameter_values_sent"] > 0
+    row = dict(line.split("  ", 1) for line in printed.splitlines())["differential privacy"].strip()
+    assert row.startswith(f"ε {dp['epsilon']:.3g}, δ 1e-05, z {dp['noise_multiplier']:.3g}, σ {dp['sigma']:.3g}")
+    assert f"{metrics['parameters_clamped']} of {metrics['parameter_values_sent']} parameter values clamped" in row
+    assert "secure-afl: warning: DP-SGD noise dominates every step" in err
+    assert "parameter values sent" in err and "were clamped to the public box ±0.01 (--param-bound)" in err

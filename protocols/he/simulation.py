@@ -6,18 +6,25 @@ its signed public context is sent once; every later round reuses it. Each round 
 opens the session with its own nonce, receives every client's signed ciphertexts through the
 server, sums and decrypts them itself. Bytes and seconds are measured per role, the key holder's
 download (every client's ciphertexts) included.
+
+Dropouts (``dropout``: a fraction per stage; HE has one, ``input``): a client that leaves never sends
+its ciphertexts and is simply left out of the sum, which still needs the job's minimum number of
+clients. The key holder leaving is different: nobody else can decrypt, so the round fails cleanly
+(``ProtocolAbort``) before any sum exists, and nothing of any client is revealed.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from protocols.base import RosteredProtocol, RoundResult
 from protocols.encoding import FixedPoint
-from protocols.errors import ParameterError
+from protocols.dropouts import check_dropout_fractions, draw_dropouts
+from protocols.errors import ParameterError, ProtocolAbort
 from protocols.he.limbs import LimbPlan
 from protocols.he.roles import HEClient, HEKeyHolder, HEServer
 from protocols.he.session import HEOptions, PublicSession
@@ -31,9 +38,12 @@ class HEProtocol(RosteredProtocol):
     default_limbs: int = 1
 
     def __init__(self, limbs: int | None = None, fraction_bits: int | None = None, key_holder: int | None = None,
-                 min_clients: int | None = None, record: bool = False, ledger: bool = True,
-                 ledger_dir: str | Path | None = None):
+                 min_clients: int | None = None, dropout: Mapping[str, float] | None = None, dropout_seed: int = 0,
+                 record: bool = False, ledger: bool = True, ledger_dir: str | Path | None = None):
         super().__init__(record, ledger, ledger_dir)
+        self.dropout = check_dropout_fractions(dropout or {}, self.stages)
+        self.dropout_seed = dropout_seed
+        self.rounds_run = 0
         self.limbs = self.default_limbs if limbs is None else limbs
         if self.limbs < 1:
             raise ParameterError(f"limbs must be at least 1, got {self.limbs}")
@@ -81,6 +91,12 @@ class HEProtocol(RosteredProtocol):
         holder_id = holder.id
         require_min_clients(len(clients), holder.min_clients, "the round the server was asked to run")
         encoding, plan = self.plan(len(clients), terms.bound)
+        dropped = drop.get("input", frozenset()) | draw_dropouts(clients, self.dropout, self.dropout_seed + self.rounds_run,
+                                                                 self.stages)["input"]
+        self.rounds_run += 1
+        if holder_id in dropped:
+            raise ProtocolAbort(f"round {terms.round_id!r}: the key holder {holder_id} dropped out; nobody else can "
+                                "decrypt, so the round fails and no client's vector is revealed")
         upload = dict.fromkeys(clients + [holder_id], 0)  # the key holder decrypts even in rounds it sits out
         download = dict.fromkeys(clients + [holder_id], 0)
         seconds = {"encrypt": {}, "server": 0.0, "key_holder": 0.0}
@@ -90,7 +106,6 @@ class HEProtocol(RosteredProtocol):
         opening = holder.open_round(terms)
         upload[holder_id] += len(opening)
         setup = server.setup(terms, clients, length, server.receive_open(opening), encoding, plan)
-        dropped = drop.get("input", frozenset())
         for c in clients:
             client = HEClient(self.member(c), contributions[c], terms, public, self.ledger_of(c))
             if c not in self._clients_seen_context:  # the public context travels once per session

@@ -11,6 +11,7 @@ application would derive them.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from protocols.base import RosteredProtocol, RoundResult
+from protocols.dropouts import check_dropout_fractions, check_stages, draw_dropouts
 from protocols.encoding import FixedPoint
-from protocols.errors import ParameterError
-from protocols.graph import GraphParameters, Targets
+from protocols.graph import GraphParameters, Targets, TargetsNotMetWarning
 from protocols.identity import Member, enrol
 from protocols.ledger import ContributionLedger
 from protocols.masking.client import MaskingClient
@@ -82,7 +83,7 @@ def simulate_round(terms: RoundTerms | str, vectors: Mapping[int, np.ndarray], e
     terms with the encoding's bound and no broadcast. ``ledgers``: each client's contribution ledger
     (protocols/ledger.py); a client without one keeps no record (a one-round job needs none)."""
     drop = dict(drop or {})
-    _check_stages(drop)
+    check_stages(drop, STAGES)
     drop = {stage: frozenset(drop.get(stage, ())) for stage in STAGES}
     terms = RoundTerms(terms, encoding.bound) if isinstance(terms, str) else terms
     members = members or enrol_for(vectors, encoding, parameters)
@@ -125,37 +126,6 @@ def simulate_round(terms: RoundTerms | str, vectors: Mapping[int, np.ndarray], e
     return MaskedRound(words, encoding, parameters, server.included, drop, costs, server)
 
 
-def draw_dropouts(clients: list[int], fractions: Mapping[str, float], seed: int) -> dict[str, frozenset[int]]:
-    """Simulated dropouts: at each stage, round(fraction · n) of the clients still present leave.
-
-    Which clients leave is a simulation choice, not a secret, so numpy's seeded generator is fine.
-    """
-    rng = np.random.default_rng(seed)
-    present, drop = sorted(clients), {}
-    for stage in STAGES:
-        count = min(len(present), round(fractions.get(stage, 0.0) * len(clients)))
-        leaving = frozenset(int(c) for c in rng.choice(present, size=count, replace=False)) if count else frozenset()
-        drop[stage] = leaving
-        present = [c for c in present if c not in leaving]
-    return drop
-
-
-def _check_stages(per_stage: Mapping) -> None:
-    unknown = set(per_stage) - set(STAGES)
-    if unknown:
-        raise ParameterError(f"unknown dropout stages {sorted(unknown)}; stages are {', '.join(STAGES)}")
-
-
-def check_dropout_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
-    _check_stages(fractions)
-    for stage, fraction in fractions.items():
-        if not 0 <= fraction < 1:
-            raise ParameterError(f"the dropout fraction at stage {stage!r} must be in [0, 1), got {fraction}")
-    if sum(fractions.values()) >= 1:
-        raise ParameterError("dropout fractions add up to every client; nothing would be left to sum")
-    return dict(fractions)
-
-
 class MaskingProtocol(RosteredProtocol):
     """SecAgg (complete graph) / SecAgg+ (k-regular graph) behind the common ``aggregate`` interface."""
 
@@ -173,7 +143,7 @@ class MaskingProtocol(RosteredProtocol):
         self.min_clients = min_clients  # m (protocols/minimum.py); None: ⌊2K/3⌋ + 1 of the K enrolled clients
         self.neighbours = neighbours
         self.fraction_bits = fraction_bits
-        self.dropout = check_dropout_fractions(dropout or {})
+        self.dropout = check_dropout_fractions(dropout or {}, STAGES)
         self.dropout_seed = dropout_seed
         self.targets = targets
         self.rounds_run = 0
@@ -186,7 +156,10 @@ class MaskingProtocol(RosteredProtocol):
         return self._options.to_json(len(clients))
 
     def prepare(self, clients: int, bound: float) -> None:
-        self.plan(clients, bound)
+        """Checks the parameters before any work, and warns once when the graph cannot meet the job's targets."""
+        _, parameters = self.plan(clients, bound)
+        if not parameters.meets_targets:
+            warnings.warn(parameters.shortfall(), TargetsNotMetWarning, stacklevel=2)
 
     def plan(self, clients: int, bound: float) -> tuple[FixedPoint, GraphParameters]:
         """Encoding and graph for a round, checkable before any vector exists."""
@@ -197,7 +170,7 @@ class MaskingProtocol(RosteredProtocol):
         require_min_clients(len(contributions), minimum, "the round the server was asked to run")
         round_id = terms.round_id
         encoding, parameters = self.plan(len(contributions), terms.bound)
-        drawn = draw_dropouts(list(contributions), self.dropout, self.dropout_seed + self.rounds_run)
+        drawn = draw_dropouts(list(contributions), self.dropout, self.dropout_seed + self.rounds_run, STAGES)
         forced = set().union(*drop.values()) if drop else set()
         drop = {stage: (drawn[stage] - forced) | drop.get(stage, frozenset()) for stage in STAGES}
         self.rounds_run += 1
@@ -225,6 +198,10 @@ class MaskingProtocol(RosteredProtocol):
             "graph": "complete" if parameters.complete else "k-regular",
             "security_log2": _finite_or_none(parameters.security_log2),  # None: impossible under the model
             "failure_log2": _finite_or_none(parameters.failure_log2),
+            "targets": {"security_bits": self.targets.security_bits, "failure_bits": self.targets.failure_bits,
+                        "corrupt_fraction": self.targets.corrupt_fraction,
+                        "dropout_fraction": self.targets.dropout_fraction},
+            "targets_met": parameters.meets_targets,
             "dropped": {stage: sorted(ids) for stage, ids in dropped.items()},
         }
         view = None

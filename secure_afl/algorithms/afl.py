@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
+from secure_afl.algorithms.base import Algorithm, AlgorithmClient, AlgorithmServer, LinearModel, RoundSpec
 from secure_afl.errors import ConfigError
 from secure_afl.linalg import solve_spd
-from secure_afl.privacy import StatisticsPrivacy, noisy_ridge_solve
-from secure_afl.statistics import Statistics, StatisticsLayout, packed_statistics
+from secure_afl.privacy import StatisticsPrivacy, clip_rows, noisy_ridge_solve
+from secure_afl.statistics import Statistics, StatisticsLayout, compute_statistics, packed_statistics
 
 STATISTICS_ROUND = "afl/statistics"
 
@@ -66,10 +66,7 @@ class AFLClient(AlgorithmClient):
             return
         if bound is None:
             raise ConfigError("a client under DP needs the round's public bound to clip its noisy vector to")
-        x = torch.as_tensor(features).to(torch.float64)
-        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        self.rows_clipped = int((norms > privacy.clip).sum())
-        x = x * (privacy.clip / norms.clamp_min(privacy.clip))
+        x, self.rows_clipped = clip_rows(torch.as_tensor(features), privacy.clip)
         layout = StatisticsLayout(x.shape[1], num_classes)
         self._vector, self.entries_clipped = privacy.privatize(packed_statistics(x, labels, num_classes), layout, bound)
 
@@ -105,7 +102,90 @@ class AFLServer(AlgorithmServer):
             self._weights = noisy_ridge_solve(self.total.gram, self.total.cross / privacy.clip, self.config.gamma,
                                               privacy.sum_sigma, privacy.solve)
 
+    def privacy_report(self, clients: dict[int, AFLClient], rows_clipped: int) -> dict:
+        """The results' ``dp`` block (``rows_clipped``: rows the feature map's norm bound changed), with the rows
+        each client re-clipped in float64 and every noisy entry clipped to the public bound."""
+        privacy = self.config.privacy
+        report = privacy.report(rows_clipped, self.layout.length, sum(c.entries_clipped for c in clients.values()))
+        report["rows_reclipped_float64"] = sum(c.rows_clipped for c in clients.values())
+        return report
+
     def model(self) -> LinearModel:
         if self._weights is None:
             raise ConfigError("the AFL server has not received its statistics round yet")
         return LinearModel(self._weights)
+
+
+# Options of DP on the statistics (AFL and APFL) and of the minimum-count defence (every analytic algorithm).
+STATISTICS_DP_OPTIONS = ("dp_noise", "dp_epsilon", "dp_delta", "dp_placement", "dp_solve")
+
+
+def statistics_privacy(config, releases: int = 1) -> StatisticsPrivacy | None:
+    """DP on the statistics when --dp-epsilon or --dp-noise asks for it (C is --max-norm; DeepAFL's layers clip
+    to their own norms; the distributed placement's t is the protocol's minimum aggregation size; each of the
+    ``releases`` aggregation rounds is one release). Refuses a fixed-point precision too coarse to carry the
+    noise: a share's σ must span at least 1000 encoding steps."""
+    if config.dp_epsilon is None and config.dp_noise is None:
+        return None
+    placement = config.dp_placement or "local"
+    t = config.protocol_options()["min_clients"] if placement == "distributed" else 1
+    privacy = StatisticsPrivacy(config.dp_epsilon, config.dp_delta, config.max_norm, placement, t,
+                                config.clients_per_round(), releases, config.dp_solve, config.dp_noise)
+    share = privacy.share_sigma  # calibrates z now: an ε no accountant can certify is refused before any work
+    if config.fraction_bits is not None and share * 2.0**config.fraction_bits < 1000:
+        raise ConfigError(f"--fraction-bits {config.fraction_bits} cannot resolve the DP noise (share σ {share:.3g}): "
+                          "raise it or leave the default")
+    return privacy
+
+
+def validate_statistics_dp(config, mechanism_options: tuple[str, ...] = ("dp_placement", "dp_solve")) -> None:
+    """The DP refusals that need more than the option scope: what C is, what a placement needs, and that the
+    mechanism's own options (``mechanism_options``) come with DP."""
+    private = config.dp_epsilon is not None or config.dp_noise is not None
+    changed = [name for name in mechanism_options if getattr(config, name) != getattr(type(config), name)]
+    if not private and changed:
+        raise ConfigError(f"{', '.join('--' + name.replace('_', '-') for name in changed)} need --dp-epsilon "
+                          "(or --dp-noise)")
+    if config.dp_clip != type(config).dp_clip:
+        raise ConfigError("--dp-clip is DP-SGD's gradient bound; the statistics' clip norm C is --max-norm")
+    if config.dp_placement == "distributed" and "min_clients" not in config.protocol_options():
+        raise ConfigError(f"--dp-placement distributed needs a secure protocol (mask, he-*): under {config.protocol} "
+                          "the server reads each client's share of the noise; use --dp-placement local")
+
+
+def configure(config) -> AFLConfig:
+    return AFLConfig(config.gamma, config.restore, statistics_privacy(config))
+
+
+def build_server(job: AFLConfig, data, max_samples: int, max_norm: float) -> tuple[AFLServer, float]:
+    """AFL's server and the bound each client clips its (noisy) vector to; the public bound follows from the
+    feature norm bound and the largest client size."""
+    server = AFLServer(data.train_x.shape[1], data.num_classes, job, statistics_bound(max_samples, max_norm))
+    return server, server.next_round().bound
+
+
+def build(job: AFLConfig, data, max_samples: int, max_norm: float):
+    """A client that withholds every row (the minimum-count rule) has nothing to send and is not built."""
+    server, bound = build_server(job, data, max_samples, max_norm)
+    clients = {k: AFLClient(data.train_x[idx], data.train_y[idx], data.num_classes, job.privacy, bound)
+               for k, idx in enumerate(data.client_indices) if len(idx)}
+    return server, clients
+
+
+def reference(job: AFLConfig, x, y: np.ndarray, num_classes: int, max_norm: float) -> LinearModel:
+    return LinearModel(ridge_solve(compute_statistics(x, y, num_classes), job))
+
+
+def privacy_block(server, clients: dict, features) -> dict:
+    """The results' ``dp`` block of an analytic algorithm under DP: the guarantee, and every row and entry the
+    mechanism clipped (the server's ``privacy_report``)."""
+    rows = round(features.rows_changed * len(features.data.train_y))  # rows the feature map's norm bound changed
+    return {"dp": server.privacy_report(clients, rows)}
+
+
+def report(job: AFLConfig, server: AFLServer, clients: dict, features) -> dict:
+    return {} if job.privacy is None else privacy_block(server, clients, features)
+
+
+ALGORITHM = Algorithm("afl", configure, build, options=(*STATISTICS_DP_OPTIONS, "min_class_count"),
+                      validate=validate_statistics_dp, reference=reference, report=report, model_type=LinearModel)

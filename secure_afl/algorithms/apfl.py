@@ -15,8 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from secure_afl.algorithms.afl import AFLClient
+from secure_afl.algorithms import afl
+from secure_afl.algorithms.afl import AFLClient, AFLConfig
+from secure_afl.algorithms.base import Algorithm, LinearModel
 from secure_afl.errors import ConfigError
+from secure_afl.features.buffer import RandomBuffer
+from secure_afl.features.feature_map import FeatureMap
 from secure_afl.linalg import solve_spd
 from secure_afl.privacy import StatisticsPrivacy
 
@@ -25,6 +29,7 @@ from secure_afl.privacy import StatisticsPrivacy
 class APFLConfig:
     lam: float = 0.1  # λ: ridge of the refinement stream
     beta: float = 0.7  # β: weight of the refinement stream in the personalized prediction
+    primary: AFLConfig = AFLConfig()  # the primary stream's solve (γ, restore, DP): AFL's
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.lam) and self.lam > 0):
@@ -85,3 +90,38 @@ class APFLClient(AFLClient):
             gram = (xr.T @ xr).cpu().numpy() + config.lam * np.eye(width)
             refinement = solve_spd(gram, xr.cpu().numpy().T @ residual, what=what)
         return PersonalizedModel(np.asarray(primary_weights), refinement, config.beta)
+
+
+def configure(config) -> APFLConfig:
+    return APFLConfig(config.lam, config.beta, afl.configure(config))
+
+
+def refinement_map(config) -> FeatureMap:
+    """The refinement stream's public map (its own seed and activation), applied beside the primary one."""
+    buffer = RandomBuffer(config.refine_width, config.refine_activation, config.refine_seed)
+    return FeatureMap(buffer, config.feature_norm, config.max_norm)
+
+
+def build(job: APFLConfig, data, max_samples: int, max_norm: float):
+    """AFL's server (the primary stream is AFL); the clients also hold their refinement features."""
+    server, bound = afl.build_server(job.primary, data, max_samples, max_norm)
+    clients = {k: APFLClient(data.train_x[idx], data.refine_train_x[idx], data.train_y[idx], data.num_classes,
+                             job.primary.privacy, bound)
+               for k, idx in enumerate(data.client_indices) if len(idx)}
+    return server, clients
+
+
+def personalize(job: APFLConfig, server, clients: dict) -> dict[int, PersonalizedModel]:
+    return {k: client.personalize(server.model().weights, job) for k, client in clients.items()}
+
+
+ALGORITHM = Algorithm(
+    "apfl", configure, build,
+    options=("refine_width", "refine_activation", "refine_seed", "lam", "beta", *afl.STATISTICS_DP_OPTIONS,
+             "min_class_count"),
+    validate=afl.validate_statistics_dp, local_map=refinement_map,
+    reference=lambda job, x, y, classes, max_norm: afl.reference(job.primary, x, y, classes, max_norm),
+    personalize=personalize, report=lambda job, server, clients, features: afl.report(job.primary, server, clients,
+                                                                                       features),
+    model_type=LinearModel,  # the global model (the primary stream); personalized ones stay with their clients
+)

@@ -11,8 +11,9 @@ in-process simulation and, later, across machines.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -77,3 +78,38 @@ class LinearModel:
 
     def relative_difference(self, other: LinearModel) -> float:
         return float(np.max(np.abs(self.weights - other.weights)) / np.max(np.abs(other.weights)))
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON-able description, arrays): what a saved model file holds (secure_afl/model.py)."""
+        return {}, {"weights": self.weights}
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: Mapping[str, np.ndarray]) -> LinearModel:
+        return cls(np.asarray(arrays["weights"], dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Everything the runner needs to know of one algorithm, declared in the algorithm's own module and
+    registered once (secure_afl/algorithms/registry.py), so that the runner reads straight through and a new
+    algorithm touches only its module and one registration line.
+
+    ``job`` below is whatever ``configure`` returns (the algorithm's own configuration); ``data`` is the
+    runner's ``FederatedData`` (mapped features, labels, who holds which rows); ``features`` its ``Features``.
+    """
+
+    name: str
+    configure: Callable[[Any], Any]  # RunConfig → job; raises ConfigError for combinations it cannot run
+    build: Callable[[Any, Any, int, float], tuple[AlgorithmServer, dict[int, AlgorithmClient]]]
+    # (job, data, the largest client size the bounds allow, the feature norm bound R) → server, clients
+    options: tuple[str, ...] = ()  # RunConfig fields that apply to this algorithm (and are refused for the others)
+    rounds: Callable[[Any], int] = lambda config: 1  # RunConfig → the aggregation rounds it asks for
+    clients_per_round: Callable[[Any], int] | None = None  # RunConfig → P when a round samples clients (None: all)
+    validate: Callable[[Any], None] | None = None  # RunConfig → None; refusals clearer than the option scope's
+    local_map: Callable[[Any], Any] | None = None  # RunConfig → a second public FeatureMap whose features stay local
+    reference: Callable[[Any, Any, np.ndarray, int, float], Any] | None = None
+    # (job, pooled features, labels, classes, R) → the same algorithm trained centrally; None: no closed form
+    personalize: Callable[[Any, AlgorithmServer, dict], dict] | None = None  # local post-processing, nothing sent
+    report: Callable[[Any, AlgorithmServer, dict, Any], dict] | None = None  # (job, server, clients, features)
+    history: bool = False  # record the global test accuracy after every round (iterative algorithms)
+    model_type: type | None = None  # the class of ``server.model()``: its ``state``/``from_state`` save and load it

@@ -23,16 +23,21 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSpec
-from secure_afl.errors import ConfigError
+from secure_afl.algorithms.base import Algorithm, AlgorithmClient, AlgorithmServer, RoundSpec
+from secure_afl.errors import ConfigError, TrainingWarning
 
 HEADS = ("linear", "mlp")
+CLAMP_WARNING = 0.01  # warn when more than this fraction of the parameter values sent were clamped
+# the learning rate each head gets unless one is given, chosen on validation: linear by
+# benchmarks/accuracy_table.py, mlp by benchmarks/head_selection.py (at the linear head's rate it ends at chance)
+DEFAULT_LR = {"linear": 16.0, "mlp": 16.0}
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 BOUND_SLACK = 1.0 + 1e-6
 
@@ -64,7 +69,7 @@ class DPConfig:
 class FedAvgConfig:
     rounds: int = 100
     local_epochs: int = 1
-    lr: float = 16.0  # large because features are l2-normalised rows; chosen on validation
+    lr: float | None = None  # None: the head's DEFAULT_LR (large because features are l2-normalised rows)
     batch_size: int = 32
     client_fraction: float = 1.0
     mu: float = 0.0  # FedProx proximal weight; 0 is FedAvg
@@ -80,14 +85,16 @@ class FedAvgConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.head])  # frozen: resolved once, here
         if not (self.lr > 0 and self.param_bound > 0):
             raise ConfigError("lr and param_bound must be positive")
         if not 0 < self.client_fraction <= 1:
             raise ConfigError(f"client_fraction must lie in (0, 1], got {self.client_fraction}")
         if self.mu < 0:
             raise ConfigError(f"mu must be ≥ 0, got {self.mu}")
-        if self.head not in HEADS:
-            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
 
 
 def build_head(config: FedAvgConfig, dim: int, num_classes: int) -> nn.Module:
@@ -137,6 +144,16 @@ class HeadModel:
             return float("nan")
         return float(np.mean(self.predict(features) == np.asarray(labels)))
 
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The head's shape (its config less DP, which prediction does not need) and θ."""
+        return ({"config": asdict(replace(self.config, dp=None)), "dim": self.dim, "num_classes": self.num_classes},
+                {"weights": self.weights})
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: Mapping[str, np.ndarray]) -> HeadModel:
+        return cls(FedAvgConfig(**meta["config"]), int(meta["dim"]), int(meta["num_classes"]),
+                   np.asarray(arrays["weights"], dtype=np.float64))
+
 
 class FedAvgClient(AlgorithmClient):
     def __init__(self, client_id: int, features, labels: np.ndarray, num_classes: int, config: FedAvgConfig,
@@ -147,7 +164,8 @@ class FedAvgClient(AlgorithmClient):
         self._y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self._dataset = torch.utils.data.TensorDataset(self._x, self._y)  # one object: Opacus accounts per dataset
         self._num_classes = num_classes
-        self.clamped = 0
+        self.clamped = 0  # parameter values projected onto the public box before sending
+        self.sent = 0  # parameter values sent over the job
         self._engine = None
         self._noise = None
         if config.dp is not None:
@@ -168,6 +186,11 @@ class FedAvgClient(AlgorithmClient):
     @property
     def noise_multiplier(self) -> float | None:
         return self._noise
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the head every client trains (DP-SGD adds noise to each)."""
+        return sum(p.numel() for p in build_head(self.config, self._x.shape[1], self._num_classes).parameters())
 
     def epsilon(self) -> float | None:
         if self._engine is None:
@@ -222,6 +245,7 @@ class FedAvgClient(AlgorithmClient):
         theta = parameter_vector(model)
         bound = self.config.param_bound
         self.clamped += int(np.count_nonzero(np.abs(theta) > bound))
+        self.sent += theta.size
         theta = np.clip(theta, -bound, bound)
         n = float(len(self._y))
         return np.concatenate([n * theta, [n]])
@@ -259,3 +283,59 @@ class FedAvgServer(AlgorithmServer):
 
     def model(self) -> HeadModel:
         return HeadModel(self.config, self.dim, self.num_classes, self.theta.copy())
+
+
+def configure(config, mu: float = 0.0) -> FedAvgConfig:
+    dp = None
+    if config.dp_noise is not None or config.dp_epsilon is not None:
+        dp = DPConfig(config.dp_clip, config.dp_noise, config.dp_epsilon, config.dp_delta, config.dp_accountant)
+    return FedAvgConfig(config.rounds, config.local_epochs, config.lr, config.local_batch, config.client_fraction,
+                        mu, config.head, config.hidden, config.param_bound, config.seed, dp)
+
+
+def build(job: FedAvgConfig, data, max_samples: int, max_norm: float):
+    """Every client is built (one without rows is simply never sampled into a useful round)."""
+    server = FedAvgServer(data.train_x.shape[1], data.num_classes, job, list(range(len(data.client_indices))),
+                          max_samples)
+    clients = {k: FedAvgClient(k, data.train_x[idx], data.train_y[idx], data.num_classes, job, job.rounds)
+               for k, idx in enumerate(data.client_indices)}
+    return server, clients
+
+
+def report(job: FedAvgConfig, server: FedAvgServer, clients: dict, features) -> dict:
+    """Parameter clamps and, under DP-SGD, the guarantee and how loud its noise is; warns when either dominates."""
+    clamped, sent = sum(c.clamped for c in clients.values()), sum(c.sent for c in clients.values())
+    report = {"parameters_clamped": clamped, "parameter_values_sent": sent}
+    if sent and clamped > CLAMP_WARNING * sent:
+        warnings.warn(f"{clamped} of the {sent} parameter values sent ({clamped / sent:.1%}) were clamped to the public "
+                      f"box ±{job.param_bound:g} (--param-bound): the sum is of clamped models; raise the bound or "
+                      "lower --lr", TrainingWarning, stacklevel=2)
+    if job.dp is not None:
+        z = max(c.noise_multiplier for c in clients.values())
+        parameters = next(iter(clients.values())).parameter_count
+        noise_to_signal = z * math.sqrt(parameters) / job.batch_size  # ‖noise‖ / (largest clipped mean gradient)
+        report["dp"] = {
+            "epsilon": max(c.epsilon() for c in clients.values()),
+            "delta": job.dp.delta,
+            "noise_multiplier": z,
+            "sigma": z * job.dp.clip,
+            "clip": job.dp.clip,
+            "noise_to_signal_per_step": noise_to_signal,
+            "accountant": job.dp.accountant,
+            "noise_rng": "torch generator seeded from os.urandom per client and round (Opacus secure_mode unavailable)",
+        }
+        if noise_to_signal > 1:
+            warnings.warn(f"DP-SGD noise dominates every step: σ = {z * job.dp.clip:.3g} on each of {parameters} "
+                          f"parameters against a clipped batch sum ≤ {job.dp.clip:g} × {job.batch_size} "
+                          f"(noise/signal ≈ {noise_to_signal:.1f}); raise --local-batch or --dp-epsilon, or use a "
+                          "smaller head", TrainingWarning, stacklevel=2)
+    return report
+
+
+GRADIENT_OPTIONS = ("rounds", "local_epochs", "lr", "local_batch", "client_fraction", "head", "hidden", "param_bound",
+                    "dp_clip", "dp_accountant", "dp_noise", "dp_epsilon", "dp_delta")
+FEDAVG = Algorithm("fedavg", configure, build, options=GRADIENT_OPTIONS, rounds=lambda config: config.rounds,
+                   clients_per_round=lambda config: clients_per_round(config.client_fraction, config.clients),
+                   report=report, history=True, model_type=HeadModel)
+FEDPROX = replace(FEDAVG, name="fedprox", configure=lambda config: configure(config, config.mu),
+                  options=(*GRADIENT_OPTIONS, "mu"))

@@ -30,6 +30,7 @@ import numpy as np
 
 from protocols.transcript import check_destination
 from secure_afl.algorithms.base import LinearModel
+from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
 from secure_afl.deploy.issue import issue_files, node_config, toml_value
 from secure_afl.deploy.server_app import MODEL, REPORT, TRANSCRIPT
@@ -218,7 +219,8 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
         model = LinearModel(np.load(work / "out" / MODEL, allow_pickle=False)["weights"])
         features = load_features(plan, timer)
         with timer.phase("evaluation"):
-            metrics = job_metrics(plan, features, model, server_report["bytes"]["included_clients"])
+            metrics = job_metrics(plan, features, algorithm(config.algorithm).configure(config), model,
+                                  server_report["bytes"]["included_clients"])
         extra = {"deployment": {
             "engine": "flower", "flower": _flower_version(), "nodes": deployment.nodes, "transport": "http (loopback)",
             "stage_timeout_s": deployment.stage_timeout, "crash": {str(k): v for k, v in deployment.crash.items()},

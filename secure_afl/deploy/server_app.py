@@ -29,7 +29,7 @@ from secure_afl.deploy.messages import NodeHello
 from secure_afl.deploy.rounds import Stages, masked_round, plaintext_round
 from secure_afl.deploy.site import check_deployable, read_job
 from secure_afl.errors import ConfigError
-from secure_afl.runner import Timer, algorithm_configs, make_server, plan_run, public_knowledge, run_rounds
+from secure_afl.runner import Timer, plan_run, public_knowledge, run_rounds, site_algorithm
 
 log = logging.getLogger(__name__)
 REPORT, MODEL, TRANSCRIPT = "server.json", "model.npz", "transcript"
@@ -63,10 +63,8 @@ def run_job(grid: Grid, settings, out: Path, report: dict) -> None:
     report.update(nodes={str(c): node for c, node in sorted(nodes.items())}, hello=hello.summary(),
                   stage_timeout_s=stage_timeout)
     stages = Stages(grid, nodes, stage_timeout)
-    afl, _, deep, gradient = algorithm_configs(config)
     ids = sorted(nodes)
-    server = make_server(afl, config.max_norm, dims["feature_dim"], plan.dataset.num_classes, len(plan.train_y), ids,
-                         deep, gradient)
+    server, _ = site_algorithm(config, config.clients, dims["feature_dim"], plan.dataset.num_classes, len(plan.train_y))
     round_over_network = ROUNDS[config.protocol]
 
     def exchange(spec: RoundSpec, asked: list[int]) -> RoundResult:

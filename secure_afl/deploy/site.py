@@ -6,7 +6,7 @@ could otherwise invent clients), the directory of its contribution ledger, and w
 data set it holds (``partition-id`` of ``num-partitions``, as Flower's simulation engine sets them). The
 site rebuilds only its own client: the runner's partition of the data set (the job's seed decides it, as
 in the in-process run), its rows' backbone features from the on-disk feature cache, the public feature
-map, and the algorithm's client (``secure_afl.runner.make_client``).
+map, and the algorithm's client (``secure_afl.runner.site_algorithm``).
 """
 
 from __future__ import annotations
@@ -134,17 +134,17 @@ class Site:
 
     def algorithm(self, data: SiteData) -> tuple[AlgorithmServer, AlgorithmClient]:
         """The algorithm's server as this site derives it from the job (its rounds and public bounds, to check the
-        server's calls against) and the site's client on its rows (``secure_afl.runner.make_client``)."""
+        server's calls against) and the site's client on its rows (``secure_afl.runner.site_algorithm``)."""
         import torch
 
-        from secure_afl.runner import algorithm_configs, make_client, make_server
+        from secure_afl.runner import site_algorithm
 
         config = self.job()
-        afl, _, deep, gradient = algorithm_configs(config)
-        server = make_server(afl, config.max_norm, data.x.shape[1], data.num_classes, data.train_size,
-                             list(range(config.clients)), deep, gradient)
-        client = make_client(server, self.client, torch.from_numpy(data.x), data.y, data.num_classes, afl,
-                             config.max_norm, deep, gradient)
+        server, client = site_algorithm(config, config.clients, data.x.shape[1], data.num_classes, data.train_size,
+                                        self.client, torch.from_numpy(data.x), data.y)
+        if client is None:
+            raise ConfigError(f"client {self.client}: --min-class-count {config.min_class_count} withheld every row "
+                              "of this site, so it has nothing to send")
         return server, client
 
 
