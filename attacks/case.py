@@ -33,7 +33,7 @@ from secure_afl.config import RunConfig
 from secure_afl.data.datasets import Dataset
 from secure_afl.errors import ConfigError
 from secure_afl.runner import (
-    Features, PlaintextAggregationWarning, RunPlan, Timer, build_algorithm, load_features, plan_run, public_knowledge,
+    Features, PlaintextAggregationWarning, RunPlan, Timer, build_algorithm, features_knowledge, load_features, plan_run,
     results_document, train,
 )
 from secure_afl.statistics import packed_statistics
@@ -140,7 +140,7 @@ class Case:
         timer = Timer()
         features = load_features(plan, timer, progress)
         contributions: dict[tuple[str, int], np.ndarray] = {}
-        with TranscriptWriter(transcript, public_knowledge(plan, features), overwrite) as writer:
+        with TranscriptWriter(transcript, features_knowledge(plan, features), overwrite) as writer:
             if self.behaviour == "honest":
                 training = train(plan, features, timer, writer, progress=progress)
                 results = results_document(plan, features, training, timer)

@@ -32,8 +32,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from protocols.errors import InvalidContributionError, ParameterError
-from protocols.identity import Identity, Member, Roster, enrol
+from protocols.errors import InvalidContributionError, ParameterError, RosterError
+from protocols.identity import Identity, Member, Roster, canonical_json, enrol
 from protocols.ledger import ContributionLedger
 from protocols.terms import EMPTY_BROADCAST, RoundTerms
 from protocols.transcript import RoundView
@@ -89,6 +89,9 @@ class AggregationProtocol(ABC):
 
     def prepare(self, clients: int, bound: float) -> None:
         """Refuse, before any data exists, a round shape this protocol cannot run (encoding, parameters)."""
+
+    def adopt(self, roster: Roster, clients: Iterable[int], job: Mapping | None = None) -> None:
+        """Take a deployed job's roster; protocols without client identities need none."""
 
     def enrol(self, clients: Iterable[int], job: Mapping | None = None) -> None:
         """Admit the job's clients before its first round (``job``: the application's public configuration,
@@ -166,6 +169,19 @@ class RosteredProtocol(AggregationProtocol):
             raise ParameterError("a job needs at least one client")
         config = {"protocol": self.options(ids), "job": dict(job or {})}
         self.roster, self._identities = enrol(f"{self.name}-{secrets.token_hex(8)}", ids, config, self.key_holder(ids))
+
+    def adopt(self, roster: Roster, clients: Iterable[int], job: Mapping | None = None) -> None:
+        """Take the operator's roster of a deployed job (whose clients hold their own identities) instead of
+        enrolling; refused unless it lists exactly these clients under this protocol's options and ``job``."""
+        ids = sorted({int(c) for c in clients})
+        config = {"protocol": self.options(ids), "job": dict(job or {})}
+        if sorted(roster.clients) != ids or canonical_json(dict(roster.config)) != canonical_json(config):
+            raise RosterError(f"roster {roster.job_id!r} is not this job's: it must list clients {ids} under the job's "
+                              "protocol options and public configuration; issue the roster from this job's settings")
+        if roster.key_holder != self.key_holder(ids):
+            raise RosterError(f"roster {roster.job_id!r} names key holder {roster.key_holder}, the job "
+                              f"{self.key_holder(ids)}")
+        self.roster = roster
 
     def member(self, client: int) -> Member:
         """What simulated client ``client`` holds: its own private identity and the roster."""

@@ -197,6 +197,43 @@ def _run_parser(sub) -> None:
     out.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
 
 
+def _deploy_parser(sub) -> None:
+    p = sub.add_parser("deploy", help="run a job over Flower: a SuperLink and one SuperNode per client, as processes",
+                       formatter_class=_HelpFormatter)
+    where = p.add_subparsers(dest="where", required=True)
+    local = where.add_parser("local", help="a SuperLink and --nodes SuperNodes on this machine (loopback)",
+                             formatter_class=_HelpFormatter,
+                             description="Starts a Flower SuperLink and one SuperNode per client as separate processes "
+                                         "on 127.0.0.1, runs the job through them (needs `pip install "
+                                         "'secure-afl[deploy]'`), writes the same results JSON as `secure-afl run` "
+                                         "plus per-stage bytes and latencies, and stops every process it started.")
+    issue = where.add_parser("issue", help="write a multi-machine job's files: job.json, the roster, one identity per site",
+                             formatter_class=_HelpFormatter,
+                             description="The operator's files of a job (see the README's Deployment section): give "
+                                         "job.json to the server and every site, roster.json and sites/K/ to site K "
+                                         "(its identity is private), out of band. Prints each site's --node-config.")
+    issue.add_argument("--dir", required=True, help="an empty or new directory for the files")
+    _run_options(issue)
+    issue.add_argument("--quiet", action="store_true", help="print nothing")
+    issue.add_argument("-v", "--verbose", action="store_true", help="log each phase as it starts (INFO)")
+    local.add_argument("--nodes", type=int, required=True, help="SuperNodes, one per client (sets --clients)")
+    _run_options(local)
+    net = local.add_argument_group("deployment")
+    net.add_argument("--stage-timeout", type=float, default=60.0,
+                     help="seconds a protocol stage waits for replies; a node that has not answered has dropped out")
+    net.add_argument("--connect-timeout", type=float, default=120.0, help="seconds to wait for the nodes to connect")
+    net.add_argument("--crash", action="append", type=_crash, default=[], metavar="NODE=STAGE",
+                     help="a drill: kill node NODE's processes when STAGE's message reaches it (hello, plaintext, "
+                          f"{', '.join(STAGES)}); repeatable")
+    net.add_argument("--workdir", default=None,
+                     help="an empty directory for the job's files and every process's log, kept afterwards "
+                          "(default: a temporary one, removed)")
+    out = local.add_argument_group("output")
+    out.add_argument("--out", default=None, help="results JSON path")
+    out.add_argument("--transcript", default=None, metavar="DIR", help="write the deployed server's view of every round here")
+    _output_flags(out, "an existing results file (and transcript)")
+
+
 def _predict_parser(sub) -> None:
     about = ("Loads a model written by `secure-afl run --save-model` and runs images through its backbone, feature "
              "map and predictor. On a data set it also reports the accuracy (metrics.accuracy): on the test split, "
@@ -280,17 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _attack_parser(sub)
+    _deploy_parser(sub)
     _report_parser(sub)
     _predict_parser(sub)
     _plot_parser(sub)
     args = parser.parse_args(argv)
     config = None
-    if args.command in ("run", "attack"):
+    if args.command in ("run", "attack", "deploy"):
         names = {f.name for f in fields(RunConfig)}
         options = vars(args)
         options["dropout"] = dict(options["dropout"])
         config = RunConfig(**{k: v for k, v in options.items() if k in names})
-    command = {"run": _run, "attack": _attack, "report": _report, "predict": _predict, "plot": _plot}[args.command]
+    command = {"run": _run, "attack": _attack, "deploy": _deploy, "report": _report, "predict": _predict,
+               "plot": _plot}[args.command]
     handler = _log_to_stderr() if args.verbose else None
     try:
         with warnings.catch_warnings():
@@ -441,6 +480,45 @@ def _attack(args, config: RunConfig) -> str:
     return "\n".join(lines)
 
 
+def _deploy(args, config: RunConfig) -> str:
+    """``secure-afl deploy local`` / ``issue``: outputs and the job are checked before any process starts or any
+    file is written."""
+    from secure_afl.results import check_output_path, format_summary, write_results
+
+    if args.where == "issue":
+        return _issue(args, config)
+    try:
+        from secure_afl.deploy.local import LocalDeployment, run_local
+    except ImportError as exc:
+        raise ConfigError(f"deploying needs Flower: pip install 'secure-afl[deploy]' ({exc})") from exc
+    _refuse_silent_run(args, args.out, args.transcript)
+    check_output_path(args.out, args.overwrite)
+    deployment = LocalDeployment(args.nodes, args.stage_timeout, args.connect_timeout, crash=dict(args.crash),
+                                 workdir=args.workdir)
+    results = run_local(config, deployment, args.transcript, args.overwrite)
+    if args.out:
+        write_results(args.out, results, overwrite=args.overwrite)
+    stages = results["deployment"]["stages"]
+    latency = ", ".join(f"{s['stage']} {s['seconds']:.2f} s" for s in stages)
+    return "\n".join([format_summary(results), f"deployed over {args.nodes} SuperNodes; stages: {latency}"]
+                     + ([f"results written to {args.out}"] if args.out else []))
+
+
+def _issue(args, config: RunConfig) -> str:
+    from secure_afl.deploy.issue import issue_files, node_config
+    from secure_afl.deploy.site import check_deployable
+    from secure_afl.runner import plan_run
+
+    directory = Path(args.dir)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise ConfigError(f"--dir {args.dir!r} exists and is not an empty directory; choose a new one")
+    check_deployable(config)
+    files = issue_files(plan_run(config), directory)
+    lines = [f"job {files['job']}"] + ([f"roster {files['roster']}"] if "roster" in files else [])
+    return "\n".join(lines + [f"site {k}: --node-config '{node_config(k, config.clients, files)}'"
+                               for k in range(config.clients)])
+
+
 def _report(args, config: None) -> str:
     """``secure-afl report``: the grid is read and the output checked before anything is written."""
     from attacks.report import load_grid, write_report
@@ -507,6 +585,13 @@ def _dropout(text: str) -> tuple[str, float]:
         return stage, float(fraction)
     except ValueError:
         raise argparse.ArgumentTypeError(f"the dropout fraction must be a number, got {fraction!r}") from None
+
+
+def _crash(text: str) -> tuple[int, str]:
+    node, sep, stage = text.partition("=")
+    if not sep or not node.isdigit():
+        raise argparse.ArgumentTypeError(f"expected NODE=STAGE, e.g. 2=input, got {text!r}")
+    return int(node), stage
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -12,16 +12,17 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from protocols import broadcast_digest, make_protocol
+from protocols import Roster, RoundResult, broadcast_digest, make_protocol
 from protocols.transcript import TranscriptWriter, check_destination, size_on_disk
 from secure_afl.algorithms.afl import statistics_bound
-from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer
+from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer, RoundSpec
 from secure_afl.algorithms.convnet import PIXELS, pixel_dataset
 from secure_afl.algorithms.registry import algorithm
 from secure_afl.class_minimum import withheld_summary, withhold_rare_classes
@@ -113,7 +114,24 @@ def backbone_features(config: RunConfig, dataset: Dataset, device: torch.device,
 def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], protocol, timer: Timer,
              observer=None, transcript: TranscriptWriter | None = None, progress: bool = False,
              expected_rounds: int | None = None) -> dict:
-    """Drive every round: clients contribute, the protocol sums, the server consumes. Returns byte counts.
+    """Every round in this process: the clients contribute, the protocol sums (``run_rounds`` says the rest)."""
+    protocol.enrol(clients)  # every client of the job, before its first round (a no-op once enrolled)
+
+    def exchange(spec: RoundSpec, asked: list[int]) -> RoundResult:
+        with timer.phase("local"):
+            vectors = {k: clients[k].contribute(spec) for k in asked}
+        with timer.phase("aggregation"):
+            return protocol.aggregate(spec.name, vectors, spec.bound, broadcast_digest=broadcast_digest(spec.broadcast))
+
+    return run_rounds(server, sorted(clients), exchange, protocol.name, timer, observer, transcript, progress,
+                      expected_rounds)
+
+
+def run_rounds(server: AlgorithmServer, clients: list[int], exchange: Callable[[RoundSpec, list[int]], RoundResult],
+               protocol_name: str, timer: Timer, observer=None, transcript: TranscriptWriter | None = None,
+               progress: bool = False, expected_rounds: int | None = None) -> dict:
+    """Drive every round: ``exchange(spec, asked)`` gets the asked clients' sum through the protocol (in this
+    process, or over a deployment's network), the server consumes it. Returns byte counts.
 
     A round asks the clients its spec names (all by default), once: a round that fails is never
     retried and no statistic is aggregated twice, since two sums of one statistic over client sets
@@ -133,18 +151,13 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
     download = dict.fromkeys(clients, 0)
     key_holders = set()  # HE: clients that also create the keys and decrypt (they upload far more)
     rounds = []
-    protocol.enrol(clients)  # every client of the job, before its first round (a no-op once enrolled)
-    with tqdm(total=expected_rounds, desc=f"rounds ({protocol.name})", unit="round", disable=not progress,
+    with tqdm(total=expected_rounds, desc=f"rounds ({protocol_name})", unit="round", disable=not progress,
               leave=False, mininterval=0) as bar:  # rounds are coarse: show every one (tqdm skips updates < 0.1 s)
         while (spec := server.next_round()) is not None:
-            asked = included if spec.participants is None else included & spec.participants
+            asked = sorted(included if spec.participants is None else included & spec.participants)
             bar.set_postfix_str(spec.name)
             log.info("round %s: %d clients asked, %d values each", spec.name, len(asked), spec.length)
-            with timer.phase("local"):
-                vectors = {k: clients[k].contribute(spec) for k in sorted(asked)}
-            with timer.phase("aggregation"):
-                result = protocol.aggregate(spec.name, vectors, spec.bound,
-                                            broadcast_digest=broadcast_digest(spec.broadcast))
+            result = exchange(spec, asked)
             if transcript is not None:
                 with timer.phase("transcript"):
                     transcript.write_round(result.view, spec.public(), spec.broadcast)
@@ -152,9 +165,9 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
                 server.receive(spec, result.total)
             for k in result.upload_bytes:
                 upload[k] += result.upload_bytes[k]
-                download[k] += result.download_bytes[k] + (spec.broadcast_bytes if k in vectors else 0)
+                download[k] += result.download_bytes[k] + (spec.broadcast_bytes if k in asked else 0)
             if result.included is not None:
-                included -= set(vectors) - result.included
+                included -= set(asked) - result.included
             if "key_holder" in result.details:
                 key_holders.add(result.details["key_holder"])
             if observer is not None:
@@ -163,8 +176,8 @@ def federate(server: AlgorithmServer, clients: dict[int, AlgorithmClient], proto
                 "round": spec.name,
                 "length": spec.length,
                 "upload_per_client_max": max(result.upload_bytes.values()),
-                "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in vectors),
-                "clients_asked": len(vectors),
+                "download_per_client_max": max(result.download_bytes[k] + spec.broadcast_bytes for k in asked),
+                "clients_asked": len(asked),
                 "clients_included": len(included),
                 "protocol": result.details,
             })
@@ -218,9 +231,11 @@ class RunPlan:
     device: torch.device
 
 
-def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
+def plan_run(config: RunConfig, record: bool = False, roster: Roster | None = None) -> RunPlan:
     """Validate, build the protocol, open the data set and partition it: every cheap check that can
-    refuse a run happens here, before features are extracted or anything is written."""
+    refuse a run happens here, before features are extracted or anything is written. A deployed job's
+    server passes the operator's ``roster``: the protocol adopts it (refusing one for another job) instead
+    of enrolling identities of its own."""
     config.validate()
     algorithm(config.algorithm).configure(config)  # refuses combinations only the algorithm's own configuration sees
     feature_map = build_feature_map(config)
@@ -255,7 +270,10 @@ def plan_run(config: RunConfig, record: bool = False) -> RunPlan:
     sent = withhold_rare_classes(client_indices, train_y, config.min_class_count)
     _check_senders(sent, config)
     protocol.prepare(len(client_indices), statistics_bound(len(train_y), config.max_norm))
-    protocol.enrol(range(len(client_indices)), job=public_config(config))  # the operator's roster for the job
+    if roster is None:
+        protocol.enrol(range(len(client_indices)), job=public_config(config))  # the operator's roster for the job
+    else:
+        protocol.adopt(roster, range(len(client_indices)), job=public_config(config))
     return RunPlan(config, protocol, dataset, train_y, test_y, client_indices, held_out, sent, feature_map,
                    refinement_map, device)
 
@@ -312,7 +330,7 @@ def public_config(config: RunConfig) -> dict:
     return public
 
 
-def public_knowledge(plan: RunPlan, features: Features) -> dict:
+def public_knowledge(plan: RunPlan, backbone_dim: int, feature_dim: int) -> dict:
     """What the server of this run legitimately knows besides the messages: the job's public
     configuration, the client ids, the feature and class dimensions, and the training-set size the
     bounds are built from. Never which client holds which sample."""
@@ -320,11 +338,16 @@ def public_knowledge(plan: RunPlan, features: Features) -> dict:
         "config": public_config(plan.config),
         "clients": list(range(len(plan.client_indices))),
         "num_classes": plan.dataset.num_classes,
-        "backbone_dim": int(features.info["feature_dim"]),
-        "feature_dim": int(features.data.train_x.shape[1]),
+        "backbone_dim": int(backbone_dim),
+        "feature_dim": int(feature_dim),
         "train_size": len(plan.train_y),
         "secure_protocol": bool(plan.protocol.secure),
     }
+
+
+def features_knowledge(plan: RunPlan, features: Features) -> dict:
+    """``public_knowledge`` of a run whose features this process extracted."""
+    return public_knowledge(plan, features.info["feature_dim"], features.data.train_x.shape[1])
 
 
 @dataclass
@@ -339,6 +362,25 @@ def build_algorithm(plan: RunPlan, features: Features):
     """The run's algorithm server and clients on the federation's features."""
     entry = algorithm(plan.config.algorithm)
     return entry.build(entry.configure(plan.config), features.data, len(plan.train_y), plan.config.max_norm)
+
+
+def site_algorithm(config: RunConfig, clients: int, dim: int, num_classes: int, max_samples: int,
+                   client: int | None = None, x: torch.Tensor | None = None,
+                   y: np.ndarray | None = None) -> tuple[AlgorithmServer, AlgorithmClient | None]:
+    """The algorithm's server and one site's client as a deployment's processes build them: the registry's
+    ``build`` on the federation as that process sees it, the site's own rows ``x``, ``y`` under its index
+    ``client`` and every other client without rows (the deployed server holds none, ``client`` None). The
+    client is None for the server, and for a site the minimum-count rule left with nothing to send."""
+    x = torch.empty((0, dim)) if x is None else x
+    y = np.empty(0, dtype=np.int64) if y is None else y
+    none = np.empty(0, dtype=np.int64)
+    indices = [none] * clients
+    if client is not None:
+        indices[client] = np.arange(len(y))
+    view = FederatedData(x, y, x[:0], y[:0], indices, [none] * clients, num_classes)
+    entry = algorithm(config.algorithm)
+    server, built = entry.build(entry.configure(config), view, max_samples, config.max_norm)
+    return server, built.get(client)
 
 
 def train(plan: RunPlan, features: Features, timer: Timer, transcript: TranscriptWriter | None = None,
@@ -358,27 +400,36 @@ def train(plan: RunPlan, features: Features, timer: Timer, transcript: Transcrip
     if entry.personalize is not None:
         with timer.phase("personalization"):  # local only: nothing is sent
             personal = entry.personalize(job, server, clients)
-    log.info("evaluation: %d test images", len(data.test_y))
     with timer.phase("evaluation"):
-        included = bytes_report["included_clients"]
-        central = None
-        if entry.reference is not None and config.centralized_reference:
-            pooled = np.concatenate([data.client_indices[k] for k in included])
-            central = entry.reference(job, data.train_x[pooled], data.train_y[pooled], data.num_classes,
-                                      config.max_norm)
-        metrics = evaluate(server.model(), central, data, included, personal)
-        metrics["centralized_reference"] = ("computed" if central is not None else "none: the algorithm has no "
-                                            "closed-form centralized solution" if entry.reference is None
-                                            else "skipped (--no-centralized-reference)")
+        metrics = job_metrics(plan, features, job, server.model(), bytes_report["included_clients"], personal)
         if history is not None:
             metrics["history"] = history.rows
     if entry.report is not None:
         metrics.update(entry.report(job, server, clients, features))
+    return Training(server, clients, metrics, bytes_report)
+
+
+def job_metrics(plan: RunPlan, features: Features, job, model, included: list[int],
+                personal: dict | None = None) -> dict:
+    """The model's evaluation against the centralized reference on the included clients (warning when it is at
+    chance), and what the feature map and the minimum-count rule changed: the metrics of an in-process run and of
+    a deployed one alike. ``job`` is the algorithm's configuration (``Algorithm.configure``)."""
+    config, data = plan.config, features.data
+    entry = algorithm(config.algorithm)
+    log.info("evaluation: %d test images", len(data.test_y))
+    central = None
+    if entry.reference is not None and config.centralized_reference:
+        pooled = np.concatenate([data.client_indices[k] for k in included])
+        central = entry.reference(job, data.train_x[pooled], data.train_y[pooled], data.num_classes, config.max_norm)
+    metrics = evaluate(model, central, data, included, personal)
+    metrics["centralized_reference"] = ("computed" if central is not None else "none: the algorithm has no "
+                                        "closed-form centralized solution" if entry.reference is None
+                                        else "skipped (--no-centralized-reference)")
     warn_if_chance(metrics, data, config, job)
     metrics["rows_changed_by_norm_bound"] = features.rows_changed
     if config.min_class_count > 1:
         metrics["min_class_count"] = withheld_summary(plan.client_indices, plan.sent_indices)
-    return Training(server, clients, metrics, bytes_report)
+    return metrics
 
 
 def results_document(plan: RunPlan, features: Features, training: Training, timer: Timer, **extra) -> dict:
@@ -422,7 +473,7 @@ def complete_run(config: RunConfig, progress: bool = False, transcript: str | No
     timer = Timer()
     with timer.phase("total"):
         features = load_features(plan, timer, progress)
-        writer = TranscriptWriter(transcript, public_knowledge(plan, features), overwrite) if transcript else None
+        writer = TranscriptWriter(transcript, features_knowledge(plan, features), overwrite) if transcript else None
         try:
             training = train(plan, features, timer, writer, progress=progress)
         except BaseException:

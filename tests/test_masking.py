@@ -148,3 +148,39 @@ def test_the_same_input_is_masked_afresh_in_every_round():
     one, two = (protocol.aggregate(r, vs, bound=4.0).view for r in ("r1", "r2"))
     assert np.mean(one.inputs()[0] == two.inputs()[0]) < 0.01
     np.testing.assert_array_equal(one.total, two.total)
+
+
+def test_a_client_restored_from_its_snapshot_before_every_stage_completes_the_round_exactly(tmp_path):
+    """A deployment runs each stage in a fresh process (a Flower SuperNode): the client's snapshot alone
+    carries it from one stage to the next, its ledger included, and keeps its state machine's refusals."""
+    from protocols import ContributionLedger, MalformedMessageError, ProtocolAbort, RoundTerms
+    from protocols.masking.client import MaskingClient
+    from protocols.masking.server import MaskingServer
+    from protocols.masking.simulation import enrol_for
+
+    n = 4
+    vs = vectors(n, seed=5)
+    encoding, parameters = FixedPoint.for_round(n, 4.0), choose_parameters(n)
+    members, terms = enrol_for(vs, encoding, parameters), RoundTerms("r", encoding.bound)
+    server = MaskingServer(members[0].roster, terms, list(vs), 64, encoding, parameters)
+    ledgers = {c: ContributionLedger.in_directory(tmp_path, c) for c in vs}
+    states = {c: MaskingClient(members[c], vs[c], terms, ledgers[c]).snapshot() for c in vs}
+
+    def stage(messages, step, receive):
+        for c, message in messages.items():
+            client = MaskingClient.restore(states[c], members[c], ledgers[c])
+            receive(step(client, message))
+            states[c] = client.snapshot()
+
+    stage(dict.fromkeys(vs, server.setup_message()), MaskingClient.advertise, server.receive_advert)
+    stage(dict.fromkeys(vs, server.key_list()), MaskingClient.share_keys, server.receive_shares)
+    stage(server.deliveries(), MaskingClient.masked_input, server.receive_masked)
+    stage(server.consistency_requests(), MaskingClient.sign_consistency, server.receive_signature)
+    requests = server.unmask_requests()
+    stage(requests, MaskingClient.unmask, server.receive_unmask)
+    assert np.array_equal(server.finish(), fixed_point_sum(vs, encoding))
+    assert all(len(ledgers[c].entries()) == 1 for c in vs)  # each claimed its statistic once, across processes
+    with pytest.raises(ProtocolAbort, match="state 'done'"):  # a restored client still refuses a replay
+        MaskingClient.restore(states[0], members[0], ledgers[0]).unmask(requests[0])
+    with pytest.raises(MalformedMessageError):
+        MaskingClient.restore(states[0][:-1], members[0], ledgers[0])

@@ -194,7 +194,7 @@ def test_quiet_with_nowhere_to_write_is_refused_before_any_work(capsys, monkeypa
     (["attack", "--dataset", "digits"], "secure-afl: error: the following arguments are required: --attack\n"
                                         "(see secure-afl attack --help)\n"),
     (["train"], "secure-afl: error: argument command: invalid choice: 'train' (choose from 'run', 'attack', "
-                "'report', 'predict', 'plot')\n(see secure-afl --help)\n"),
+                "'deploy', 'report', 'predict', 'plot')\n(see secure-afl --help)\n"),
 ])
 def test_a_usage_error_is_one_line_and_a_pointer_to_the_help(capsys, args, expected):
     with pytest.raises(SystemExit) as exit_info:

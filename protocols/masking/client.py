@@ -87,8 +87,10 @@ from protocols.masking.session import MaskingOptions, Session, check_terms, setu
 from protocols.minimum import require_min_clients
 from protocols.prg import MaskExpander
 from protocols.terms import RoundTerms
+from protocols.wire import Reader, Writer
 
 SHARE_PLAINTEXT = 2 * shamir.SHARE_BYTES
+SNAPSHOT_KIND = 12  # a client's state between stages (``MaskingClient.snapshot``); it never leaves the client
 
 
 class State(enum.Enum):
@@ -115,6 +117,7 @@ class MaskingClient:
         self.state = State.NEW
         self._setup: RoundSetup | None = None
         self._setup_bytes = b""
+        self._key_list_bytes = b""
         self._session: Session | None = None
         self._encoded: np.ndarray | None = None
         self._mask_keys: KeyPair | None = None
@@ -155,7 +158,7 @@ class MaskingClient:
             if len(holders) < self._setup.threshold:
                 raise ProtocolAbort(f"{len(holders)} share holders cannot meet the threshold {self._setup.threshold}")
             self._verify_adverts(session)
-            self._session = session
+            self._session, self._key_list_bytes = session, key_list_bytes
             self._self_seed = secrets.token_bytes(shamir.SECRET_BYTES)
             t = self._setup.threshold
             seed_shares = shamir.split(self._self_seed, holders, t)
@@ -249,6 +252,57 @@ class MaskingClient:
             return response.signed(self._member.identity, self._session.session_id).to_bytes()
 
         return self._transition(State.SIGNED, State.DONE, step)
+
+    # -- state between processes -----------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Everything this client holds mid-round, in the wire format (kind ``SNAPSHOT_KIND``), for a transport
+        that runs each stage in a fresh process (a Flower SuperNode keeps it in the node's ``Context.state``).
+        It holds the client's secrets (its input, key pairs, self-mask seed and the shares it holds), so it
+        never leaves the client's machine; the identity key and the ledger are not in it (the client's own
+        files hold those)."""
+        w = Writer(SNAPSHOT_KIND).text(self.state.value).words(np.ascontiguousarray(self._vector, np.float64).view(np.uint64))
+        w.text(self._terms.round_id).f64(self._terms.bound).blob(self._terms.broadcast)
+        w.blob(self._setup_bytes).blob(self._key_list_bytes)
+        w.u8(self._encoded is not None).words(self._encoded if self._encoded is not None else np.zeros(0, np.uint64))
+        for keys in (self._mask_keys, self._share_keys):
+            w.blob(b"" if keys is None else keys.private_bytes())
+        w.blob(self._self_seed).u32(len(self._held))
+        for owner, (seed_share, key_share) in sorted(self._held.items()):
+            w.u32(owner).blob(seed_share).blob(key_share)
+        w.ids(self._key_sharers).u32(len(self._envelope_keys))
+        for peer, key in sorted(self._envelope_keys.items()):
+            w.u32(peer).blob(key)
+        w.u8(self._signed is not None)
+        return (self._signed.write(w) if self._signed is not None else w).to_bytes()
+
+    @classmethod
+    def restore(cls, data: bytes, member: Member, ledger: ContributionLedger | None = None) -> MaskingClient:
+        """The client a ``snapshot`` was taken of, for the same member (identity and roster) and ledger;
+        the session is derived again from the setup and key list it saw, as in ``share_keys``."""
+        r = Reader(data, SNAPSHOT_KIND, "masking client snapshot")
+        try:
+            state = State(r.text())
+        except ValueError as exc:
+            raise MalformedMessageError(f"masking client snapshot: unknown state: {exc}") from exc
+        vector = r.words().view(np.float64).copy()
+        client = cls(member, vector, RoundTerms(r.text(), r.f64(), r.blob()), ledger)
+        client.state = state
+        client._setup_bytes, client._key_list_bytes = r.blob(), r.blob()
+        has_encoded, encoded = r.u8(), r.words()
+        client._encoded = encoded.copy() if has_encoded else None
+        client._mask_keys, client._share_keys = (KeyPair.from_private_bytes(raw) if raw else None
+                                                 for raw in (r.blob(), r.blob()))
+        client._self_seed = r.blob()
+        client._held = {r.u32(): (r.blob(), r.blob()) for _ in range(r.count(12))}
+        client._key_sharers = tuple(r.ids())
+        client._envelope_keys = {r.u32(): r.blob() for _ in range(r.count(8))}
+        client._signed = SurvivorSets.read(r) if r.u8() else None
+        r.end()
+        if client._setup_bytes:
+            client._setup = RoundSetup.from_bytes(client._setup_bytes)
+        if client._key_list_bytes:
+            client._session = Session.derive(client._setup_bytes, client._key_list_bytes, client.min_clients)
+        return client
 
     # -- checks (one method each, so a test double can remove exactly one) ------------------
     @property

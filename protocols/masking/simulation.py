@@ -180,6 +180,15 @@ class MaskingProtocol(RosteredProtocol):
         total = result.total
         upload = {c: sum(cost.upload.get(c, 0) for cost in result.costs.values()) for c in contributions}
         download = {c: sum(cost.download.get(c, 0) for cost in result.costs.values()) for c in contributions}
+        details, view = self.report(round_id, contributions, encoding, parameters, minimum, result.dropped,
+                                    result.server, total)
+        details["stages"] = {stage: cost.summary() for stage, cost in result.costs.items()}
+        return RoundResult(total, upload, download, included=result.included, details=details, view=view)
+
+    def report(self, round_id: str, asked, encoding: FixedPoint, parameters: GraphParameters, minimum: int,
+               dropped: Mapping[str, Iterable[int]], server: MaskingServer, total: np.ndarray) -> tuple[dict, RoundView | None]:
+        """A finished round's public report and, when recording, the server's view: shared by this in-process
+        simulation and a deployment's server (secure_afl/deploy), so their transcripts are the same."""
         details = {
             "fraction_bits": encoding.fraction_bits,
             "quantization_bound": encoding.sum_error_bound,
@@ -193,16 +202,15 @@ class MaskingProtocol(RosteredProtocol):
                         "corrupt_fraction": self.targets.corrupt_fraction,
                         "dropout_fraction": self.targets.dropout_fraction},
             "targets_met": parameters.meets_targets,
-            "dropped": {stage: sorted(ids) for stage, ids in result.dropped.items()},
+            "dropped": {stage: sorted(ids) for stage, ids in dropped.items()},
         }
         view = None
         if self.record:
-            view = RoundView(round_id, self.name, self.secure, tuple(sorted(contributions)), tuple(sorted(result.included)),
-                             {stage: tuple(sorted(ids)) for stage, ids in result.dropped.items()},
-                             {stage: dict(messages) for stage, messages in result.server.received.items()},
+            view = RoundView(round_id, self.name, self.secure, tuple(sorted(asked)), tuple(sorted(server.included)),
+                             {stage: tuple(sorted(ids)) for stage, ids in dropped.items()},
+                             {stage: dict(messages) for stage, messages in server.received.items()},
                              total.copy(), dict(details))
-        details["stages"] = {stage: cost.summary() for stage, cost in result.costs.items()}
-        return RoundResult(total, upload, download, included=result.included, details=details, view=view)
+        return details, view
 
 
 def _finite_or_none(value: float) -> float | None:

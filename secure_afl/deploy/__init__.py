@@ -1,0 +1,10 @@
+"""Our protocols deployed over Flower: a SuperLink, one SuperNode per site, real processes and networks.
+
+Flower carries the messages (and TLS, node authentication, the process model); every byte it carries
+for us is our own versioned wire format (protocols/wire.py), never pickle. The ServerApp
+(``server_app``) drives the same rounds as the in-process runner (``secure_afl.runner.run_rounds``),
+one push / pull of Flower messages per protocol stage under its own deadline, and records the same
+transcript; the ClientApp (``client_app``) answers each stage in a fresh process with the client role
+state machine restored from the node's ``Context.state``. ``local`` starts a whole federation on
+loopback (``secure-afl deploy local``). Flower is an optional dependency (``pip install secure-afl[deploy]``).
+"""

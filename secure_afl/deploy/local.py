@@ -1,0 +1,281 @@
+"""``secure-afl deploy local``: a whole federation on loopback, as real processes, then the run's results.
+
+The operator's side of a deployed job, on one machine: it issues the roster and one identity file per
+site (a secure protocol), writes the job file, starts a SuperLink and one SuperNode per client (each a
+process of its own, told its partition and its files through ``--node-config``), submits the Flower
+app with ``flwr run`` and waits for it. The server (ServerApp) writes its report, the model and the
+transcript; this process then evaluates the model as ``secure-afl run`` does (the operator holds the
+data set here) and returns the same results document, with the deployment's per-stage bytes and
+latencies beside it. Every process it started, and every process those started, is stopped by pid
+when it returns, fails or is interrupted. Flower stays offline: no telemetry, no update check, no
+dependency installation at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from protocols.transcript import check_destination
+from secure_afl.algorithms.base import LinearModel
+from secure_afl.algorithms.registry import algorithm
+from secure_afl.config import RunConfig
+from secure_afl.deploy.issue import issue_files, node_config, toml_value
+from secure_afl.deploy.server_app import MODEL, REPORT, TRANSCRIPT
+from secure_afl.deploy.site import check_deployable
+from secure_afl.errors import ConfigError, SecureAFLError
+from secure_afl.runner import Timer, Training, job_metrics, load_features, plan_run, results_document
+
+APP = Path(__file__).with_name("app")
+CONNECTION = "secure-afl-local"
+OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+STAGES = ("hello", "plaintext", "advertise", "share", "input", "consistency", "unmask")
+
+
+class DeploymentError(SecureAFLError):
+    """The deployed job did not finish: a process failed to start, or the server's run failed."""
+
+
+@dataclass(frozen=True)
+class LocalDeployment:
+    nodes: int
+    stage_timeout: float = 60.0
+    connect_timeout: float = 120.0
+    run_timeout: float = 1800.0  # the whole `flwr run`
+    crash: dict[int, str] = field(default_factory=dict)  # node → stage at which its processes are killed (a drill)
+    workdir: str | None = None  # kept when given; a temporary directory (removed afterwards) otherwise
+
+    def check(self) -> None:
+        if self.nodes < 2:
+            raise ConfigError(f"--nodes must be at least 2, got {self.nodes}")
+        for node, stage in self.crash.items():
+            if not 0 <= node < self.nodes or stage not in STAGES:
+                raise ConfigError(f"--crash {node}={stage}: nodes are 0..{self.nodes - 1}, stages {', '.join(STAGES)}")
+        for name in ("stage_timeout", "connect_timeout", "run_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+
+
+class Processes:
+    """The processes a deployment started, each in a session of its own; ``stop`` ends them and every
+    process they started (SuperExec, ServerApp and ClientApp processes), by pid."""
+
+    def __init__(self, env: dict[str, str], logs: Path):
+        self.env = env
+        self.logs = logs
+        self.started: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        with open(self.logs / f"{name}.log", "wb") as log:
+            process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append((name, process))
+        return process
+
+    def pids(self) -> list[int]:
+        """Every started process and its live descendants."""
+        return descendants([process.pid for _, process in self.started])
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM to every process of the deployment, SIGKILL to those still alive after ``grace`` seconds."""
+        pids = self.pids()
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        _wait_gone(pids, grace)
+        for pid in pids:
+            if _alive(pid):
+                _signal(pid, signal.SIGKILL)
+        _wait_gone(pids, grace)
+        for _, process in self.started:
+            process.wait()
+
+
+def _wait_gone(pids: list[int], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def descendants(roots: list[int]) -> list[int]:
+    """The roots and every live process below them (from /proc: parent ids)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.append(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float, name: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DeploymentError(f"{name} exited with code {process.returncode} before it listened on port {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise DeploymentError(f"{name} did not listen on port {port} within {timeout:.0f} s")
+
+
+def _tool(name: str) -> str:
+    path = Path(sys.executable).with_name(name)
+    if not path.exists():
+        raise ConfigError(f"{name} not found beside {sys.executable}: install Flower with `pip install 'secure-afl[deploy]'`")
+    return str(path)
+
+
+@contextmanager
+def _workdir(given: str | None):
+    if given is not None:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        if any(path.iterdir()):
+            raise ConfigError(f"--workdir {given!r} is not empty; choose an empty or new directory")
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="secure-afl-deploy-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | None = None,
+              overwrite: bool = False) -> dict:
+    """Run ``config`` over ``deployment.nodes`` SuperNodes on loopback; the results document of ``secure-afl run``
+    plus a ``deployment`` block (per-stage bytes and latencies, the processes' exit). Every check that can
+    refuse the job runs before any process starts."""
+    deployment.check()
+    config = replace(config, clients=deployment.nodes)
+    check_deployable(config)
+    plan = plan_run(config)  # the operator's roster is drawn here, for exactly this job
+    if transcript is not None:
+        check_destination(transcript, overwrite)
+    timer = Timer()
+    with _workdir(deployment.workdir) as work, timer.phase("total"):
+        for sub in ("logs", "flwr", "out", "app"):
+            (work / sub).mkdir()
+        files = issue_files(plan, work)
+        shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
+        env = {**os.environ, **OFFLINE, "FLWR_HOME": str(work / "flwr"),  # Flower starts its helpers from PATH
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        processes = Processes(env, work / "logs")
+        try:
+            with timer.phase("deployment"):
+                server_report, flwr_seconds = _run_processes(processes, work, files, deployment)
+        finally:
+            processes.stop()
+            leftover = [pid for pid in processes.pids() if _alive(pid)]
+        model = LinearModel(np.load(work / "out" / MODEL, allow_pickle=False)["weights"])
+        features = load_features(plan, timer)
+        with timer.phase("evaluation"):
+            metrics = job_metrics(plan, features, algorithm(config.algorithm).configure(config), model,
+                                  server_report["bytes"]["included_clients"])
+        extra = {"deployment": {
+            "engine": "flower", "flower": _flower_version(), "nodes": deployment.nodes, "transport": "http (loopback)",
+            "stage_timeout_s": deployment.stage_timeout, "crash": {str(k): v for k, v in deployment.crash.items()},
+            "flwr_run_s": flwr_seconds, "server_timings_s": server_report.get("timings_s", {}),
+            "stages": server_report["stages"], "hello": server_report["hello"],
+            "processes_left_running": leftover,
+        }}
+        if transcript is not None:
+            if Path(transcript).exists():
+                shutil.rmtree(transcript)  # a transcript: check_destination refused anything else
+            shutil.move(str(work / "out" / TRANSCRIPT), transcript)
+            extra["transcript"] = {"path": str(transcript), "rounds": len(server_report["bytes"]["per_round"])}
+    return results_document(plan, features, Training(None, {}, metrics, server_report["bytes"]), timer, **extra)
+
+
+def _run_processes(processes: Processes, work: Path, files: dict[str, str], deployment: LocalDeployment):
+    """SuperLink, SuperNodes, ``flwr run``; the server's report and the run's wall time."""
+    port = free_port()
+    superlink = processes.start("superlink", [_tool("flower-superlink"), "--insecure",
+                                              "--disable-runtime-dependency-installation",
+                                              "--host", "127.0.0.1", "--port", str(port)])
+    wait_for_port(port, superlink, deployment.connect_timeout, "the SuperLink")
+    for k in range(deployment.nodes):
+        processes.start(f"supernode-{k}", [
+            _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
+            "--node-config", node_config(k, deployment.nodes, files, deployment.crash.get(k))])
+    (work / "flwr" / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    settings = {"job": files["job"], "out": str(work / "out"), "roster": files.get("roster", ""),
+                "stage-timeout": float(deployment.stage_timeout), "connect-timeout": float(deployment.connect_timeout)}
+    run_config = " ".join(f"{key}={toml_value(v)}" for key, v in settings.items())
+    start = time.monotonic()
+    with open(work / "logs" / "flwr-run.log", "wb") as log:
+        try:
+            subprocess.run([_tool("flwr"), "run", str(work / "app"), CONNECTION, "--stream", "--run-config", run_config],
+                           env=processes.env, stdout=log, stderr=subprocess.STDOUT, timeout=deployment.run_timeout,
+                           check=False, start_new_session=True)
+        except subprocess.TimeoutExpired as exc:
+            raise DeploymentError(f"the deployed run did not finish within {deployment.run_timeout:.0f} s "
+                                  f"(logs: {work / 'logs'})") from exc
+    seconds = time.monotonic() - start
+    report_path = work / "out" / REPORT
+    if not report_path.exists():
+        tail = (work / "logs" / "flwr-run.log").read_text(errors="replace")[-2000:]
+        raise DeploymentError(f"the server wrote no report; `flwr run` said: {tail.strip().splitlines()[-1:]}")
+    report = json.loads(report_path.read_text())
+    if report.get("status") != "done":
+        raise DeploymentError(f"the deployed run failed: {report.get('error', 'unknown error')}")
+    return report, seconds
+
+
+def _flower_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("flwr")
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,157 @@
+"""The server's side of a deployed round: one push / pull of Flower messages per protocol stage.
+
+``Stages.exchange`` pushes one message per client, then pulls replies until every client answered or the
+stage's own deadline passed (Flower's ``send_and_receive`` sleeps 3 s between polls; we poll every
+50 ms). A client that does not answer in time, or whose ClientApp refused or crashed (an error reply), is
+a dropout at that stage, whatever the cause: a dead machine, a hung process, a refusal. Replies are
+matched to clients by the message id we sent (an error made by the SuperLink comes from node 1). The
+protocols' own server state machines then run unchanged: the masking server gets exactly the messages
+that arrived, and its threshold decides whether the round completes (exactly) or fails cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from protocols import RoundResult, RoundTerms, broadcast_digest
+from protocols.errors import ProtocolError
+from protocols.masking.server import MaskingServer
+from protocols.masking.session import STAGES, MaskingOptions
+from protocols.minimum import require_min_clients
+from protocols.plaintext import PlaintextInput
+from secure_afl.algorithms.base import RoundSpec
+from secure_afl.deploy.messages import RoundCall
+from secure_afl.deploy.transport import content, parts
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.05
+
+
+@dataclass
+class StageReport:
+    """What one stage cost on the network: payload bytes each way per client, and its wall time."""
+
+    stage: str
+    sent: dict[int, int] = field(default_factory=dict)
+    received: dict[int, int] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)  # client → why its ClientApp answered with an error
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        def stats(values):
+            values = list(values)
+            return {"max": max(values), "mean": float(np.mean(values))} if values else {"max": 0, "mean": 0.0}
+
+        return {"upload_bytes": stats(self.received.values()), "download_bytes": stats(self.sent.values()),
+                "seconds": self.seconds, "answered": sorted(self.received),
+                "errors": {str(c): reason for c, reason in sorted(self.errors.items())}}
+
+
+class Stages:
+    """Flower messages to and from the job's clients (roster id → Flower node id), with a deadline per stage."""
+
+    def __init__(self, grid: Grid, nodes: dict[int, int], timeout: float):
+        self.grid = grid
+        self.nodes = nodes
+        self.timeout = timeout
+        self.reports: list[StageReport] = []
+
+    def exchange(self, stage: str, requests: dict[int, tuple[bytes, ...]], group: str) -> dict[int, bytes]:
+        """Each client's one reply to its request, for the clients that answered in time."""
+        report = StageReport(stage)
+        self.reports.append(report)
+        start = time.monotonic()
+        clients = sorted(requests)
+        messages = [Message(content(*requests[c]), dst_node_id=self.nodes[c], message_type=f"query.{stage}",
+                            group_id=group) for c in clients]
+        for c in clients:
+            report.sent[c] = sum(len(part) for part in requests[c])
+        ids = list(self.grid.push_messages(messages))
+        pending = {message_id: c for message_id, c in zip(ids, clients) if message_id}
+        replies: dict[int, bytes] = {}
+        deadline = start + self.timeout
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                c = pending.pop(reply.metadata.reply_to_message_id, None)
+                if c is None:
+                    continue
+                if reply.has_error():
+                    report.errors[c] = reply.error.reason
+                    log.warning("stage %s: client %d answered with an error: %s", stage, c, reply.error.reason)
+                    continue
+                (replies[c],) = parts(reply)
+                report.received[c] = len(replies[c])
+            if pending:
+                time.sleep(POLL_SECONDS)
+        report.seconds = time.monotonic() - start
+        if pending:
+            log.warning("stage %s: clients %s did not answer within %.0f s", stage, sorted(pending.values()), self.timeout)
+        return replies
+
+    def costs(self, first: int) -> tuple[dict[int, int], dict[int, int], dict[str, dict]]:
+        """Per-client upload and download bytes, and per-stage summaries, of the reports from index ``first`` on."""
+        upload: dict[int, int] = {}
+        download: dict[int, int] = {}
+        for report in self.reports[first:]:
+            for c, size in report.received.items():
+                upload[c] = upload.get(c, 0) + size
+            for c, size in report.sent.items():
+                download[c] = download.get(c, 0) + size
+        return upload, download, {r.stage: r.summary() for r in self.reports[first:]}
+
+
+def plaintext_round(stages: Stages, protocol, spec: RoundSpec, asked: list[int]) -> RoundResult:
+    """Every client sends its vector in the clear; the in-process plaintext protocol adds what arrived."""
+    first = len(stages.reports)
+    call = RoundCall.of(spec).to_bytes()
+    replies = stages.exchange("plaintext", dict.fromkeys(asked, (call,)), spec.name)
+    vectors = {}
+    for c, data in replies.items():
+        message = PlaintextInput.from_bytes(data)
+        if message.sender != c or message.round_id != spec.name:
+            raise ProtocolError(f"client {c} answered for client {message.sender} / round {message.round_id!r}")
+        vectors[c] = message.values.copy()
+    result = protocol.aggregate(spec.name, vectors, spec.bound, broadcast_digest=broadcast_digest(spec.broadcast))
+    upload, download, summaries = stages.costs(first)
+    dropped = sorted(set(asked) - set(vectors))
+    details = {**result.details, "dropped": {"plaintext": dropped}, "stages": summaries}
+    return RoundResult(result.total, {c: upload.get(c, 0) for c in asked}, {c: download.get(c, 0) for c in asked},
+                       included=frozenset(vectors), details=details, view=result.view)
+
+
+def masked_round(stages: Stages, protocol, spec: RoundSpec, asked: list[int]) -> RoundResult:
+    """The masking protocol's five stages over the network; its server state machine decides everything else."""
+    first = len(stages.reports)
+    roster = protocol.roster
+    minimum = MaskingOptions.from_roster(roster).min_clients
+    require_min_clients(len(asked), minimum, "the round the server was asked to run")
+    encoding, parameters = protocol.plan(len(asked), spec.bound)
+    terms = RoundTerms(spec.name, spec.bound, broadcast_digest(spec.broadcast))
+    server = MaskingServer(roster, terms, asked, spec.length, encoding, parameters)
+    call = RoundCall.of(spec).to_bytes()
+    missing: dict[str, set[int]] = {}  # stage → clients asked that did not answer
+
+    def stage(name: str, requests: dict[int, tuple[bytes, ...]], receive) -> None:
+        replies = stages.exchange(name, requests, spec.name)
+        missing[name] = set(requests) - set(replies)
+        for c in sorted(replies):
+            receive(replies[c])
+
+    stage("advertise", {c: (call, server.setup_message()) for c in asked}, server.receive_advert)
+    key_list = server.key_list()
+    stage("share", {c: (key_list,) for c in server.session.adverts}, server.receive_shares)
+    stage("input", {c: (m,) for c, m in server.deliveries().items()}, server.receive_masked)
+    stage("consistency", {c: (m,) for c, m in server.consistency_requests().items()}, server.receive_signature)
+    stage("unmask", {c: (m,) for c, m in server.unmask_requests().items()}, server.receive_unmask)
+    total = encoding.decode(server.finish())
+    dropped = {name: frozenset(missing.get(name, ())) for name in STAGES}
+    details, view = protocol.report(spec.name, asked, encoding, parameters, minimum, dropped, server, total)
+    upload, download, details["stages"] = stages.costs(first)
+    return RoundResult(total, {c: upload.get(c, 0) for c in asked}, {c: download.get(c, 0) for c in asked},
+                       included=server.included, details=details, view=view)

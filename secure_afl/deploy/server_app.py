@@ -1,0 +1,111 @@
+"""The ServerApp: the job's server over Flower, the in-process runner's rounds on the network.
+
+Run config (``[tool.flwr.app.config]`` of the app, set by ``flwr run --run-config``): ``job`` (the job
+file), ``roster`` (the operator's roster, for a secure protocol), ``out`` (a directory the server writes
+``server.json``, ``model.npz`` and ``transcript/`` to), ``stage-timeout`` and ``connect-timeout`` in
+seconds. The server waits for the job's clients to connect, asks each node which roster client it is,
+then runs ``secure_afl.runner.run_rounds`` with an exchange that carries each round over the network
+(``rounds.py``), streaming the same transcript the in-process run writes. It holds no client data: the
+feature dimensions come from the nodes (public), the bounds from the job's public configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from protocols import ProtocolError, Roster, RoundResult
+from protocols.files import write_atomically
+from protocols.transcript import TranscriptWriter
+from secure_afl.algorithms.base import RoundSpec
+from secure_afl.deploy.messages import NodeHello
+from secure_afl.deploy.rounds import Stages, masked_round, plaintext_round
+from secure_afl.deploy.site import check_deployable, read_job
+from secure_afl.errors import ConfigError
+from secure_afl.runner import Timer, plan_run, public_knowledge, run_rounds, site_algorithm
+
+log = logging.getLogger(__name__)
+REPORT, MODEL, TRANSCRIPT = "server.json", "model.npz", "transcript"
+ROUNDS = {"plaintext": plaintext_round, "mask": masked_round}
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = context.run_config
+    out = Path(str(settings["out"]))
+    report: dict = {"status": "running"}
+    try:
+        run_job(grid, settings, out, report)
+    except Exception as exc:
+        report.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        raise
+    finally:
+        write_atomically(out / REPORT, lambda f: json.dump(report, f, indent=1))
+
+
+def run_job(grid: Grid, settings, out: Path, report: dict) -> None:
+    config = read_job(str(settings["job"]))
+    check_deployable(config)
+    roster = None if config.protocol == "plaintext" else Roster.load(str(settings["roster"]))
+    plan = plan_run(config, record=True, roster=roster)
+    timer = Timer()
+    stage_timeout = float(settings["stage-timeout"])
+    nodes, dims, hello = introductions(grid, config.clients, float(settings["connect-timeout"]))
+    report.update(nodes={str(c): node for c, node in sorted(nodes.items())}, hello=hello.summary(),
+                  stage_timeout_s=stage_timeout)
+    stages = Stages(grid, nodes, stage_timeout)
+    ids = sorted(nodes)
+    server, _ = site_algorithm(config, config.clients, dims["feature_dim"], plan.dataset.num_classes, len(plan.train_y))
+    round_over_network = ROUNDS[config.protocol]
+
+    def exchange(spec: RoundSpec, asked: list[int]) -> RoundResult:
+        with timer.phase("aggregation"):
+            return round_over_network(stages, plan.protocol, spec, asked)
+
+    writer = TranscriptWriter(out / TRANSCRIPT, public_knowledge(plan, dims["backbone_dim"], dims["feature_dim"]))
+    try:
+        with timer.phase("rounds"):
+            report["bytes"] = run_rounds(server, ids, exchange, plan.protocol.name, timer, transcript=writer)
+    except BaseException:
+        report["stages"] = [r.summary() | {"stage": r.stage} for r in stages.reports]
+        writer.abort()
+        raise
+    writer.close()
+    report["stages"] = [r.summary() | {"stage": r.stage} for r in stages.reports]
+    write_atomically(out / MODEL, lambda f: np.savez(f, weights=server.model().weights), binary=True)
+    report.update(status="done", timings_s=timer.seconds)
+
+
+def introductions(grid: Grid, clients: int, connect_timeout: float):
+    """Wait for the job's nodes, then ask each which roster client it is: (client → node id, dims, the stage report).
+    A node loads its rows now (the hello's deadline is the connect timeout: a cache miss extracts features).
+    Refuses a federation whose nodes claim the same client twice or disagree on the public feature dimensions."""
+    deadline = time.monotonic() + connect_timeout
+    while len(node_ids := sorted(grid.get_node_ids())) < clients:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"only {len(node_ids)} of the job's {clients} SuperNodes connected within "
+                              f"{connect_timeout:.0f} s; start the missing sites or raise connect-timeout")
+        time.sleep(0.2)
+    stages = Stages(grid, {node: node for node in node_ids}, connect_timeout)
+    replies = stages.exchange("hello", dict.fromkeys(node_ids, ()), "hello")
+    nodes, dims = {}, set()
+    for node, data in replies.items():
+        hello = NodeHello.from_bytes(data)
+        if hello.client in nodes:
+            raise ProtocolError(f"nodes {nodes[hello.client]} and {node} both claim to be client {hello.client}")
+        nodes[hello.client] = node
+        dims.add((hello.backbone_dim, hello.feature_dim))
+    if sorted(nodes) != list(range(clients)) or len(dims) != 1:
+        raise ProtocolError(f"the nodes that answered are clients {sorted(nodes)} with feature dimensions {sorted(dims)}; "
+                            f"the job needs clients 0..{clients - 1} with one feature dimension")
+    backbone_dim, feature_dim = dims.pop()
+    return nodes, {"backbone_dim": backbone_dim, "feature_dim": feature_dim}, stages.reports[0]

@@ -1,0 +1,159 @@
+"""One site of a deployed job: its job file, its place in the roster, its own data, its ledger.
+
+Everything a SuperNode knows comes from its operator, out of band, through ``--node-config``: the job
+file (the run's configuration), the roster and the site's identity file (never from the server, which
+could otherwise invent clients), the directory of its contribution ledger, and which partition of the
+data set it holds (``partition-id`` of ``num-partitions``, as Flower's simulation engine sets them). The
+site rebuilds only its own client: the runner's partition of the data set (the job's seed decides it, as
+in the in-process run), its rows' backbone features from the on-disk feature cache, the public feature
+map, and the algorithm's client (``secure_afl.runner.site_algorithm``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from protocols import ContributionLedger, Member, Roster
+from protocols.files import write_atomically
+from protocols.identity import Identity
+from secure_afl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from secure_afl.algorithms.base import AlgorithmClient, AlgorithmServer
+    from secure_afl.config import RunConfig
+
+JOB_FORMAT = "secure-afl/deploy-job"
+JOB_VERSION = 1
+DEPLOYED_ALGORITHMS = ("afl",)  # the others keep client state across rounds, not carried between processes yet
+DEPLOYED_PROTOCOLS = ("plaintext", "mask")
+
+
+def check_deployable(config: RunConfig) -> None:
+    """Refuse, before any process starts, a job the deployment cannot run yet."""
+    if config.algorithm not in DEPLOYED_ALGORITHMS:
+        raise ConfigError(f"a deployed job runs --algorithm {', '.join(DEPLOYED_ALGORITHMS)} for now, not "
+                          f"{config.algorithm!r}; run it in one process with `secure-afl run`")
+    if config.protocol not in DEPLOYED_PROTOCOLS:
+        raise ConfigError(f"a deployed job runs --protocol {' or '.join(DEPLOYED_PROTOCOLS)} for now, not "
+                          f"{config.protocol!r}; run it in one process with `secure-afl run`")
+    if config.dropout:
+        raise ConfigError("--dropout simulates dropouts in one process; a deployment's dropouts are real "
+                          "(use --crash NODE=STAGE to stop a site's processes at a stage)")
+    if config.dp_epsilon is not None or config.dp_noise is not None:
+        raise ConfigError("DP on the statistics is not deployed yet; run it with `secure-afl run`")
+
+
+def write_job(path: str | Path, config: RunConfig) -> Path:
+    """The job file every site and the server read: the whole run configuration (JSON, never pickle)."""
+    document = {"format": JOB_FORMAT, "version": JOB_VERSION, "config": asdict(config)}
+    return write_atomically(path, lambda out: json.dump(document, out, indent=1))
+
+
+def read_job(path: str | Path) -> RunConfig:
+    from secure_afl.config import RunConfig
+
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the job file {str(path)!r}: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != JOB_FORMAT or document.get("version") != JOB_VERSION:
+        raise ConfigError(f"{str(path)!r} is not a secure-afl job file (format {JOB_FORMAT} version {JOB_VERSION})")
+    names = {f.name for f in fields(RunConfig)}
+    options = document.get("config", {})
+    if not isinstance(options, dict) or set(options) - names:
+        raise ConfigError(f"the job file {str(path)!r} holds unknown options {sorted(set(options) - names)}")
+    config = RunConfig(**options)
+    config.validate()
+    return config
+
+
+@dataclass(frozen=True)
+class Site:
+    """A SuperNode's operator-given facts. Reading them is cheap: a masking stage after the first needs only the
+    identity and the ledger, so its process never imports torch or reads the job."""
+
+    client: int
+    partitions: int
+    node_config: Mapping[str, object]
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, object]) -> Site:
+        missing = {"job", "partition-id", "num-partitions"} - set(node_config)
+        if missing:
+            raise ConfigError(f"the SuperNode's --node-config lacks {sorted(missing)}")
+        client, count = int(node_config["partition-id"]), int(node_config["num-partitions"])
+        if not 0 <= client < count:
+            raise ConfigError(f"partition-id {client} is not one of num-partitions {count}")
+        return cls(client, count, dict(node_config))
+
+    def job(self) -> RunConfig:
+        config = read_job(self._path("job"))
+        if config.clients != self.partitions:
+            raise ConfigError(f"num-partitions {self.partitions} does not match the job's {config.clients} clients")
+        return config
+
+    def _path(self, key: str) -> Path:
+        if key not in self.node_config:
+            raise ConfigError(f"this job needs {key}=PATH in the SuperNode's --node-config")
+        return Path(str(self.node_config[key]))
+
+    def roster(self) -> Roster:
+        return Roster.load(self._path("roster"))
+
+    def member(self) -> Member:
+        """The site's identity, checked against the operator's roster; it must be the roster's entry for its partition."""
+        roster = self.roster()
+        identity = Identity.from_json(self._path("identity").read_text(), roster)
+        if identity.client != self.client:
+            raise ConfigError(f"the identity file is client {identity.client}'s, this site is partition {self.client}")
+        return Member(identity, roster)
+
+    def ledger(self) -> ContributionLedger:
+        return ContributionLedger.in_directory(self._path("ledger-dir"), self.client)
+
+    def features(self) -> SiteData:
+        """This site's rows, mapped: the runner's partition of the data set (the job's seed decides it), their
+        backbone features from the on-disk cache (extracted and cached on a miss), the public feature map."""
+        import torch
+
+        from secure_afl.runner import backbone_features, plan_run
+
+        config = self.job()
+        plan = plan_run(config, roster=None if config.protocol == "plaintext" else self.roster())
+        train_raw, _, info = backbone_features(config, plan.dataset, plan.device, progress=False)
+        rows = plan.sent_indices[self.client]
+        x, _ = plan.feature_map.apply(torch.from_numpy(train_raw[rows]).to(plan.device))
+        return SiteData(x.cpu().numpy(), plan.train_y[rows], plan.dataset.num_classes, len(plan.train_y),
+                        int(info["feature_dim"]))
+
+    def algorithm(self, data: SiteData) -> tuple[AlgorithmServer, AlgorithmClient]:
+        """The algorithm's server as this site derives it from the job (its rounds and public bounds, to check the
+        server's calls against) and the site's client on its rows (``secure_afl.runner.site_algorithm``)."""
+        import torch
+
+        from secure_afl.runner import site_algorithm
+
+        config = self.job()
+        server, client = site_algorithm(config, config.clients, data.x.shape[1], data.num_classes, data.train_size,
+                                        self.client, torch.from_numpy(data.x), data.y)
+        if client is None:
+            raise ConfigError(f"client {self.client}: --min-class-count {config.min_class_count} withheld every row "
+                              "of this site, so it has nothing to send")
+        return server, client
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A site's mapped rows and the public facts a client is built from; kept in the node between messages."""
+
+    x: np.ndarray  # float32 (rows, feature_dim)
+    y: np.ndarray  # int64 labels
+    num_classes: int
+    train_size: int  # of the whole training set: the public bounds are built from it
+    backbone_dim: int

@@ -1,0 +1,118 @@
+"""The deployment over Flower, as real processes on loopback: a SuperLink and one SuperNode per client.
+
+Each test starts its own federation with ``run_local`` (free ports, its own FLWR_HOME, its own work
+directory) and checks the deployed server's results against the in-process run of the same job. Slow by
+nature (a SuperNode starts a process for every Flower message), so marked slow; they skip only where
+Flower is not installed (`make test` installs it with the test extra).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from protocols import ContributionLedger, FixedPoint, Transcript  # noqa: E402
+from secure_afl.algorithms.afl import AFLConfig, reference  # noqa: E402
+from secure_afl.config import RunConfig  # noqa: E402
+from secure_afl.deploy.local import DeploymentError, LocalDeployment, _alive, run_local  # noqa: E402
+from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, train  # noqa: E402
+
+pytestmark = pytest.mark.slow
+JOB = {"dataset": "digits", "resolution": 32, "partition": "iid", "protocol": "mask"}
+STAGE_TIMEOUT = 90.0  # a loaded 2-core machine answers a stage well within this; a dead node makes the stage wait it out
+
+
+def deploy(tmp_path, nodes: int, crash=None, transcript=None):
+    deployment = LocalDeployment(nodes, STAGE_TIMEOUT, connect_timeout=300.0, crash=crash or {},
+                                 workdir=str(tmp_path / "work"))
+    return run_local(RunConfig(clients=nodes, **JOB), deployment, transcript)
+
+
+def in_process(clients: int):
+    """The same job in one process: its training, and each client's true statistics vector with the round's spec."""
+    plan = plan_run(RunConfig(clients=clients, **JOB))
+    features = load_features(plan, Timer())
+    server, algorithm_clients = build_algorithm(plan, features)
+    spec = server.next_round()
+    vectors = {k: client.contribute(spec) for k, client in algorithm_clients.items()}
+    return train(plan, features, Timer()), vectors, spec, features
+
+
+def left_running(tmp_path) -> list[int]:
+    """Live processes of the deployment under ``tmp_path`` (each carries its FLWR_HOME in its environment)."""
+    marker = f"FLWR_HOME={tmp_path / 'work' / 'flwr'}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return [pid for pid in found if _alive(pid)]
+
+
+def relative(a, b):
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def test_masked_afl_over_three_supernodes_equals_the_in_process_run_and_hides_every_input(tmp_path):
+    results = deploy(tmp_path, 3, transcript=str(tmp_path / "transcript"))
+    training, vectors, spec, _ = in_process(3)
+    weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
+    assert relative(weights, training.server.model().weights) <= 1e-9
+    assert results["metrics"]["accuracy"] == training.metrics["accuracy"]
+    assert results["bytes"]["included_clients"] == [0, 1, 2]
+    deployment = results["deployment"]
+    assert [s["stage"] for s in deployment["stages"]] == ["advertise", "share", "input", "consistency", "unmask"]
+    assert all(s["answered"] == [0, 1, 2] and s["upload_bytes"]["max"] > 0 for s in deployment["stages"])
+    assert deployment["processes_left_running"] == [] and left_running(tmp_path) == []
+
+    # the deployed server's transcript holds masked words only: no client's true statistics, only their sum
+    (round_,) = Transcript.load(tmp_path / "transcript").rounds
+    view = round_.view()
+    assert view.secure and view.protocol == "mask" and view.included == (0, 1, 2)
+    encoding = FixedPoint.for_round(3, spec.bound, view.report["fraction_bits"])
+    masked, exact = view.inputs(), np.zeros(spec.length, dtype=np.uint64)
+    for k, vector in vectors.items():
+        encoded = encoding.encode(vector)
+        exact += encoded
+        assert all(np.count_nonzero(words == encoded) < 0.001 * len(words) for words in masked.values())
+        assert all(vector[:512].tobytes() not in data and encoded[:512].tobytes() not in data
+                   for stage in round_.messages.values() for data in stage.values())
+    assert np.array_equal(view.total, encoding.decode(exact))  # the sum of the encodings, bit for bit
+
+
+def test_a_supernode_killed_before_key_sharing_leaves_an_exact_round_of_the_survivors(tmp_path):
+    """4 nodes, t = 3: node 3 advertised its keys, then its machine died; the round completes without it."""
+    results = deploy(tmp_path, 4, crash={3: "share"})
+    assert results["bytes"]["included_clients"] == [0, 1, 2]
+    (round_,) = results["bytes"]["per_round"]
+    assert round_["protocol"]["dropped"]["share"] == [3] and round_["protocol"]["threshold"] == 3
+    assert results["metrics"]["max_rel_diff_to_centralized"] <= 1e-9  # centralized ridge on clients 0-2's pooled rows
+    _, _, _, features = in_process(4)
+    data = features.data
+    pooled = np.concatenate(data.client_indices[:3])
+    central = reference(AFLConfig(), data.train_x[pooled], data.train_y[pooled], data.num_classes, 1.0)
+    weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
+    assert relative(weights, central.weights) <= 1e-9
+    assert results["deployment"]["processes_left_running"] == [] and left_running(tmp_path) == []
+
+
+def test_too_few_survivors_fail_cleanly_after_masked_inputs_without_revealing_any(tmp_path):
+    """3 nodes, t = 3: node 2 dies after sending its masked input; the survivor sets cannot be certified, so
+    nothing is unmasked, no transcript is written and the run fails with the protocol's reason."""
+    with pytest.raises(DeploymentError, match="signed the survivor sets"):
+        deploy(tmp_path, 3, crash={2: "consistency"}, transcript=str(tmp_path / "transcript"))
+    work = tmp_path / "work"
+    assert left_running(tmp_path) == []  # stopped on failure too
+    report = json.loads((work / "out" / "server.json").read_text())
+    assert report["status"] == "failed"
+    assert [s["stage"] for s in report["stages"]] == ["advertise", "share", "input", "consistency"]
+    assert report["stages"][2]["answered"] == [0, 1, 2] and report["stages"][3]["answered"] == [0, 1]
+    assert not (work / "out" / "transcript").exists() and not (tmp_path / "transcript").exists()
+    assert not (work / "out" / "model.npz").exists()
+    for k in (0, 1):  # the survivors' masked inputs left them: each spent its statistic for the job
+        assert len(ContributionLedger.in_directory(work / "sites" / str(k) / "ledger", k).entries()) == 1

@@ -1,0 +1,171 @@
+"""The deployment's parts that need no running federation: wire messages, job files, refusals, process cleanup."""
+
+import sys
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from protocols import MalformedMessageError, RosterError, make_protocol
+from secure_afl.config import RunConfig
+from secure_afl.deploy.messages import NodeHello, RoundCall
+from secure_afl.deploy.site import Site, SiteData, check_deployable, read_job, write_job
+from secure_afl.errors import ConfigError
+from secure_afl.runner import public_config
+
+
+def test_a_round_call_round_trips_its_spec_and_refuses_damage():
+    broadcast = {"w": np.arange(6, dtype=np.float64).reshape(2, 3) - 2.5, "b": np.array([1e-300, -7.0])}
+    call = RoundCall("deepafl/block-1", 40, 3.5, broadcast)
+    back = RoundCall.from_bytes(call.to_bytes())
+    assert (back.name, back.length, back.bound) == ("deepafl/block-1", 40, 3.5)
+    assert sorted(back.broadcast) == ["b", "w"]
+    assert all(np.array_equal(back.broadcast[k], broadcast[k]) and back.broadcast[k].shape == broadcast[k].shape
+               for k in broadcast)
+    assert back.spec().broadcast.keys() == broadcast.keys()
+    data = call.to_bytes()
+    with pytest.raises(MalformedMessageError):
+        RoundCall.from_bytes(data[:-1])
+    with pytest.raises(MalformedMessageError, match="kind"):
+        RoundCall.from_bytes(NodeHello(1, 2, 3).to_bytes())
+    assert NodeHello.from_bytes(NodeHello(7, 1280, 128).to_bytes()) == NodeHello(7, 1280, 128)
+
+
+def test_a_job_file_round_trips_and_a_foreign_or_unknown_one_is_refused(tmp_path):
+    config = RunConfig(clients=3, dataset="digits", gamma=0.5, dropout={})
+    assert read_job(write_job(tmp_path / "job.json", config)) == config
+    (tmp_path / "other.json").write_text('{"format": "secure-afl/roster", "version": 1}')
+    with pytest.raises(ConfigError, match="not a secure-afl job file"):
+        read_job(tmp_path / "other.json")
+    (tmp_path / "bad.json").write_text('{"format": "secure-afl/deploy-job", "version": 1, "config": {"gama": 1}}')
+    with pytest.raises(ConfigError, match="gama"):
+        read_job(tmp_path / "bad.json")
+    site = Site.from_node_config({"job": str(tmp_path / "job.json"), "partition-id": 1, "num-partitions": 4})
+    with pytest.raises(ConfigError, match="num-partitions 4"):
+        site.job()
+    with pytest.raises(ConfigError, match="roster=PATH"):
+        site.member()
+    with pytest.raises(ConfigError, match="partition-id 5"):
+        Site.from_node_config({"job": "j", "partition-id": 5, "num-partitions": 4})
+
+
+@pytest.mark.parametrize("options, refused", [
+    ({"algorithm": "deepafl"}, "--algorithm afl"),
+    ({"protocol": "he-bfv"}, "--protocol plaintext or mask"),
+    ({"dropout": {"input": 0.1}}, "--crash"),
+    ({"protocol": "plaintext", "dp_epsilon": 1.0}, "DP"),
+])
+def test_jobs_the_deployment_cannot_run_yet_are_refused_before_anything_starts(options, refused):
+    with pytest.raises(ConfigError, match=refused):
+        check_deployable(RunConfig(**options))
+
+
+def test_a_protocol_adopts_only_the_roster_of_its_own_job():
+    config = RunConfig(clients=3)
+    operator = make_protocol("mask", **config.protocol_options())
+    operator.enrol(range(3), job=public_config(config))
+    server = make_protocol("mask", **config.protocol_options())
+    server.adopt(operator.roster, range(3), job=public_config(config))
+    assert server.roster is operator.roster
+    other = make_protocol("mask", **config.protocol_options())
+    with pytest.raises(RosterError, match="not this job's"):
+        other.adopt(operator.roster, range(3), job=public_config(replace(config, gamma=0.2)))
+    with pytest.raises(RosterError, match="not this job's"):
+        other.adopt(operator.roster, range(4), job=public_config(config))
+
+
+def test_stopping_a_deployment_ends_its_processes_and_theirs_by_pid(tmp_path):
+    pytest.importorskip("flwr")
+    from secure_afl.deploy.local import Processes, _alive
+
+    processes = Processes({}, tmp_path)
+    # a process that starts a child in a new session of its own, as the SuperLink starts its SuperExec
+    script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], " \
+             "start_new_session=True); time.sleep(60)"
+    processes.start("parent", [sys.executable, "-c", script])
+    deadline = time.monotonic() + 30
+    while len(processes.pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = processes.pids()
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    processes.stop(grace=2.0)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_flower_message_carries_our_wire_messages_unchanged():
+    pytest.importorskip("flwr")
+    from flwr.app import RecordDict
+
+    from secure_afl.deploy.transport import content, parts
+
+    wire = [NodeHello(1, 2, 3).to_bytes(), b"", bytes(range(256)) * 50]
+    # a Message outside a run cannot be built; ``parts`` reads only its content
+    assert parts(SimpleNamespace(content=content(*wire))) == wire
+    with pytest.raises(MalformedMessageError):
+        parts(SimpleNamespace(content=RecordDict()))
+
+
+def test_deploy_issue_writes_each_site_its_private_identity_and_node_config(tmp_path, capsys):
+    from protocols import Roster
+    from protocols.identity import Identity
+    from secure_afl.cli import main
+
+    options = ["--clients", "3", "--dataset", "digits", "--resolution", "32", "--partition", "iid"]
+    assert main(["deploy", "issue", "--dir", str(tmp_path / "job"), *options]) == 0
+    out = capsys.readouterr().out
+    roster = Roster.load(tmp_path / "job" / "roster.json")
+    assert sorted(roster.clients) == [0, 1, 2]
+    for k in range(3):
+        identity = tmp_path / "job" / "sites" / str(k) / "identity.json"
+        assert identity.stat().st_mode & 0o777 == 0o600
+        assert Identity.from_json(identity.read_text(), roster).client == k
+        assert f'partition-id={k} num-partitions=3 job="{tmp_path / "job" / "job.json"}"' in out
+    assert read_job(tmp_path / "job" / "job.json").clients == 3
+    assert main(["deploy", "issue", "--dir", str(tmp_path / "job"), *options]) == 2  # never over an earlier job
+    assert capsys.readouterr().err.startswith("secure-afl: error: --dir")
+
+
+def test_a_site_answers_only_the_round_it_derives_from_the_job_itself(tmp_path):
+    pytest.importorskip("flwr")
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+
+    from protocols import ProtocolAbort
+    from secure_afl.deploy.client_app import DATA, FACTS, _vector
+    from secure_afl.statistics import packed_statistics
+
+    write_job(tmp_path / "job.json", RunConfig(clients=3, protocol="plaintext", dataset="digits"))
+    site = Site.from_node_config({"job": str(tmp_path / "job.json"), "partition-id": 1, "num-partitions": 3})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # rows within --max-norm 1, as the feature map leaves them
+    y = rng.integers(0, 10, size=20)
+    state = RecordDict({DATA: ArrayRecord({"x": Array(x), "y": Array(y)}),
+                        FACTS: ConfigRecord({"num_classes": 10, "train_size": 100, "backbone_dim": 8})})
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=state, run_config={})
+    server, _ = site.algorithm(SiteData(x, y, 10, 100, 8))
+    own = server.next_round()
+    spec, vector = _vector(site, ctx, RoundCall(own.name, own.length, own.bound, {}).to_bytes())
+    assert spec.bound == own.bound and np.array_equal(vector, packed_statistics(x, y, 10))
+    for name, bound, broadcast in ((own.name, 2 * own.bound, {}), ("afl/other", own.bound, {}),
+                                   (own.name, own.bound, {"w": np.zeros(2)})):
+        with pytest.raises(ProtocolAbort, match="not the round this site derives"):
+            _vector(site, ctx, RoundCall(name, own.length, bound, broadcast).to_bytes())
+
+
+def test_the_deployed_server_and_a_site_derive_the_same_round_and_a_site_without_rows_refuses(tmp_path):
+    """Both build through the registry (runner.site_algorithm); a site the minimum-count rule emptied sends nothing."""
+    from secure_afl.runner import site_algorithm
+
+    config = RunConfig(clients=3, protocol="plaintext", dataset="digits")
+    write_job(tmp_path / "job.json", config)
+    site = Site.from_node_config({"job": str(tmp_path / "job.json"), "partition-id": 2, "num-partitions": 3})
+    x = np.full((4, 8), 0.25, dtype=np.float32)
+    site_server, client = site.algorithm(SiteData(x, np.array([0, 1, 1, 3]), 10, 100, 8))
+    server, none = site_algorithm(config, 3, 8, 10, 100)
+    ours, theirs = server.next_round(), site_server.next_round()
+    assert none is None and client is not None
+    assert (ours.name, ours.length, ours.bound) == (theirs.name, theirs.length, theirs.bound)
+    with pytest.raises(ConfigError, match="withheld every row of this site"):
+        site.algorithm(SiteData(x[:0], np.zeros(0, dtype=np.int64), 10, 100, 8))
