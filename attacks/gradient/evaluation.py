@@ -52,7 +52,7 @@ def evaluate_inversion(attack: GradientInversion, output: AttackOutput, view: Se
               "settings": {"steps": attack.steps, "clients": attack.clients, "seed": attack.seed,
                            "recipe": {**asdict(attack.recipe), "steps": attack.steps}},
               "reconstructions": {"images": len(output.items)}}
-    if truth is None:
+    if truth is None or not output.applicable:  # nothing to score (a view without parameter rounds has no images)
         report["scored"] = False
         report["metrics"] = {"targets": None, "recovered_fraction": None, "identified_fraction": None}
         return report, {}
