@@ -52,13 +52,13 @@ def evaluate_inversion(attack: GradientInversion, output: AttackOutput, view: Se
               "settings": {"steps": attack.steps, "clients": attack.clients, "seed": attack.seed,
                            "recipe": {**asdict(attack.recipe), "steps": attack.steps}},
               "reconstructions": {"images": len(output.items)}}
-    if truth is None or not output.applicable:  # nothing to score (a view without parameter rounds has no images)
+    round_name, clients = target_clients(attack, view)
+    if truth is None or round_name is None:  # no ground truth, or no parameter round (e.g. AFL's statistics): no images
         report["scored"] = False
         report["metrics"] = {"targets": None, "recovered_fraction": None, "identified_fraction": None}
         return report, {}
     dataset = view.config["dataset"]
     train = to_unit(truth.x, dataset)  # the 32 px images the clients trained on
-    _, clients = target_clients(attack, view)
     used = truth.sent_indices if truth.sent_indices is not None else truth.client_indices
     samples = np.concatenate([used[k] for k in clients]).astype(np.int64) if clients else np.zeros(0, np.int64)
     by_client = defaultdict(list)
