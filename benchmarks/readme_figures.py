@@ -8,6 +8,12 @@ FILE is a results file in benchmarks/results (without .json), PATH a dot-separat
 (list items by index), FORMAT a Python format spec (``.3f``, ``.1e``, ``,d``; a trailing ``%`` scales
 by 100 as Python does). The markers are invisible when the README is rendered.
 
+A figure that is a simple function of measured values is written with PATH as ``OP(ARG,ARG,...)``,
+OP one of ``sum``, ``diff`` (first minus the rest), ``product``, ``ratio`` (first over the rest),
+``mean``, ``min``, ``max``; each ARG is a path into the same file or a number (``product(x,1000)``:
+seconds as milliseconds; ``ratio(x,1048576)``: bytes as MiB). A ``*`` step in a path stands for every
+item of a list (every value of a mapping), so ``mean(rows.*.accuracy)`` averages over the rows.
+
     python benchmarks/readme_figures.py           # rewrite every figure from the results
     python benchmarks/readme_figures.py --check   # exit 1 and list the figures that differ
 
@@ -22,12 +28,25 @@ import json
 import re
 import sys
 from functools import cache
+from math import prod
+from statistics import fmean
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 FIGURE = re.compile(r"<!--fig (?P<file>[\w\-]+):(?P<path>[^:>]+):(?P<format>[^>]*)-->(?P<value>.*?)<!--/fig-->")
+DERIVED = re.compile(r"(?P<op>sum|diff|product|ratio|mean|min|max)\((?P<args>[^()]*)\)")
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+OPERATIONS = {
+    "sum": sum,
+    "diff": lambda xs: xs[0] - sum(xs[1:]),
+    "product": prod,
+    "ratio": lambda xs: xs[0] / prod(xs[1:]),
+    "mean": fmean,
+    "min": min,
+    "max": max,
+}
 
 
 @cache
@@ -38,14 +57,35 @@ def _results(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def value_of(file: str, path: str):
-    node = _results(file)
+def _values_at(file: str, path: str) -> list:
+    """Every value ``path`` names in ``file`` (one, unless a step is ``*``)."""
+    nodes = [_results(file)]
     for key in path.split("."):
         try:
-            node = node[int(key)] if isinstance(node, list) else node[key]
-        except (KeyError, IndexError, ValueError):
+            if key == "*":
+                nodes = [item for node in nodes for item in (node if isinstance(node, list) else node.values())]
+            else:
+                nodes = [node[int(key)] if isinstance(node, list) else node[key] for node in nodes]
+        except (KeyError, IndexError, ValueError, AttributeError):
             raise KeyError(f"{file}.json has no {path!r} (stuck at {key!r})") from None
-    return node
+    if not nodes:
+        raise KeyError(f"{file}.json has nothing at {path!r}")
+    return nodes
+
+
+def value_of(file: str, path: str):
+    """The value at ``path``, or the derived value ``OP(ARG,...)`` of the values its arguments name."""
+    derived = DERIVED.fullmatch(path)
+    if derived is None:
+        values = _values_at(file, path)
+        if len(values) != 1:
+            raise KeyError(f"{file}.json: {path!r} names {len(values)} values; wrap it in mean/min/max/sum")
+        return values[0]
+    values = []
+    for arg in derived["args"].split(","):
+        arg = arg.strip()
+        values += [float(arg)] if NUMBER.fullmatch(arg) else _values_at(file, arg)
+    return OPERATIONS[derived["op"]](values)
 
 
 def render(match: re.Match) -> str:
