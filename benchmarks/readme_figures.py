@@ -5,12 +5,12 @@ A figure in README.md is written as
     <!--fig FILE:PATH:FORMAT-->VALUE<!--/fig-->
 
 FILE is a results file in benchmarks/results (without .json), PATH a dot-separated path into it
-(list items by index), FORMAT a Python format spec (``.3f``, ``.1e``, ``,d``; a trailing ``%`` scales
+(list items by index; a dot inside a key is written ``\\.``), FORMAT a Python format spec (``.3f``, ``.1e``, ``,d``; a trailing ``%`` scales
 by 100 as Python does). The markers are invisible when the README is rendered.
 
 A figure that is a simple function of measured values is written with PATH as ``OP(ARG,ARG,...)``,
 OP one of ``sum``, ``diff`` (first minus the rest), ``product``, ``ratio`` (first over the rest),
-``mean``, ``min``, ``max``; each ARG is a path into the same file or a number (``product(x,1000)``:
+``mean``, ``min``, ``max``; each ARG is a path into the same file, a number or another OP(...) (``product(x,1000)``:
 seconds as milliseconds; ``ratio(x,1048576)``: bytes as MiB). A ``*`` step in a path stands for every
 item of a list (every value of a mapping), so ``mean(rows.*.accuracy)`` averages over the rows.
 
@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 FIGURE = re.compile(r"<!--fig (?P<file>[\w\-]+):(?P<path>[^:>]+):(?P<format>[^>]*)-->(?P<value>.*?)<!--/fig-->")
-DERIVED = re.compile(r"(?P<op>sum|diff|product|ratio|mean|min|max)\((?P<args>[^()]*)\)")
+DERIVED = re.compile(r"(?P<op>sum|diff|product|ratio|mean|min|max)\((?P<args>.*)\)")
+KEY_SEPARATOR = re.compile(r"(?<!\\)\.")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 OPERATIONS = {
     "sum": sum,
@@ -60,7 +61,8 @@ def _results(name: str) -> dict:
 def _values_at(file: str, path: str) -> list:
     """Every value ``path`` names in ``file`` (one, unless a step is ``*``)."""
     nodes = [_results(file)]
-    for key in path.split("."):
+    for key in KEY_SEPARATOR.split(path):
+        key = key.replace("\\.", ".")
         try:
             if key == "*":
                 nodes = [item for node in nodes for item in (node if isinstance(node, list) else node.values())]
@@ -73,6 +75,23 @@ def _values_at(file: str, path: str) -> list:
     return nodes
 
 
+def _arguments(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return parts + [text[start:].strip()]
+
+
+def _operands(file: str, arg: str) -> list:
+    if NUMBER.fullmatch(arg):
+        return [float(arg)]
+    return [value_of(file, arg)] if DERIVED.fullmatch(arg) else _values_at(file, arg)
+
+
 def value_of(file: str, path: str):
     """The value at ``path``, or the derived value ``OP(ARG,...)`` of the values its arguments name."""
     derived = DERIVED.fullmatch(path)
@@ -81,11 +100,7 @@ def value_of(file: str, path: str):
         if len(values) != 1:
             raise KeyError(f"{file}.json: {path!r} names {len(values)} values; wrap it in mean/min/max/sum")
         return values[0]
-    values = []
-    for arg in derived["args"].split(","):
-        arg = arg.strip()
-        values += [float(arg)] if NUMBER.fullmatch(arg) else _values_at(file, arg)
-    return OPERATIONS[derived["op"]](values)
+    return OPERATIONS[derived["op"]]([x for arg in _arguments(derived["args"]) for x in _operands(file, arg)])
 
 
 def render(match: re.Match) -> str:
