@@ -10,7 +10,7 @@ by 100 as Python does). The markers are invisible when the README is rendered.
 
 A figure that is a simple function of measured values is written with PATH as ``OP(ARG,ARG,...)``,
 OP one of ``sum``, ``diff`` (first minus the rest), ``product``, ``ratio`` (first over the rest),
-``mean``, ``min``, ``max``; each ARG is a path into the same file, a number or another OP(...) (``product(x,1000)``:
+``mean``, ``min``, ``max``, ``count`` (how many values); each ARG is a path into the same file, a number or another OP(...) (``product(x,1000)``:
 seconds as milliseconds; ``ratio(x,1048576)``: bytes as MiB). A ``*`` step in a path stands for every
 item of a list (every value of a mapping), so ``mean(rows.*.accuracy)`` averages over the rows.
 
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
 FIGURE = re.compile(r"<!--fig (?P<file>[\w\-]+):(?P<path>[^:>]+):(?P<format>[^>]*)-->(?P<value>.*?)<!--/fig-->")
-DERIVED = re.compile(r"(?P<op>sum|diff|product|ratio|mean|min|max)\((?P<args>.*)\)")
+DERIVED = re.compile(r"(?P<op>sum|diff|product|ratio|mean|min|max|count)\((?P<args>.*)\)")
 KEY_SEPARATOR = re.compile(r"(?<!\\)\.")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 OPERATIONS = {
@@ -47,6 +47,7 @@ OPERATIONS = {
     "mean": fmean,
     "min": min,
     "max": max,
+    "count": len,
 }
 
 
