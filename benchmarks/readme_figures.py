@@ -5,14 +5,17 @@ A figure in README.md is written as
     <!--fig FILE:PATH:FORMAT-->VALUE<!--/fig-->
 
 FILE is a results file in benchmarks/results (without .json), PATH a dot-separated path into it
-(list items by index; a dot inside a key is written ``\\.``), FORMAT a Python format spec (``.3f``, ``.1e``, ``,d``; a trailing ``%`` scales
-by 100 as Python does). The markers are invisible when the README is rendered.
+(list items by index; a dot inside a key is written ``\\.``), FORMAT a Python format spec (``.3f``,
+``.1e``, ``,d``; a trailing ``%`` scales by 100 as Python does). The markers are invisible when the
+README is rendered.
 
-A figure that is a simple function of measured values is written with PATH as ``OP(ARG,ARG,...)``,
-OP one of ``sum``, ``diff`` (first minus the rest), ``product``, ``ratio`` (first over the rest),
-``mean``, ``min``, ``max``, ``count`` (how many values); each ARG is a path into the same file, a number or another OP(...) (``product(x,1000)``:
-seconds as milliseconds; ``ratio(x,1048576)``: bytes as MiB). A ``*`` step in a path stands for every
-item of a list (every value of a mapping), so ``mean(rows.*.accuracy)`` averages over the rows.
+A figure that is a simple function of measured values has PATH ``OP(ARG,ARG,...)``: OP is ``sum``,
+``diff`` (the first minus the rest), ``product``, ``ratio`` (the first over the rest), ``mean``,
+``min``, ``max`` or ``count`` (how many values); each ARG is a path into the same file, a number or
+another ``OP(...)``. A ``*`` step stands for every item of a list (every value of a mapping). So
+``ratio(x,1048576)`` gives bytes as MiB, ``product(x,1000)`` seconds as milliseconds,
+``mean(rows.*.accuracy)`` the mean over the rows and
+``ratio(diff(1,a),diff(1,b))`` a ratio of error rates.
 
     python benchmarks/readme_figures.py           # rewrite every figure from the results
     python benchmarks/readme_figures.py --check   # exit 1 and list the figures that differ
@@ -101,7 +104,11 @@ def value_of(file: str, path: str):
         if len(values) != 1:
             raise KeyError(f"{file}.json: {path!r} names {len(values)} values; wrap it in mean/min/max/sum")
         return values[0]
-    return OPERATIONS[derived["op"]]([x for arg in _arguments(derived["args"]) for x in _operands(file, arg)])
+    operands = [x for arg in _arguments(derived["args"]) for x in _operands(file, arg)]
+    for x in operands if derived["op"] != "count" else ():
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise KeyError(f"{file}.json: {path!r} takes {type(x).__name__} {str(x)[:40]!r}, not a number")
+    return OPERATIONS[derived["op"]](operands)
 
 
 def render(match: re.Match) -> str:
