@@ -32,8 +32,8 @@ import re
 import sys
 from functools import cache
 from math import prod
-from statistics import fmean
 from pathlib import Path
+from statistics import fmean
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
