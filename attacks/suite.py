@@ -266,7 +266,7 @@ def _model_metrics(results: dict) -> dict:
 
 
 def _document(config: RunConfig | None) -> dict:
-    return {"schema_version": SCHEMA_VERSION, "kind": "attack", "config": None if config is None else asdict(config),
+    return {"schema_version": SCHEMA_VERSION, "kind": "attack", "config": None if config is None else config.applicable(),
             "cases": {}, "attacks": {}}
 
 

@@ -5,7 +5,7 @@ Every field is recorded verbatim in the results JSON, so a run can be reproduced
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from protocols.graph import Targets
 from protocols.minimum import default_min_clients
@@ -128,6 +128,14 @@ class RunConfig:
         if "min_clients" in PROTOCOL_OPTIONS.get(self.protocol, ()):
             options["min_clients"] = self.min_clients or default_min_clients(self.clients_per_round())
         return options
+
+    def applicable(self) -> dict:
+        """The configuration as a results document records it: every field less the options that do not apply
+        to this run's algorithm, protocol or partition. ``validate`` has checked that those hold their
+        defaults, so nothing is lost: ``RunConfig(**config.applicable()) == config``."""
+        scope = option_scope()
+        return {name: value for name, value in asdict(self).items()
+                if name not in scope or getattr(self, scope[name][0]) in scope[name][1]}
 
     def clients_per_round(self) -> int:
         """P, the clients an honest server asks each round: all of them for AFL, APFL and DeepAFL, the sampled

@@ -117,8 +117,11 @@ def _held_out(results: dict) -> tuple[int, int]:
 
 def _partition(config: dict) -> str:
     """The partition with only the parameter it uses."""
-    return {"dirichlet": f"dirichlet, alpha={config['alpha']}",
-            "shards": f"shards, {config['shards_per_client']} per client"}.get(config["partition"], config["partition"])
+    if config["partition"] == "dirichlet":
+        return f"dirichlet, alpha={config['alpha']}"
+    if config["partition"] == "shards":
+        return f"shards, {config['shards_per_client']} per client"
+    return config["partition"]
 
 
 def _dp_line(metrics: dict) -> str:

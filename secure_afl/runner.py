@@ -436,7 +436,7 @@ def results_document(plan: RunPlan, features: Features, training: Training, time
     """The results JSON of a run (schema in results.py)."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "config": asdict(plan.config),
+        "config": plan.config.applicable(),
         "metrics": training.metrics,
         "timings_s": timer.seconds,
         "bytes": training.bytes,

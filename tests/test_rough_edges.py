@@ -268,6 +268,21 @@ def test_the_table_names_only_the_partitions_own_parameter(tmp_path, capsys):
     assert "(shards, 3 per client)" in format_summary(results) and "alpha" not in format_summary(results)
 
 
+def test_the_recorded_configuration_holds_only_the_options_that_apply(tmp_path):
+    """Item 13: a results document lists no option of another algorithm, protocol or partition, and loses
+    nothing by it (the omitted options hold their defaults)."""
+    out = tmp_path / "run.json"
+    assert main(["run", *TINY, "--quiet", "--out", str(out)]) == 0
+    config = json.loads(out.read_text())["config"]
+    assert {"alpha", "threshold", "neighbours", "security_bits", "gamma"} <= set(config)  # afl, mask, dirichlet
+    assert not {"shards_per_client", "limbs", "key_holder", "depth", "rounds", "lr", "refine_width",
+                "cnn"} & set(config)
+    recorded = RunConfig(**config)
+    assert recorded.applicable() == config and recorded == RunConfig(**{**config, "shards_per_client": 2})
+    he = RunConfig(algorithm="deepafl", protocol="he-bfv", partition="iid", limbs=2).applicable()
+    assert he["limbs"] == 2 and "depth" in he and not {"alpha", "threshold", "rounds"} & set(he)
+
+
 def test_masking_parameters_meet_the_targets_when_any_choice_can():
     """Item 5: k and t are searched together; the smallest k for which some t meets both targets is chosen."""
     chosen = choose_parameters(100)
