@@ -34,7 +34,7 @@ from attacks.base import Attack, AttackOutput, Reconstruction, ServerView
 from attacks.case import GroundTruth
 from attacks.statistics.difference import same_statistic
 from secure_afl.algorithms.deepafl import configure as deepafl_config
-from secure_afl.algorithms.deepafl import layer_features
+from secure_afl.algorithms.deepafl import LowRank, layer_features
 from secure_afl.config import RunConfig
 
 TARGETS = {
@@ -84,8 +84,8 @@ class Spaces:
     def _deepafl_layer(self, x: np.ndarray, layer: int) -> np.ndarray:
         """Φ_layer of rows of X, replayed with the Ω_t the server broadcast (public, in the transcript)."""
         config = deepafl_config(RunConfig(**self.view.config))  # the partition fields it lacks play no part
-        omegas = {entry.spec["layout"].get("layer"): entry.broadcast["omega"] for entry in self.view.rounds()
-                  if "omega" in entry.broadcast}
+        omegas = {entry.spec["layout"].get("layer"): LowRank(entry.broadcast["omega_left"], entry.broadcast["omega_right"])
+                  for entry in self.view.rounds() if "omega_left" in entry.broadcast}
         scale = next(entry.spec["layout"]["scale"] for entry in self.view.rounds()
                      if entry.spec.get("layout", {}).get("rows") == "phi")
         residuals = [omegas[t + 1] for t in range(layer)]

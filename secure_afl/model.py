@@ -30,7 +30,7 @@ from secure_afl.errors import ConfigError, ModelFileError
 from secure_afl.results import check_output_path
 
 FORMAT = "secure-afl-model"
-VERSION = 1
+VERSION = 2  # 2: DeepAFL keeps each Ω_t as its thin factors (version 1 files, full Ω_t, still load)
 MANIFEST = "__manifest__"
 # RunConfig fields a model keeps: what makes its inputs (backbone, feature map) and what it was trained as
 _PIPELINE = ("algorithm", "dataset", "backbone", "weights", "random_weights", "resolution", "precision",

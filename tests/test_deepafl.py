@@ -70,7 +70,7 @@ def test_sandwiched_solve_equals_a_brute_force_kronecker_solve(gamma):
     rng = np.random.default_rng(1)
     f, r, w = rng.standard_normal((40, 6)), rng.standard_normal((40, 3)), rng.standard_normal((5, 3))
     gram, cross = f.T @ f, f.T @ r
-    omega = sandwiched_solve(gram, cross, w, gamma)
+    omega = sandwiched_solve(gram, cross, w, gamma).matrix
     # vec(S Ω WWᵀ) = (WWᵀ ⊗ S) vec(Ω) with column-major vec
     system = np.kron(w @ w.T, gram) + gamma * np.eye(6 * 5)
     expected = np.linalg.solve(system, (cross @ w.T).ravel(order="F")).reshape((6, 5), order="F")

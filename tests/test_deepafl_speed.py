@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from secure_afl.algorithms.deepafl import DeepAFLConfig, centralized, quadratic_diagonal, sandwiched_solve
+from secure_afl.algorithms.deepafl import (DeepAFLConfig, DeepAFLModel, LowRank, centralized, low_rank_quadratic_diagonal,
+                                           quadratic_diagonal, sandwiched_solve)
+from secure_afl.errors import ConfigError
 from secure_afl.runner import FederatedData, evaluate
 
 
@@ -30,7 +32,7 @@ def test_thin_svd_solve_equals_the_full_eigendecomposition(rows, d_f, d_phi, cla
     f = rng.standard_normal((rows, d_f))
     residuals = rng.standard_normal((rows, classes))
     weights = rng.standard_normal((d_phi, classes))
-    new = sandwiched_solve(f.T @ f, f.T @ residuals, weights, gamma)
+    new = sandwiched_solve(f.T @ f, f.T @ residuals, weights, gamma).matrix
     old = full_eigh_sandwiched_solve(f.T @ f, f.T @ residuals, weights, gamma)
     assert np.max(np.abs(new - old)) <= 1e-9 * np.max(np.abs(old))
 
@@ -41,7 +43,7 @@ def test_without_ridge_the_thin_solve_still_meets_the_normal_equations():
     rng = np.random.default_rng(5)
     f, residuals, weights = rng.standard_normal((300, 25)), rng.standard_normal((300, 10)), rng.standard_normal((60, 10))
     gram, cross = f.T @ f, f.T @ residuals
-    omega = sandwiched_solve(gram, cross, weights, 0.0)
+    omega = sandwiched_solve(gram, cross, weights, 0.0).matrix
     target = cross @ weights.T
     assert np.max(np.abs(gram @ omega @ weights @ weights.T - target)) <= 1e-9 * np.max(np.abs(target))
 
@@ -51,6 +53,35 @@ def test_quadratic_diagonal_equals_the_three_operand_einsum():
     a, x = rng.standard_normal((50, 20)), rng.standard_normal((80, 50))
     gram = x.T @ x
     np.testing.assert_allclose(quadratic_diagonal(a, gram), np.einsum("pi,pq,qi->i", a, gram, a), rtol=1e-12)
+
+
+def test_the_residual_kept_as_factors_acts_as_its_full_matrix():
+    """Ω_t has rank ≤ C and is applied, bounded and saved through its factors: the same numbers as the full
+    d_F × d_Φ matrix to round-off, and a model file holding full matrices (format version 1) predicts the same."""
+    rng = np.random.default_rng(11)
+    f, residuals, weights = rng.standard_normal((200, 30)), rng.standard_normal((200, 4)), rng.standard_normal((50, 4))
+    omega = sandwiched_solve(f.T @ f, f.T @ residuals, weights, 0.5)
+    assert omega.left.shape == (30, 4) and omega.right.shape == (50, 4)
+    features = torch.as_tensor(rng.standard_normal((70, 30)))
+    full = omega.matrix
+    assert torch.allclose(omega.apply(features), features @ torch.as_tensor(full), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(low_rank_quadratic_diagonal(omega, f.T @ f), quadratic_diagonal(full, f.T @ f),
+                               rtol=1e-10)
+    with pytest.raises(ConfigError, match="residual factors"):
+        LowRank.received({"omega_left": omega.left, "omega_right": omega.right[:49]}, 30, 50)
+
+
+def test_a_model_file_of_format_version_1_still_predicts_the_same(synthetic):
+    x, labels, classes = synthetic
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    model = centralized(x, labels, classes, DeepAFLConfig(width=32, residual_width=20, layers=2), 1.0)
+    meta, arrays = model.state()
+    version_1 = {name: a for name, a in arrays.items() if not name.startswith("residual_")}
+    version_1.update({f"residual_{t}": omega.matrix for t, omega in enumerate(model.residuals)})
+    old = DeepAFLModel.from_state(meta, version_1)
+    assert old.relative_difference(model) == 0.0
+    np.testing.assert_array_equal(old.predict(x), model.predict(x))
+    assert DeepAFLModel.from_state(meta, arrays).relative_difference(model) == 0.0
 
 
 def test_one_pass_evaluation_equals_per_subset_prediction(synthetic):

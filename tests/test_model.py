@@ -13,6 +13,7 @@ import secure_afl
 from secure_afl.cli import main
 from secure_afl.data.datasets import load_dataset
 from secure_afl.errors import ConfigError, ModelFileError
+from secure_afl.model import VERSION
 from secure_afl.results import format_summary
 
 QUICK = ["run", "--dataset", "digits", "--resolution", "32", "--clients", "10", "--quiet"]
@@ -33,7 +34,7 @@ def test_predict_on_the_test_split_equals_the_runs_own_accuracy(algorithm, tmp_p
     run, predicted = json.loads(results.read_text()), json.loads(predictions.read_text())
     assert predicted["metrics"]["accuracy"] == run["metrics"]["accuracy"]  # exactly, not approximately
     assert predicted["n"] == run["features"]["test"] == len(predicted["predictions"])
-    assert predicted["model"]["algorithm"] == algorithm and predicted["model"]["version"] == 1
+    assert predicted["model"]["algorithm"] == algorithm and predicted["model"]["version"] == VERSION
     stored = np.load(model, allow_pickle=False)  # no pickle anywhere in the file
     manifest = json.loads(stored["__manifest__"].tobytes())
     assert manifest["pipeline"]["backbone"] == run["config"]["backbone"]

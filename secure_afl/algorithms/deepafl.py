@@ -11,7 +11,8 @@ Round 2t (classifier): clients send the statistics of (Φ_t, Y); the
 server solves W_t = (ΣΦᵀΦ + λI)⁻¹ ΣΦᵀY. Round 2t+1 (residual, t < T): clients send
 (F_tᵀF_t, F_tᵀR_t) with F_t = σ(Φ_t B_t) and R_t = Y − Φ_t W_t; the server solves the sandwiched
 ridge problem Ω_t = argmin Σ‖R_t − F_t Ω W_t‖² + γ‖Ω‖² by two eigendecompositions, and every
-client moves to Φ_{t+1} = Φ_t + F_t Ω_t. A, B_t come from public seeds; W_t and Ω_t are
+client moves to Φ_{t+1} = Φ_t + F_t Ω_t. Ω_t has rank ≤ C (``sandwiched_solve``): it is broadcast, kept and
+applied as its two thin factors, so a step costs n·d_F·C + n·C·d_Φ instead of n·d_F·d_Φ. A, B_t come from public seeds; W_t and Ω_t are
 broadcast. Every round is a sum, so secure aggregation covers all of them, and every W_t and Ω_t
 equals the centralized solution whatever the partition.
 
@@ -156,19 +157,51 @@ def residual_features(config: DeepAFLConfig, layer: int, phi: torch.Tensor,
     return _clipped(mapped(config.residual_map(layer), phi), clips and clips.features)
 
 
-def next_features(phi: torch.Tensor, features: torch.Tensor, omega: torch.Tensor,
+@dataclass(frozen=True)
+class LowRank:
+    """Ω = left · rightᵀ (d_F × r and d_Φ × r, r ≤ C): a residual block's weights as its thin factors.
+
+    ``right`` None is a full Ω held in ``left`` (a model file of format version 1)."""
+
+    left: np.ndarray
+    right: np.ndarray | None = None
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self.left if self.right is None else self.left @ self.right.T
+
+    def apply(self, features: torch.Tensor) -> torch.Tensor:
+        """F Ω, through the factors: (F left) rightᵀ."""
+        product = features @ torch.as_tensor(self.left, device=features.device)
+        return product if self.right is None else product @ torch.as_tensor(self.right, device=features.device).T
+
+    def broadcast(self) -> dict[str, np.ndarray]:
+        return {"omega_left": self.left, "omega_right": self.right}
+
+    @classmethod
+    def received(cls, broadcast, features_dim: int, phi_dim: int) -> LowRank:
+        """The factors a round broadcast, refused unless they fit d_F and d_Φ with one rank."""
+        left, right = (np.asarray(broadcast.get(name), dtype=np.float64) for name in ("omega_left", "omega_right"))
+        if left.ndim != 2 or right.ndim != 2 or left.shape[0] != features_dim or right.shape[0] != phi_dim \
+                or left.shape[1] != right.shape[1]:
+            raise ConfigError(f"the broadcast residual factors have shapes {left.shape} and {right.shape}; this "
+                              f"network needs ({features_dim}, r) and ({phi_dim}, r)")
+        return cls(left, right)
+
+
+def next_features(phi: torch.Tensor, features: torch.Tensor, omega: LowRank,
                   clips: LayerClips | None = None) -> tuple[torch.Tensor, int]:
     """(Φ_{t+1} = Φ_t + F_t Ω_t, rows clipped under DP)."""
-    return _clipped(phi + features @ omega, clips and clips.phi)
+    return _clipped(phi + omega.apply(features), clips and clips.phi)
 
 
-def layer_features(config: DeepAFLConfig, scale: float, features, residuals: list[np.ndarray],
+def layer_features(config: DeepAFLConfig, scale: float, features, residuals: list[LowRank],
                    clips: LayerClips | None = None):
     """Φ_0, Φ_1 = Φ_0 + F_0 Ω_0, … (float64 tensors) of rows of X, given the broadcast Ω_t."""
     phi, _ = initial_features(config, torch.as_tensor(np.asarray(features), dtype=torch.float64), scale, clips)
     yield phi
     for t, omega in enumerate(residuals):
-        phi, _ = next_features(phi, residual_features(config, t, phi, clips)[0], torch.as_tensor(omega), clips)
+        phi, _ = next_features(phi, residual_features(config, t, phi, clips)[0], omega, clips)
         yield phi
 
 
@@ -187,7 +220,7 @@ def classifier_solve(stats: Statistics, lam: float) -> np.ndarray:
 
 
 def sandwiched_solve(gram: np.ndarray, cross: np.ndarray, weights: np.ndarray, gamma: float,
-                     spectrum=None) -> np.ndarray:
+                     spectrum=None) -> LowRank:
     """Ω = argmin ‖R − F Ω W‖² + γ‖Ω‖² from S = FᵀF and C = FᵀR.
 
     The normal equations S Ω (WWᵀ) + γΩ = C Wᵀ diagonalise in the eigenbases S = V diag(μ) Vᵀ and
@@ -198,7 +231,8 @@ def sandwiched_solve(gram: np.ndarray, cross: np.ndarray, weights: np.ndarray, g
     W is d_Φ × C with C ≪ d_Φ, so WWᵀ has rank ≤ C: its eigenvectors with ν > 0 are the left singular
     vectors of the thin SVD W = U diag(s) Qᵀ (ν = s²), and on their complement Wᵀu = 0 makes the
     numerator vanish, so that part of Ω is exactly 0. The thin SVD (d_Φ × C) replaces a d_Φ × d_Φ
-    eigendecomposition; Ω agrees with the full one to round-off (tests/test_deepafl_speed.py).
+    eigendecomposition; Ω agrees with the full one to round-off (tests/test_deepafl_speed.py). The result is
+    returned as its factors V·inner (d_F × r) and U (d_Φ × r): Ω's rank is at most C.
     """
     mu, v = np.linalg.eigh(gram)
     u, singular, _ = np.linalg.svd(weights, full_matrices=False)
@@ -209,7 +243,7 @@ def sandwiched_solve(gram: np.ndarray, cross: np.ndarray, weights: np.ndarray, g
     denominator = gamma + np.outer(mu, nu)
     tiny = np.finfo(np.float64).eps * max(float(denominator.max()), 1.0)
     inner = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > tiny)
-    return v @ inner @ u.T
+    return LowRank(v @ inner, u)
 
 
 def quadratic_diagonal(a: np.ndarray, gram: np.ndarray) -> np.ndarray:
@@ -217,12 +251,18 @@ def quadratic_diagonal(a: np.ndarray, gram: np.ndarray) -> np.ndarray:
     return np.einsum("pi,pi->i", a, gram @ a)
 
 
+def low_rank_quadratic_diagonal(omega: LowRank, gram: np.ndarray) -> np.ndarray:
+    """diag(Ωᵀ G Ω) for Ω = L Rᵀ: diag(R (Lᵀ G L) Rᵀ), an r × r core instead of a d_F × d_Φ product."""
+    core = omega.left.T @ gram @ omega.left
+    return np.einsum("ir,ir->i", omega.right @ core, omega.right)
+
+
 @dataclass(frozen=True)
 class DeepAFLModel:
     config: DeepAFLConfig
     scale: float  # s of Φ_0
     classifiers: list[np.ndarray]  # W_0 … W_T
-    residuals: list[np.ndarray]  # Ω_0 … Ω_{T−1}
+    residuals: list[LowRank]  # Ω_0 … Ω_{T−1}
     clips: LayerClips | None = None  # the rows' clip norms under DP (part of the network)
 
     @property
@@ -254,14 +294,16 @@ class DeepAFLModel:
 
     def relative_difference(self, other: DeepAFLModel) -> float:
         """The largest relative difference of any W_t or Ω_t."""
-        pairs = list(zip(self.classifiers, other.classifiers)) + list(zip(self.residuals, other.residuals))
+        pairs = list(zip(self.classifiers, other.classifiers)) \
+            + [(a.matrix, b.matrix) for a, b in zip(self.residuals, other.residuals)]
         return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in pairs)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """Every layer: the public config (A and the B_t follow from its seed; the DP mechanism is not needed to
-        predict), s, the rows' clip norms under DP, every W_t and Ω_t."""
+        predict), s, the rows' clip norms under DP, every W_t and Ω_t's factors."""
         arrays = {**{f"classifier_{t}": w for t, w in enumerate(self.classifiers)},
-                  **{f"residual_{t}": omega for t, omega in enumerate(self.residuals)}}
+                  **{f"residual_{t}_{side}": getattr(omega, side) for t, omega in enumerate(self.residuals)
+                     for side in ("left", "right")}}
         meta = {"config": asdict(replace(self.config, privacy=None)), "scale": self.scale,
                 "layers": len(self.residuals), "clips": None if self.clips is None else asdict(self.clips)}
         return meta, arrays
@@ -271,8 +313,15 @@ class DeepAFLModel:
         layers = int(meta["layers"])
         return cls(DeepAFLConfig(**meta["config"]), float(meta["scale"]),
                    [np.asarray(arrays[f"classifier_{t}"], dtype=np.float64) for t in range(layers + 1)],
-                   [np.asarray(arrays[f"residual_{t}"], dtype=np.float64) for t in range(layers)],
+                   [_stored_residual(arrays, t) for t in range(layers)],
                    None if meta["clips"] is None else LayerClips(**meta["clips"]))
+
+
+def _stored_residual(arrays: Mapping[str, np.ndarray], layer: int) -> LowRank:
+    """Ω_t from a model file: its factors, or the full matrix that format version 1 stored."""
+    if f"residual_{layer}" in arrays:
+        return LowRank(np.asarray(arrays[f"residual_{layer}"], dtype=np.float64))
+    return LowRank(*(np.asarray(arrays[f"residual_{layer}_{side}"], dtype=np.float64) for side in ("left", "right")))
 
 
 def _round(kind: str, layer: int) -> str:
@@ -333,9 +382,9 @@ class DeepAFLClient(AlgorithmClient):
         kind, layer = _parse(spec.name)
         if kind == CLASSIFIER:
             if layer != self._layer:
-                if layer != self._layer + 1 or self._residual_features is None or "omega" not in spec.broadcast:
+                if layer != self._layer + 1 or self._residual_features is None or "omega_left" not in spec.broadcast:
                     raise ConfigError(f"round {spec.name!r} arrived out of order")
-                omega = torch.as_tensor(spec.broadcast["omega"], device=self._phi.device)
+                omega = LowRank.received(spec.broadcast, self.config.residual_width, self._phi.shape[1])
                 self._phi, clipped = next_features(self._phi, self._residual_features, omega, self._clips)
                 self.rows_clipped["phi"] += clipped
                 self._residual_features, self._layer = None, layer
@@ -395,7 +444,7 @@ class DeepAFLServer(AlgorithmServer):
         kind, layer = self._next
         if kind == CLASSIFIER:
             layout = StatisticsLayout(self.phi_dim, self.num_classes)
-            broadcast = {"omega": self.residuals[-1]} if layer else {}
+            broadcast = self.residuals[-1].broadcast() if layer else {}
             description = layout.describe("phi", layer=layer, scale=self.scale, **self._noise(kind))
         else:
             layout = StatisticsLayout(self.config.residual_width, self.num_classes)
@@ -441,7 +490,7 @@ class DeepAFLServer(AlgorithmServer):
         omega = sandwiched_solve(stats.gram, stats.cross, self.classifiers[-1], self.config.gamma)
         self.residuals.append(omega)
         self._next = (CLASSIFIER, layer + 1)
-        phi_diag = np.diag(self._phi_total.gram) + quadratic_diagonal(omega, stats.gram)
+        phi_diag = np.diag(self._phi_total.gram) + low_rank_quadratic_diagonal(omega, stats.gram)
         gram = 2.0 * float(phi_diag.max())
         self._bound = self._declare(gram, math.sqrt(gram * self.max_samples))
 

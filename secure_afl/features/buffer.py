@@ -7,6 +7,7 @@ and an attacker rebuild the identical matrix on any device; the seed is not a se
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +45,10 @@ class RandomBuffer:
             raise ConfigError(f"unknown distribution {self.distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
 
     def parameters(self, in_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(P, b) as float32 CPU tensors, a pure function of (seed, in_dim, width, distribution)."""
-        generator = torch.Generator().manual_seed(self.seed)
-        draw = self._draw(generator)
-        projection = draw((in_dim, self.width)) / in_dim**0.5
-        offset = draw((self.width,)) if self.bias else None
-        return projection, offset
+        """(P, b) as float32 CPU tensors, a pure function of (seed, in_dim, width, distribution). Drawn once per
+        process and copied out: DeepAFL's clients and evaluation ask for the same B_t hundreds of times."""
+        projection, offset = _drawn(self, in_dim)
+        return projection.clone(), None if offset is None else offset.clone()
 
     def _draw(self, generator: torch.Generator):
         if self.distribution == "normal":
@@ -68,3 +67,11 @@ class RandomBuffer:
             out[start : start + batch_size] = act(pre + offset if offset is not None else pre)
         return out
 
+
+@lru_cache(maxsize=8)
+def _drawn(buffer: RandomBuffer, in_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    generator = torch.Generator().manual_seed(buffer.seed)
+    draw = buffer._draw(generator)
+    projection = draw((in_dim, buffer.width)) / in_dim**0.5
+    offset = draw((buffer.width,)) if buffer.bias else None
+    return projection, offset
