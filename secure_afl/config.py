@@ -92,6 +92,14 @@ class RunConfig:
     cnn: str = "convnet"  # fedsgd-cnn / fedavg-cnn: breaching's ConvNet or DLG's LeNet
     cnn_width: int = 4  # fedsgd-cnn / fedavg-cnn: the ConvNet's width w (breaching's is 64; small for the CPU)
     param_bound: float = 100.0  # public box on every parameter a client sends
+    acnn_layers: int = 2  # FedACnnL: L convolutions 3×3, each solved by ridge (L + 1 rounds with the head)
+    acnn_channels: int = 16  # FedACnnL: channels c of every convolution
+    acnn_slope: float = 0.1  # FedACnnL: negative slope of the (invertible) leaky ReLU
+    acnn_clip: float = 1.0  # FedACnnL: encoded labels clipped to ±clip before the inverse activation
+    acnn_encoding: str = "orthogonal"  # FedACnnL: label-encoding matrices E_l, orthogonal or gaussian
+    acnn_seed: int = 0  # FedACnnL: public seed of the E_l
+    acnn_gamma: float = 1.0  # FedACnnL: ridge γ_l of the convolutions (the head uses --gamma)
+    acnn_batch: int = 64  # FedACnnL: images per mini-batch a client accumulates its statistics over
     dp_noise: float | None = None  # noise multiplier z (DP-SGD or DP on the statistics); or dp_epsilon
     dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (afl/apfl/deepafl)
     dp_delta: float = 1e-5
