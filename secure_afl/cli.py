@@ -15,6 +15,7 @@ from protocols import PROTOCOLS, ProtocolError
 from protocols.masking import STAGES
 from secure_afl.algorithms.convnet import CNNS
 from secure_afl.algorithms.fedacnnl import ENCODINGS
+from secure_afl.algorithms.pfedacnnl import OBJECTIVES
 from secure_afl.algorithms.fedavg import ACCOUNTANTS, DEFAULT_LR, HEADS
 from secure_afl.algorithms.registry import ALGORITHMS
 from secure_afl.config import RunConfig
@@ -170,6 +171,16 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                       help="ridge γ of the convolutions' solves (the head uses --gamma)")
     acnn.add_argument("--acnn-batch", type=int, default=defaults.acnn_batch,
                       help="images per mini-batch a client accumulates over (the result does not depend on it)")
+    acnn.add_argument("--pfed-objective", choices=OBJECTIVES, default=defaults.pfed_objective,
+                      help="pfedacnnl: each client's head, (G_k+λI)⁻¹(H_k+λW_g) or (G_g+(α−1)G_k+γI)⁻¹(H_g+(α−1)H_k), "
+                           "λ / α chosen on its own validation split")
+    acnn.add_argument("--pfed-groups", type=int, default=defaults.pfed_groups,
+                      help="pfedacnnl: cluster clients by label histogram into this many groups (plaintext only: the "
+                           "histograms are disclosed); 0: no grouping")
+    acnn.add_argument("--pfed-min-group", type=int, default=defaults.pfed_min_group,
+                      help="pfedacnnl: the fewest clients a group's round may hold")
+    acnn.add_argument("--pfed-validation", type=float, default=defaults.pfed_validation,
+                      help="pfedacnnl: fraction of a client's images it chooses λ / α on")
     dp = p.add_argument_group("differential privacy (DP-SGD for fedavg / fedprox; DP on the statistics for afl / apfl / deepafl)")
     dp.add_argument("--dp-epsilon", type=float, default=None, help="target ε for the whole run")
     dp.add_argument("--dp-noise", type=float, default=None, help="the noise multiplier z instead of a target ε")

@@ -100,6 +100,10 @@ class RunConfig:
     acnn_seed: int = 0  # FedACnnL: public seed of the E_l
     acnn_gamma: float = 1.0  # FedACnnL: ridge γ_l of the convolutions (the head uses --gamma)
     acnn_batch: int = 64  # FedACnnL: images per mini-batch a client accumulates its statistics over
+    pfed_objective: str = "proximal"  # pFedACnnL: the client's head objective, proximal or reweighted
+    pfed_groups: int = 0  # pFedACnnL: clusters of clients by label histogram (plaintext only); 0: no grouping
+    pfed_min_group: int = 2  # pFedACnnL: the fewest clients a group's round may hold (public)
+    pfed_validation: float = 0.2  # pFedACnnL: fraction of a client's images it chooses λ / α on
     dp_noise: float | None = None  # noise multiplier z (DP-SGD or DP on the statistics); or dp_epsilon
     dp_epsilon: float | None = None  # target ε over the whole run: DP-SGD, or DP on the statistics (afl/apfl/deepafl)
     dp_delta: float = 1e-5

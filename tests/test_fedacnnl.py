@@ -17,13 +17,15 @@ from secure_afl.algorithms.convnet import PIXELS, pixel_dataset
 from secure_afl.algorithms.fedacnnl import (FedACnnLClient, FedACnnLConfig, FedACnnLServer, encoding_matrix,
                                            target_table)
 from secure_afl.algorithms.afl import AFLConfig
+from secure_afl.algorithms.pfedacnnl import PFedACnnLClient, PFedACnnLConfig, PFedACnnLServer, group_clients
+from secure_afl.algorithms.registry import algorithm
 from secure_afl.cli import main
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import load_dataset
 from secure_afl.data.partition import partition
 from secure_afl.errors import ConfigError, FeatureError
 from secure_afl.model import Model
-from secure_afl.runner import Timer, federate
+from secure_afl.runner import Timer, federate, load_features, plan_run, train
 
 CLASSES = 4
 CONFIG = FedACnnLConfig(layers=2, channels=6, slope=0.2, layer_gamma=0.5, head=AFLConfig(gamma=3.0), batch=5,
@@ -173,3 +175,100 @@ def test_cli_and_api_runs_save_load_and_predict(tmp_path):
     # the public bound), which the head's ill-conditioned solve (641 dims, 18 images, γ = 0.1) magnifies
     assert cli_model.predictor.relative_difference(result.model.predictor) <= 1e-5
     assert np.array_equal(cli_model.predict(rows), result.model.predict(rows))
+
+
+# pFedACnnL
+
+def pfed_federation(x, labels, parts, job):
+    server = PFedACnnLServer(job, CLASSES, max(len(p) for p in parts), len(parts))
+    clients = {k: PFedACnnLClient(x[p], labels[p], CLASSES, job.base, k, len(parts)) for k, p in enumerate(parts)}
+    report = federate(server, clients, make_protocol("plaintext"), Timer())
+    return server, clients, report
+
+
+def own_head_statistics(server, x, labels):
+    a = np.hstack([server.model().head_inputs(x).numpy(), np.ones((len(labels), 1))])
+    return a.T @ a, a.T @ np.eye(CLASSES)[labels]
+
+
+@pytest.mark.parametrize("objective, candidate", [("proximal", 3.0), ("reweighted", 5.0)])
+def test_personal_heads_are_the_stated_closed_forms(pixels, objective, candidate):
+    x, labels = pixels
+    parts = partition(labels, 4, alpha=0.2, seed=3)
+    job = PFedACnnLConfig(CONFIG, objective, candidates=(candidate,))
+    server, clients, _ = pfed_federation(x, labels, parts, job)
+    head, total = server.group_of(1)
+    assert np.array_equal(head, server.model().head)  # no grouping: W_g is the global head
+    g, h = own_head_statistics(server, x[parts[1]], labels[parts[1]])
+    eye = np.eye(len(g))
+    expected = (np.linalg.solve(g + candidate * eye, h + candidate * head) if objective == "proximal" else
+                np.linalg.solve(total.gram + (candidate - 1) * g + CONFIG.head.gamma * eye,
+                                total.cross + (candidate - 1) * h))
+    own = clients[1].head_statistics(server.layers, np.arange(len(parts[1])))
+    assert relative(clients[1].solve(job, candidate, own, head, total), expected) <= 1e-9
+    assert np.array_equal(clients[1].solve(job, float("inf") if objective == "proximal" else 1.0, own, head, total),
+                          head)  # λ = ∞ / α = 1: W_g itself
+
+
+def test_a_personal_model_ignores_how_the_other_clients_split_their_data(pixels):
+    x, labels = pixels
+    job = PFedACnnLConfig(CONFIG, "reweighted")
+    mine = np.flatnonzero(labels < 2)[::2]
+    rest = np.setdiff1d(np.arange(48), mine)
+    models = []
+    for others in ([rest], np.array_split(rest, 3)):
+        server, clients, _ = pfed_federation(x, labels, [mine, *others], job)
+        models.append(clients[0].personalize(job, server.layers, *server.group_of(0)))
+    assert models[0][1] == models[1][1] and models[0][0].relative_difference(models[1][0]) <= 1e-9
+
+
+def test_grouping_by_histograms_respects_the_public_minimum(pixels):
+    x, labels = pixels
+    parts = [np.flatnonzero(labels == c)[i::2] for c in range(CLASSES) for i in range(2)]  # 2 clients per class
+    job = PFedACnnLConfig(CONFIG, groups=4, min_group=2)
+    server, clients, report = pfed_federation(x, labels, parts, job)
+    names = [r["round"] for r in report["per_round"]]
+    assert names[3] == "pfedacnnl/histograms" and names[4:] == [f"pfedacnnl/group-{g}" for g in range(4)]
+    assert server.groups == [[0, 1], [2, 3], [4, 5], [6, 7]]  # clients with one label each group by it
+    group = server.groups[1]
+    pooled = np.concatenate([parts[k] for k in group])
+    g, h = own_head_statistics(server, x[pooled], labels[pooled])
+    assert relative(server.group_sums[1].gram, g) <= 1e-12 and relative(server.group_sums[1].cross, h) <= 1e-12
+    assert [r["clients_asked"] for r in report["per_round"][4:]] == [2, 2, 2, 2]
+    # a lone outlier is merged, never aggregated alone; a group below the minimum is refused
+    histograms = {0: np.array([9, 0]), 1: np.array([8, 1]), 2: np.array([0, 9]), 3: np.array([1, 8]),
+                  4: np.array([5, 5])}
+    assert all(len(members) >= 2 for members in group_clients(histograms, 3, 2, seed=0))
+    server.groups = [[0], [1, 2, 3, 4, 5, 6, 7]]
+    with pytest.raises(ConfigError, match="fewer than --pfed-min-group 2"):
+        server.group_spec(0)
+
+
+def test_grouping_is_refused_where_it_would_defeat_the_protocol():
+    with pytest.raises(ConfigError, match="needs --protocol plaintext"):
+        RunConfig(algorithm="pfedacnnl", protocol="mask", pfed_groups=2).validate()
+    with pytest.raises(ConfigError, match="need 12 clients"):
+        RunConfig(algorithm="pfedacnnl", protocol="plaintext", clients=10, pfed_groups=4, pfed_min_group=3).validate()
+    with pytest.raises(ConfigError, match="pfed_groups"):
+        RunConfig(algorithm="fedacnnl", protocol="plaintext", pfed_groups=2).validate()
+    with pytest.raises(ConfigError, match="min-group"):
+        PFedACnnLConfig(min_group=1)
+
+
+def test_personalized_accuracy_is_the_mean_of_each_clients_own_held_out_accuracy():
+    config = RunConfig(algorithm="pfedacnnl", protocol="mask", dataset="samples-cifar10", clients=4, partition="iid",
+                       acnn_channels=10, pfed_validation=0.5)
+    plan = plan_run(config)
+    timer = Timer()
+    features = load_features(plan, timer)
+    training = train(plan, features, timer)
+    metrics = training.metrics
+    job = algorithm("pfedacnnl").configure(config)
+    personal = algorithm("pfedacnnl").personalize(job, training.server, training.clients)
+    data = features.data
+    own = [personal[k].accuracy(data.test_x[idx], data.test_y[idx]) for k, idx in enumerate(data.held_out_indices)]
+    assert np.isfinite(own).sum() >= 1  # clients without held-out images are left out, as for APFL
+    assert metrics["personalized_accuracy"] == pytest.approx(np.nanmean(own), abs=1e-12)
+    assert metrics["max_rel_diff_to_centralized"] <= 1e-5  # the global model: FedACnnL's, masked (see above)
+    assert set(metrics["acnn"]["choices"]) == {str(k) for k in range(4)}
+    assert metrics["acnn"]["personalization_download_bytes"] == training.server.head.nbytes
