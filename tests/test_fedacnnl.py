@@ -11,11 +11,15 @@ import torch
 from torch.nn import functional as F
 
 import secure_afl
+from attacks.base import ATTACKS, ServerView
+from attacks.case import Case
+from attacks.evaluation import evaluate
+import attacks.statistics  # noqa: F401  (registers the closed-form attacks)
 from protocols import make_protocol
 from secure_afl.algorithms import patches
 from secure_afl.algorithms.convnet import PIXELS, pixel_dataset
 from secure_afl.algorithms.fedacnnl import (FedACnnLClient, FedACnnLConfig, FedACnnLServer, encoding_matrix,
-                                           target_table)
+                                           sample_rows, target_table)
 from secure_afl.algorithms.afl import AFLConfig
 from secure_afl.algorithms.pfedacnnl import PFedACnnLClient, PFedACnnLConfig, PFedACnnLServer, group_clients
 from secure_afl.algorithms.registry import algorithm
@@ -272,3 +276,40 @@ def test_personalized_accuracy_is_the_mean_of_each_clients_own_held_out_accuracy
     assert metrics["max_rel_diff_to_centralized"] <= 1e-5  # the global model: FedACnnL's, masked (see above)
     assert set(metrics["acnn"]["choices"]) == {str(k) for k in range(4)}
     assert metrics["acnn"]["personalization_download_bytes"] == training.server.head.nbytes
+
+
+# the closed-form attacks on the per-layer rounds
+
+def singleton_case(tmp_path, protocol, clients):
+    config = RunConfig(algorithm="fedacnnl", protocol=protocol, dataset="samples-cifar10", clients=clients,
+                       partition="iid", acnn_channels=10)
+    return Case(config).run(tmp_path / protocol)
+
+
+def test_plaintext_layer_rounds_give_a_singleton_clients_sample_away_exactly(tmp_path):
+    case = singleton_case(tmp_path, "plaintext", 18)  # 18 images on 18 clients: every client holds one image
+    view = ServerView(case.transcript)
+    output = ATTACKS["singleton"]().run(view)
+    assert output.applicable and set(output.rounds.values()) == {"attacked"}
+    assert {item.space for item in output.items} == {"patch/1", "patch/2", "acnn-head/3"}
+    broadcasts = {int(e.spec["layout"]["layer"]): (e.broadcast, e.spec["layout"]) for e in view.rounds()}
+    config = view.config
+    for item in output.items:  # each is the client's image's own row of that layer, exactly
+        (sample,) = case.truth.client_indices[item.client]
+        layer = int(item.space.split("/")[1])
+        truth = sample_rows(config, *broadcasts[layer], case.truth.x[[sample]])[0]
+        assert item.label == case.truth.labels[sample]
+        assert np.max(np.abs(item.value - truth)) <= 1e-12 * np.max(np.abs(truth))
+    assert len(output.items) == 3 * 18
+    report = evaluate(ATTACKS["singleton"](), output, view, case.truth)  # scored in every layer's space
+    assert report["metrics"]["recovered_fraction"] == 1.0
+    counts = evaluate(ATTACKS["counts"](), ATTACKS["counts"]().run(view), view, case.truth)
+    assert counts["metrics"]["recovered_fraction"] == 1.0  # per image, not per patch row
+
+
+def test_masked_layer_rounds_leave_the_attacks_nothing(tmp_path):
+    view = ServerView(singleton_case(tmp_path, "mask", 6).transcript)
+    for name in ("singleton", "class-means", "counts"):
+        output = ATTACKS[name]().run(view)
+        assert not output.applicable and not output.items
+        assert "masked" in output.reason and "fedacnnl/layer-1" in output.reason

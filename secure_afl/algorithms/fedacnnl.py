@@ -311,7 +311,22 @@ def report(job: FedACnnLConfig, server: FedACnnLServer, clients: dict, features)
                      "rounds": [layer_round(l) for l in range(1, job.layers + 1)] + [HEAD_ROUND]}}
 
 
+def sample_rows(config: dict, broadcast, layout: dict, pixels) -> np.ndarray:
+    """Each image's row in the space of a round's statistics (for scoring attacks there): its mean patch row of
+    layer l (what H° / positions sums per class), or its head row; through the weights that round broadcast."""
+    layer = int(layout["layer"])
+    weights = [np.asarray(broadcast[f"w{l}"]) for l in range(1, layer)]
+    x = torch.as_tensor(np.asarray(pixels))
+    chunks = []
+    for start in range(0, len(x), PREDICT_CHUNK):
+        maps = patches.forward(x[start : start + PREDICT_CHUNK], weights, float(config["acnn_slope"]))
+        rows = patches.head_rows(maps) if layout["rows"] == "acnn-head" else patches.windows(maps).mean(dim=1)
+        chunks.append(torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], dim=1).numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, int(layout["dim"])))
+
+
 ACNN_OPTIONS = ("acnn_layers", "acnn_channels", "acnn_slope", "acnn_clip", "acnn_encoding", "acnn_seed",
                 "acnn_gamma", "acnn_batch")
 ALGORITHM = Algorithm("fedacnnl", configure, build, options=ACNN_OPTIONS, rounds=lambda config: config.acnn_layers + 1,
-                      reference=reference, report=report, model_type=FedACnnLModel, inputs="pixels")
+                      reference=reference, report=report, model_type=FedACnnLModel, sample_rows=sample_rows,
+                      inputs="pixels")

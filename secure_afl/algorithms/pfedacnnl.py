@@ -263,4 +263,4 @@ ALGORITHM = Algorithm(
     rounds=lambda config: config.acnn_layers + 1 + (1 + config.pfed_groups if config.pfed_groups else 0),
     validate=validate, reference=lambda job, x, y, classes, max_norm: fedacnnl.reference(job.base, x, y, classes,
                                                                                           max_norm),
-    personalize=personalize, report=report, model_type=FedACnnLModel, inputs="pixels")
+    personalize=personalize, report=report, model_type=FedACnnLModel, sample_rows=fedacnnl.sample_rows, inputs="pixels")
