@@ -3,6 +3,7 @@ the client count, the protocol and the mini-batch size; the declared bounds hold
 pFedACnnL's personal models follow only from what each client holds and receives; the closed-form attacks read
 the per-layer rounds in plaintext and not under masking."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -275,6 +276,7 @@ def test_personalized_accuracy_is_the_mean_of_each_clients_own_held_out_accuracy
     assert metrics["personalized_accuracy"] == pytest.approx(np.nanmean(own), abs=1e-12)
     assert metrics["max_rel_diff_to_centralized"] <= 1e-5  # the global model: FedACnnL's, masked (see above)
     assert set(metrics["acnn"]["choices"]) == {str(k) for k in range(4)}
+    json.dumps(metrics["acnn"], allow_nan=False)  # λ = ∞ (W_g kept) is written as null: the results file is strict JSON
     assert metrics["acnn"]["personalization_download_bytes"] == training.server.head.nbytes
 
 

@@ -246,13 +246,14 @@ def personalize(job: PFedACnnLConfig, server: PFedACnnLServer, clients: dict) ->
 
 
 def report(job: PFedACnnLConfig, server: PFedACnnLServer, clients: dict, features) -> dict:
-    """FedACnnL's report, the groups, each client's chosen λ / α and what each client received to personalize."""
+    """FedACnnL's report, the groups, each client's chosen λ / α (null: λ = ∞, W_g itself) and what each client
+    received to personalize."""
     base = fedacnnl.report(job.base, server, clients, features)
     head_layer = job.base.layers + 1
     received = server.head.nbytes if job.objective == "proximal" else (
         server.sums[head_layer].gram.nbytes + server.sums[head_layer].cross.nbytes)
     base["acnn"].update(objective=job.objective, groups=server.groups,
-                        choices={str(k): v for k, v in sorted(server.choices.items())},
+                        choices={str(k): None if np.isinf(v) else v for k, v in sorted(server.choices.items())},
                         personalization_download_bytes=int(received))
     return base
 
