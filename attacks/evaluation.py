@@ -35,6 +35,7 @@ from attacks.case import GroundTruth
 from attacks.statistics.difference import same_statistic
 from secure_afl.algorithms.deepafl import configure as deepafl_config
 from secure_afl.algorithms.deepafl import LowRank, layer_features
+from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
 
 TARGETS = {
@@ -76,10 +77,22 @@ class Spaces:
     def rows(self, space: str) -> tuple[np.ndarray, np.ndarray]:
         if space not in self._rows:
             kind, _, layer = space.partition("/")
-            if kind != "phi" or not layer.isdigit():
-                raise KeyError(f"no ground truth for feature space {space!r}")
-            self._rows[space] = tuple(self._deepafl_layer(rows, int(layer)) for rows in (self.truth.x, self.truth.test_x))
+            if kind == "phi" and layer.isdigit():
+                self._rows[space] = tuple(self._deepafl_layer(rows, int(layer)) for rows in (self.truth.x, self.truth.test_x))
+            else:
+                self._rows[space] = self._replayed(space)
         return self._rows[space]
+
+    def _replayed(self, space: str) -> tuple[np.ndarray, np.ndarray]:
+        """Each sample's row in a hidden layer's space, replayed by the algorithm (its registry's ``sample_rows``)
+        with what the round that lives there broadcast (public, in the transcript)."""
+        replay = algorithm(self.view.config["algorithm"]).sample_rows
+        entry = next((e for e in self.view.rounds() if f"{e.spec.get('layout', {}).get('rows')}/"
+                      f"{e.spec.get('layout', {}).get('layer')}" == space), None)
+        if replay is None or entry is None:
+            raise KeyError(f"no ground truth for feature space {space!r}")
+        return tuple(replay(self.view.config, entry.broadcast, entry.spec["layout"], rows)
+                     for rows in (self.truth.x, self.truth.test_x))
 
     def _deepafl_layer(self, x: np.ndarray, layer: int) -> np.ndarray:
         """Φ_layer of rows of X, replayed with the Ω_t the server broadcast (public, in the transcript)."""

@@ -14,6 +14,8 @@ import numpy as np
 from protocols import PROTOCOLS, ProtocolError
 from protocols.masking import STAGES
 from secure_afl.algorithms.convnet import CNNS
+from secure_afl.algorithms.fedacnnl import ENCODINGS
+from secure_afl.algorithms.pfedacnnl import OBJECTIVES
 from secure_afl.algorithms.fedavg import ACCOUNTANTS, DEFAULT_LR, HEADS
 from secure_afl.algorithms.registry import ALGORITHMS
 from secure_afl.config import RunConfig
@@ -155,6 +157,30 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     grad.add_argument("--cnn-width", type=int, default=defaults.cnn_width, help="the ConvNet's width (breaching's is 64)")
     grad.add_argument("--param-bound", type=float, default=defaults.param_bound,
                       help="public box |θ_i| ≤ bound on what a client sends (the protocols' declared bound)")
+    acnn = p.add_argument_group("FedACnnL / pFedACnnL (--algorithm fedacnnl | pfedacnnl: a CNN on 32 px pixels, "
+                                "trained layer by layer in closed form)")
+    acnn.add_argument("--acnn-layers", type=int, default=defaults.acnn_layers, help="L convolutions (L + 1 rounds)")
+    acnn.add_argument("--acnn-channels", type=int, default=defaults.acnn_channels, help="channels of every convolution")
+    acnn.add_argument("--acnn-slope", type=float, default=defaults.acnn_slope, help="negative slope of the leaky ReLU")
+    acnn.add_argument("--acnn-clip", type=float, default=defaults.acnn_clip,
+                      help="encoded labels are clipped to ±CLIP before the inverse activation")
+    acnn.add_argument("--acnn-encoding", choices=ENCODINGS, default=defaults.acnn_encoding,
+                      help="the public label-encoding matrices E_l")
+    acnn.add_argument("--acnn-seed", type=int, default=defaults.acnn_seed, help="public seed of the E_l")
+    acnn.add_argument("--acnn-gamma", type=float, default=defaults.acnn_gamma,
+                      help="ridge γ of the convolutions' solves (the head uses --gamma)")
+    acnn.add_argument("--acnn-batch", type=int, default=defaults.acnn_batch,
+                      help="images per mini-batch a client accumulates over (the result does not depend on it)")
+    acnn.add_argument("--pfed-objective", choices=OBJECTIVES, default=defaults.pfed_objective,
+                      help="pfedacnnl: each client's head, (G_k+λI)⁻¹(H_k+λW_g) or (G_g+(α−1)G_k+γI)⁻¹(H_g+(α−1)H_k), "
+                           "λ / α chosen on its own validation split")
+    acnn.add_argument("--pfed-groups", type=int, default=defaults.pfed_groups,
+                      help="pfedacnnl: cluster clients by label histogram into this many groups (plaintext only: the "
+                           "histograms are disclosed); 0: no grouping")
+    acnn.add_argument("--pfed-min-group", type=int, default=defaults.pfed_min_group,
+                      help="pfedacnnl: the fewest clients a group's round may hold")
+    acnn.add_argument("--pfed-validation", type=float, default=defaults.pfed_validation,
+                      help="pfedacnnl: fraction of a client's images it chooses λ / α on")
     dp = p.add_argument_group("differential privacy (DP-SGD for fedavg / fedprox; DP on the statistics for afl / apfl / deepafl)")
     dp.add_argument("--dp-epsilon", type=float, default=None, help="target ε for the whole run")
     dp.add_argument("--dp-noise", type=float, default=None, help="the noise multiplier z instead of a target ε")

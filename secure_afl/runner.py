@@ -553,8 +553,12 @@ def evaluate(model, central, data: FederatedData, included: list[int], personal:
     global_per_client = [_accuracy(predicted[idx], data.test_y[idx]) for idx in data.held_out_indices]
     per_client = global_per_client
     if personal is not None:
-        refine_x = data.refine_test_x.cpu().numpy()
-        per_client = [personal[k].accuracy(test_x[idx], refine_x[idx], data.test_y[idx]) if k in personal
+        refine_x = None if data.refine_test_x is None else data.refine_test_x.cpu().numpy()  # APFL's second stream
+
+        def inputs(idx):  # what a personalized model predicts from: the features, and APFL's refinement features
+            return (test_x[idx],) if refine_x is None else (test_x[idx], refine_x[idx])
+
+        per_client = [personal[k].accuracy(*inputs(idx), data.test_y[idx]) if k in personal
                       else global_per_client[k] for k, idx in enumerate(data.held_out_indices)]
     evaluated = [acc for acc in per_client if not np.isnan(acc)]
     global_evaluated = [acc for acc in global_per_client if not np.isnan(acc)]

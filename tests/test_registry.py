@@ -75,7 +75,8 @@ def dummy(monkeypatch):
 
 
 def test_built_in_algorithms_are_registered_once_under_their_names():
-    assert list(ALGORITHMS) == ["afl", "apfl", "deepafl", "fedavg", "fedprox", "fedsgd-cnn", "fedavg-cnn"]
+    assert list(ALGORITHMS) == ["afl", "apfl", "deepafl", "fedavg", "fedprox", "fedsgd-cnn", "fedavg-cnn",
+                               "fedacnnl", "pfedacnnl"]
     assert all(algorithm(name).name == name for name in ALGORITHMS)
     with pytest.raises(ConfigError, match="already registered"):
         register(ALGORITHMS["afl"])

@@ -78,8 +78,17 @@ def client_statistics(item: StatisticsRound) -> dict[int, Statistics]:
 
 
 def unpack(item: StatisticsRound, vector) -> Statistics:
-    """One packed vector of this round (a client's, or the sum) as statistics with rows in ``item.space``."""
+    """One packed vector of this round (a client's, or the sum) as statistics with rows in ``item.space``.
+
+    A layout that declares ``positions`` P > 1 rows per sample (FedACnnL's patch rows: one per output position of
+    an image) is read per sample: H / P holds, per class, the sum of each sample's mean row, and the counts / P
+    count samples, so the class-mean, singleton and count attacks read samples there exactly (P is a power of
+    two: the division is exact). G stays the Gram of the rows, which no per-sample attack reads."""
     stats = StatisticsLayout(int(item.layout["dim"]), int(item.layout["classes"])).unpack(vector)
     if item.scale != 1.0:
         stats = Statistics(stats.gram / item.scale**2, stats.cross / item.scale, stats.count, stats.class_counts)
+    positions = int(item.layout.get("positions", 1))
+    if positions != 1:
+        stats = Statistics(stats.gram, stats.cross / positions, stats.count // positions,
+                           stats.class_counts // positions)
     return stats

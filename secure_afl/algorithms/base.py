@@ -113,5 +113,8 @@ class Algorithm:
     report: Callable[[Any, AlgorithmServer, dict, Any], dict] | None = None  # (job, server, clients, features)
     history: bool = False  # record the global test accuracy after every round (iterative algorithms)
     model_type: type | None = None  # the class of ``server.model()``: its ``state``/``from_state`` save and load it
+    sample_rows: Callable[[dict, Mapping[str, np.ndarray], dict, np.ndarray], np.ndarray] | None = None
+    # (public config, a round's broadcast, its layout, input rows) → each sample's row in the space that round's
+    # statistics live in (a layered model's hidden layer), for scoring attacks there; None: only the inputs' space
     inputs: str = "features"  # what clients train on: "features" (backbone features through the public feature
     # map) or "pixels" (normalised 32 px pixel rows, algorithms/convnet.py: a model trained end to end, no backbone)

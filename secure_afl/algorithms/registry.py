@@ -6,7 +6,7 @@ scopes and the CLI's choices all read this registry, never an algorithm's name.
 
 from __future__ import annotations
 
-from secure_afl.algorithms import afl, apfl, convnet, deepafl, fedavg
+from secure_afl.algorithms import afl, apfl, convnet, deepafl, fedacnnl, fedavg, pfedacnnl
 from secure_afl.algorithms.base import Algorithm
 from secure_afl.errors import ConfigError
 
@@ -37,6 +37,7 @@ def algorithm_scopes() -> dict[str, tuple[str, ...]]:
 
 
 _BUILT_IN = (afl.ALGORITHM, apfl.ALGORITHM, deepafl.ALGORITHM, fedavg.FEDAVG, fedavg.FEDPROX,
-             convnet.FEDSGD_CNN, convnet.FEDAVG_CNN)
+             convnet.FEDSGD_CNN, convnet.FEDAVG_CNN, fedacnnl.ALGORITHM,
+             pfedacnnl.ALGORITHM)
 for _entry in _BUILT_IN:
     register(_entry)
