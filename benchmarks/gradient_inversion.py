@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--scratch", default="/tmp/secure-afl-gradient-inversion")
+    parser.add_argument("--out", default=str(RESULTS / "gradient_inversion.json"), help="the JSON (its plot beside it)")
     args = parser.parse_args()
     warnings.simplefilter("ignore", PlaintextAggregationWarning)
     warnings.simplefilter("ignore", SmallTestSplitWarning)
@@ -129,8 +130,8 @@ def main() -> None:
                                             "algorithms": args.algorithms, "batches": args.batches,
                                             "cnn_width": RunConfig.cnn_width},
                                 "environment": environment(resolve_device("auto"), None)}
-                    write_results(RESULTS / "gradient_inversion.json", document, overwrite=True)
-                    plot(rows, RESULTS / "gradient_inversion.png")
+                    write_results(Path(args.out), document, overwrite=True)
+                    plot(rows, Path(args.out).with_suffix(".png"))
 
 
 if __name__ == "__main__":
