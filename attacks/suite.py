@@ -37,6 +37,7 @@ from attacks.inversion.decoder import DecoderSettings
 from attacks.inversion.evaluation import evaluate_inversion as evaluate_feature_inversion
 from attacks.inversion.knowledge import Encoder, Knowledge, PublicImages
 from attacks.inversion.optimise import OptimiseSettings
+from attacks.inversion.statistics_matching import MatchSettings, MatchStatistics
 from attacks.membership.attack import MembershipAttack
 from attacks.membership.evaluation import evaluate_membership
 from attacks.membership.plot import save_roc
@@ -50,19 +51,22 @@ from secure_afl.features.cache import default_cache_dir
 from secure_afl.results import SCHEMA_VERSION, environment
 from secure_afl.runner import LOCAL_FIELDS, PARTITION_FIELDS
 
-PICTURED = ("singletons", "samples", "batches", "membership")  # target kinds with a picture: single images, or ROC curves
-NOT_IN_ALL = ("invert",)  # trains a decoder (minutes on a CPU): asked for by name only
+# target kinds with a picture: single images, or ROC curves
+PICTURED = ("singletons", "samples", "batches", "small-clients", "membership")
+NOT_IN_ALL = ("invert", "match-statistics")  # train a decoder or optimise images (minutes on a CPU): asked for by name
 DECODE_CAP = 64  # largest side decoded: image files are read at their own size up to this
 
 
 @dataclass(frozen=True)
 class InversionOptions:
-    """How ``invert`` runs: which recovered features it inverts and by which method (attacks/inversion/attack.py)."""
+    """How ``invert`` runs: which recovered features it inverts and by which method (attacks/inversion/attack.py);
+    and how ``match-statistics`` fits images to small clients' statistics (attacks/inversion/statistics_matching.py)."""
 
     source: str = "singleton"
     method: str = "decoder"
     decoder: DecoderSettings = field(default_factory=DecoderSettings)
     optimise: OptimiseSettings = field(default_factory=OptimiseSettings)
+    matching: MatchSettings = field(default_factory=MatchSettings)
 
 
 def attack_names(requested: str) -> list[str]:
@@ -158,8 +162,8 @@ def _attack_all(names: list[str], view: ServerView, truth: GroundTruth | None, d
                 inverting: _Inverting) -> None:
     """Run, score and (where there is something to show) picture each attack on one view."""
     for name in names:
-        if ATTACKS[name] is InvertAttack:
-            report, picture = inverting.run(view, truth)
+        if ATTACKS[name] in (InvertAttack, MatchStatistics):
+            report, picture = inverting.run(ATTACKS[name], view, truth)
             document["attacks"][name] = report
             if picture is not None:
                 pictures[name] = picture
@@ -191,13 +195,14 @@ class _Inverting:
     config: RunConfig | None
     progress: bool
 
-    def run(self, view: ServerView, truth: GroundTruth | None) -> tuple[dict, dict | None]:
+    def run(self, kind: type, view: ServerView, truth: GroundTruth | None) -> tuple[dict, dict | None]:
         knowledge = None if truth is None or self.config is None else self.knowledge(truth)
-        oracle = None
-        if self.options.source == ORACLE and truth is not None:
-            oracle = oracle_features(truth)
-        attack = InvertAttack(knowledge, self.options.source, self.options.method, oracle, self.options.decoder,
-                              self.options.optimise)
+        if kind is MatchStatistics:
+            attack = MatchStatistics(knowledge, self.options.matching, self.options.decoder)
+        else:
+            oracle = oracle_features(truth) if self.options.source == ORACLE and truth is not None else None
+            attack = InvertAttack(knowledge, self.options.source, self.options.method, oracle, self.options.decoder,
+                                  self.options.optimise)
         output = attack.run(view)
         return evaluate_feature_inversion(attack, output, view, truth, knowledge)
 

@@ -4,13 +4,16 @@ For each data set (mnist5k; the shipped CIFAR-10 / CIFAR-100 / ImageNet samples,
 leaves public images to train on), plaintext AFL (α = 0.1, seed 0): the ``invert`` attack on the
 singleton features, on the ``gram`` rows and on the true features (the ORACLE: the image stage
 alone), with the learned decoder and, on the singletons, the decoder refined by optimisation
-through the backbone. Per setting: targets, PSNR and SSIM against the class-mean and random
-same-class baselines, pixel- and feature-space identifiability, top-5, feature cosine, seconds per
-image. Statistics matching (dummy images fitted to a client's G_k, H_k) is not implemented yet and
-is recorded as such. Writes benchmarks/results/inversion.json, one grid per setting and
-inversion.png (identified fraction against the target's class size on its client, gram rows).
+through the backbone. Statistics matching (``match-statistics``: dummy images fitted to a small
+client's G_k, H_k, started from the decoder) attacks the clients of the same job that hold at most 8
+samples (``MATCHED_CLIENTS`` of them at most; on mnist5k's default job one client of 5), beside the
+closed-form route (the ``gram`` rows decoded) scored on the same targets. Per setting: targets, PSNR
+and SSIM against the class-mean and random same-class baselines, pixel- and feature-space
+identifiability, top-5, feature cosine, seconds per image. Writes benchmarks/results/inversion.json
+(rewritten after every data set), one grid per setting and inversion.png (identified fraction against
+the target's class size on its client).
 
-    python benchmarks/inversion.py [--datasets mnist5k samples-cifar10 ...] [--optimise-steps 60]
+    python benchmarks/inversion.py [--datasets mnist5k samples-cifar10 ...] [--optimise-steps 60] [--match-steps 60]
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from attacks.grid import save_grid  # noqa: E402
 from attacks.inversion.optimise import OptimiseSettings  # noqa: E402
+from attacks.inversion.statistics_matching import MatchSettings  # noqa: E402
 from attacks.suite import InversionOptions, attack_run  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.results import write_results  # noqa: E402
@@ -34,71 +39,104 @@ from secure_afl.results import write_results  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 CLIENTS = {"mnist5k": 20, "samples-cifar10": 4, "samples-cifar100": 4, "samples-imagenet": 4}
 SETTINGS = (("singleton", "decoder"), ("gram", "decoder"), ("true", "decoder"), ("singleton", "decoder+optimise"))
+MATCHED_CLIENTS = 8  # small clients statistics matching attacks per data set (the CPU budget)
 KEEP = ("targets", "matched", "psnr_mean", "psnr_median", "ssim_mean", "identified_fraction", "top5_fraction",
         "feature_identified_fraction", "feature_cosine_mean", "baseline_psnr_mean", "by_method", "baselines",
         "by_class_size")
 
 
-def row(config: RunConfig, source: str, method: str, optimise_steps: int, grid: Path) -> dict:
+def row(config: RunConfig, attack: str, options: InversionOptions, grid: Path) -> tuple[dict, dict]:
+    """(the benchmark's row, the attack's per-target rows)."""
     started = time.perf_counter()
-    options = InversionOptions(source, method, optimise=OptimiseSettings(steps=optimise_steps))
-    document, pictures = attack_run(["invert"], config, inversion=options)
-    if "invert" in pictures:
-        save_grid(grid, pictures["invert"])
+    document, pictures = attack_run([attack], config, inversion=options)
+    if attack in pictures:
+        save_grid(grid, pictures[attack])
     metrics = document["metrics"]
     targets = metrics.get("matched") or 0
-    return {"dataset": config.dataset, "clients": config.clients, "alpha": config.alpha, "seed": config.seed,
-            "source": source, "method": method, "oracle": document["oracle"], "applicable": document["applicable"],
-            "reason": document["reason"], "public_images": document["public_images"], "decoder": document["decoder"],
-            "metrics": {k: metrics[k] for k in KEEP if k in metrics},
+    return {"dataset": config.dataset, "clients": config.clients, "partition": config.partition, "alpha": config.alpha,
+            "seed": config.seed, "attack": attack, "source": document["source"],
+            "method": document["method"],
+            "oracle": document["oracle"], "applicable": document["applicable"], "reason": document["reason"],
+            "targets_rule": document["targets"], "public_images": document["public_images"],
+            "decoder": document["decoder"], "metrics": {k: metrics[k] for k in KEEP if k in metrics},
             "attack_seconds": document["seconds"],
             "seconds_per_image": document["seconds"] / targets if targets else None,
-            "wall_seconds": time.perf_counter() - started, "grid": grid.name if "invert" in pictures else None,
-            "environment": document["environment"]}
+            "wall_seconds": time.perf_counter() - started, "grid": grid.name if attack in pictures else None,
+            "environment": document["environment"]}, document.get("per_target") or []
+
+
+def on_targets(per_target: list[dict], targets: set[int]) -> dict:
+    """The closed-form route's figures restricted to the samples statistics matching was scored on."""
+    rows = [r for r in per_target if r["sample"] in targets]
+    if not rows:
+        return {"targets": len(targets), "matched": 0}
+    return {"targets": len(targets), "matched": len(rows), "psnr_mean": float(np.mean([r["score"] for r in rows])),
+            "identified_fraction": sum(r["identified"] for r in rows) / len(targets),
+            "feature_identified_fraction": sum(r["feature_identified"] for r in rows) / len(targets),
+            "feature_cosine_mean": float(np.mean([r["feature_cosine"] for r in rows]))}
+
+
+def report(r: dict) -> None:
+    m = r["metrics"]
+    label = f"{r['dataset']:17s} {r['clients']:4d} clients {r['source']:10s} {r['method']:18s}"
+    if m.get("psnr_mean") is None:
+        print(f"{label} not applicable: {r['reason']}", flush=True)
+        return
+    print(f"{label} targets {m['targets']:4d}  PSNR {m['psnr_mean']:.2f} dB (class mean {m['baseline_psnr_mean']:.2f})"
+          f"  identified {m['identified_fraction']:.3f} (class mean {m['baselines']['class_mean']['identified_fraction']:.3f})"
+          f"  top-5 {m['top5_fraction']:.3f}  feature-space {m['feature_identified_fraction']:.3f}  "
+          f"({r['wall_seconds']:.0f} s)", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(CLIENTS))
     parser.add_argument("--optimise-steps", type=int, default=60)
+    parser.add_argument("--match-steps", type=int, default=60)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)
     rows = []
     started = time.perf_counter()
+    optimise = OptimiseSettings(steps=args.optimise_steps)
+    matching = MatchSettings(steps=args.match_steps, clients=MATCHED_CLIENTS)
     for dataset in args.datasets:
+        closed: list[dict] = []
         config = RunConfig(protocol="plaintext", dataset=dataset, clients=CLIENTS.get(dataset, 20), device=args.device)
         for source, method in SETTINGS:
             grid = RESULTS / f"inversion-{dataset}-{source}-{method.replace('+', '-')}.png"
-            rows.append(row(config, source, method, args.optimise_steps, grid))
-            m = rows[-1]["metrics"]
-            if m.get("psnr_mean") is None:
-                print(f"{dataset:17s} {source:9s} {method:16s} not applicable: {rows[-1]['reason']}", flush=True)
-                continue
-            print(f"{dataset:17s} {source:9s} {method:16s} targets {m['targets']:4d}  PSNR {m['psnr_mean']:.2f} dB "
-                  f"(class mean {m['baseline_psnr_mean']:.2f})  identified {m['identified_fraction']:.3f} "
-                  f"(class mean {m['baselines']['class_mean']['identified_fraction']:.3f})  top-5 {m['top5_fraction']:.3f}"
-                  f"  feature-space {m['feature_identified_fraction']:.3f}  ({rows[-1]['wall_seconds']:.0f} s)",
-                  flush=True)
-    document = {"schema_version": 1, "benchmark": "inversion", "rows": rows,
-                "statistics_matching": "not implemented: dummy images fitted to a client's G_k, H_k (issue 13, part 1)",
-                "total_seconds": time.perf_counter() - started, "environment": rows[-1]["environment"] if rows else None}
-    RESULTS.mkdir(exist_ok=True)
-    write_results(RESULTS / "inversion.json", document, overwrite=True)
-    plot(rows, RESULTS / "inversion.png")
+            done, per_target = row(config, "invert", InversionOptions(source, method, optimise=optimise), grid)
+            closed = per_target if source == "gram" else closed
+            rows.append(done)
+            report(done)
+        matched, per_target = row(config, "match-statistics", InversionOptions(matching=matching),
+                                  RESULTS / f"inversion-{dataset}-statistics-matching.png")
+        matched["closed_form_on_same_targets"] = {"route": "gram rows → decoder (the row above)",
+                                                  **on_targets(closed, {r["sample"] for r in per_target})}
+        rows.append(matched)
+        report(matched)
+        document = {"schema_version": 1, "benchmark": "inversion", "rows": rows,
+                    "settings": {"optimise_steps": args.optimise_steps, "match_steps": args.match_steps,
+                                 "matched_clients": MATCHED_CLIENTS, "datasets": args.datasets},
+                    "total_seconds": time.perf_counter() - started, "environment": rows[-1]["environment"]}
+        RESULTS.mkdir(exist_ok=True)
+        write_results(RESULTS / "inversion.json", document, overwrite=True)
+        plot(rows, RESULTS / "inversion.png")
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Identified fraction of the gram rows' images against the size of the target's class on its client."""
+    """Identified fraction of the gram rows' and the matched images against the size of the target's class on its
+    client."""
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for r in rows:
         sizes = r["metrics"].get("by_class_size") or (r["metrics"].get("by_method") or {}).get("decoder", {}).get(
             "by_class_size")
-        if r["source"] != "gram" or not sizes:
+        if r["source"] not in ("gram", "statistics") or not sizes:
             continue
         keys = sorted(sizes, key=int)
-        axis.plot([int(k) for k in keys], [sizes[k]["identified"] / sizes[k]["targets"] for k in keys], "o-",
-                  label=f"{r['dataset']} (gram rows → decoder)")
+        axis.plot([int(k) for k in keys], [sizes[k]["identified"] / sizes[k]["targets"] for k in keys],
+                  "s--" if r["source"] == "statistics" else "o-",
+                  label=f"{r['dataset']}, {r['clients']} clients ({r['source']} → {r['method']})")
     axis.set_xscale("log")
     axis.set_xlabel("samples of the target's class on its client")
     axis.set_ylabel("identified fraction (pixel nearest neighbour)")

@@ -302,7 +302,9 @@ def _attack_parser(sub) -> None:
                                    "Attacks see only the transcript and public knowledge; ground truth reaches only "
                                    "the evaluator.")
     p.add_argument("--attack", required=True, help="an attack name (counts, class-means, singleton, gram, difference, "
-                                                   "buffer, membership, invert) or all (every one but invert)")
+                                                   "buffer, membership, invert, match-statistics, dlg, idlg, "
+                                                   "inverting-gradients, head-features) or all (every one but invert "
+                                                   "and match-statistics)")
     p.add_argument("--transcript", default=None, metavar="DIR",
                    help="attack this saved transcript instead of running a case; the run options then only give the "
                         "partition (--seed, --alpha …) to score it against")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.base import ATTACKS
+from attacks.base import ATTACKS, ServerView
+from attacks.case import Case
 from attacks.images import identify, pixels
 from attacks.inversion.attack import InvertAttack
 from attacks.inversion.augment import Augmentation
@@ -15,6 +16,7 @@ from attacks.inversion.decoder import DecoderSettings, trained_decoder
 from attacks.inversion.decoder_cache import DecoderCacheWarning
 from attacks.inversion.knowledge import Knowledge
 from attacks.inversion.optimise import OptimiseSettings, optimise_images
+from attacks.inversion.statistics_matching import MatchSettings, MatchStatistics, public_map, statistics_loss
 from attacks.suite import InversionOptions, attack_run, public_knowledge
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import load_dataset
@@ -138,3 +140,41 @@ def test_inversion_options_only_apply_to_invert(tmp_path, capsys, monkeypatch):
     code = main(["attack", "--attack", "counts", "--source", "gram", "--dataset", "digits", "--out", "r.json"])
     assert code == 2 and "--source and --method only apply to the invert attack" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# six clients (Dirichlet α = 0.1, seed 3): client 0 holds four digits, small enough for statistics matching (n_k ≤ 8)
+SMALL_JOB = replace(DIGITS_JOB, clients=6, seed=3, protocol="plaintext")
+
+
+def test_the_true_images_of_a_small_client_reproduce_its_transmitted_statistics(digits, tmp_path):
+    """The space matching works in is the one the statistics are in: backbone, then the job's public map."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ran = Case(replace(SMALL_JOB, cache_dir=str(digits["cache"]))).run(tmp_path / "t")
+    view = ServerView(ran.transcript)
+    attack = MatchStatistics(digits["knowledge"], MatchSettings(clients=None))
+    targets = attack.client_targets(view, {})
+    assert [(t.client, len(t.labels)) for t in targets] == [(0, 4)]  # the only client with at most 8 samples
+    feature_map = public_map(view.config)
+    for target in targets:
+        samples = ran.truth.client_indices[target.client]
+        assert sorted(ran.truth.labels[samples]) == list(target.labels)  # the counts give the labels exactly
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(ran.truth.labels[samples]), 10).double()
+        images = torch.from_numpy(ran.truth.images(samples, 8)).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            rows, _ = feature_map.apply(digits["encoder"](images))
+        assert statistics_loss(rows, onehot, target.gram, target.cross) < 1e-8
+        shuffled = rows[torch.arange(len(rows) - 1, -1, -1)]  # the same images under the wrong labels
+        assert len(set(target.labels)) == 1 or statistics_loss(shuffled, onehot, target.gram, target.cross) > 1e-3
+
+
+def test_statistics_matching_under_masking_is_not_applicable(digits):
+    job = replace(SMALL_JOB, protocol="mask", cache_dir=str(digits["cache"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        document, pictures = attack_run(["match-statistics"], job, inversion=InversionOptions(
+            matching=MatchSettings(steps=1, start="noise")))
+    assert document["applicable"] is False and "masked" in document["reason"]
+    assert document["metrics"]["identified_fraction"] == 0.0 and "match-statistics" not in pictures
+    with pytest.raises(ValueError, match="unknown matching start"):
+        MatchStatistics(None, MatchSettings(start="dreams"))

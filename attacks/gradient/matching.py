@@ -89,8 +89,11 @@ def invert(update: ClientUpdate, recipe: Recipe, dataset: str, seed: int) -> tup
         return value.detach()
 
     if recipe.optimizer == "lbfgs":
-        optimizer = torch.optim.LBFGS(variables, lr=recipe.lr, max_iter=recipe.steps, history_size=100,
-                                      tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+        # strong-Wolfe line searches take more than one evaluation per iteration: torch's default cap of
+        # 1.25 evaluations per iteration would end the run early
+        optimizer = torch.optim.LBFGS(variables, lr=recipe.lr, max_iter=recipe.steps, max_eval=recipe.steps * 2,
+                                      history_size=100, tolerance_grad=1e-12, tolerance_change=1e-14,
+                                      line_search_fn="strong_wolfe")
         optimizer.step(closure)
     else:
         optimizer = torch.optim.Adam(variables, lr=recipe.lr)

@@ -31,22 +31,25 @@ from attacks.evaluation import TARGETS
 from attacks.images import identify, pixels, psnr, ssim
 from attacks.inversion.attack import ORACLE, InvertAttack
 from attacks.inversion.knowledge import Knowledge, unit
+from attacks.inversion.statistics_matching import SMALL_CLIENTS, MatchSettings, MatchStatistics
 
 BASELINE_SEED = 0  # which same-class training image the random baseline draws: fixed, not secret
 TOP = 5
+DESCRIPTIONS = {**TARGETS, SMALL_CLIENTS: "every training sample of the attacked clients (the first by id of those "
+                                          "holding at most the attack's bound of samples)"}
 IDENTIFICATION = ("the target is the nearest neighbour of the reconstruction among all {pool} training images: in "
                   "pixel space (Euclidean, [0, 1] pixels at native resolution) and in backbone feature space (cosine, "
                   "the reconstruction re-encoded by the public backbone)")
 
 
-def evaluate_inversion(attack: InvertAttack, output: AttackOutput, view: ServerView, truth: GroundTruth | None,
+def evaluate_inversion(attack: InvertAttack | MatchStatistics, output: AttackOutput, view: ServerView, truth: GroundTruth | None,
                        knowledge: Knowledge | None) -> tuple[dict, dict | None]:
     """(report, picture or None): the attack's report with metrics per method and the baselines."""
     report = {
         "attack": attack.name, "applicable": output.applicable, "reason": output.reason,
         "threat_model": attack.threat_model, "oracle": attack.source == ORACLE, "source": attack.source,
         "method": attack.method, "metric": attack.metric, "threshold": attack.threshold,
-        "targets": TARGETS[attack.targets], "rounds": output.rounds, "seconds": output.seconds,
+        "targets": DESCRIPTIONS[attack.targets], "rounds": output.rounds, "seconds": output.seconds,
         "public_images": None if knowledge is None else knowledge.public.description,
         "decoder": None if attack.decoder is None else attack.decoder.describe(),
     }
@@ -55,7 +58,7 @@ def evaluate_inversion(attack: InvertAttack, output: AttackOutput, view: ServerV
         report["metrics"] = {"targets": None, "recovered_fraction": None, "identified_fraction": None}
         return report, None
     scorer = _ImageScorer(truth, knowledge)
-    targets = scorer.targets(attack.targets)
+    targets = scorer.targets(attack.targets, getattr(attack, "settings", None))
     stages: dict[str, list] = defaultdict(list)
     for item in output.items:
         stages[item.space.partition("/")[2]].append(item)
@@ -94,7 +97,9 @@ class _ImageScorer:
         self.train_features = unit(torch.from_numpy(truth.backbone)).double().numpy()
         self.encoder = knowledge.encoder.to(knowledge.device)
 
-    def targets(self, kind: str) -> np.ndarray:
+    def targets(self, kind: str, matching: MatchSettings | None = None) -> np.ndarray:
+        if kind == SMALL_CLIENTS:
+            return small_client_samples(self.truth, matching)
         return self.truth.singletons() if kind == "singletons" else np.arange(len(self.truth.labels))
 
     def match(self, targets: np.ndarray, items) -> dict[int, np.ndarray]:
@@ -202,3 +207,12 @@ class _ImageScorer:
             members = targets[sizes == size]
             table[str(int(size))] = {"targets": len(members), "identified": int(sum(hit.get(int(s), False) for s in members))}
         return table
+
+
+def small_client_samples(truth: GroundTruth, settings: MatchSettings) -> np.ndarray:
+    """Every sample of the clients statistics matching attacks: those holding 1 … max_samples samples, lowest ids
+    first, up to ``settings.clients`` of them."""
+    used = truth.sent_indices if truth.sent_indices is not None else truth.client_indices
+    small = [rows for rows in used if 1 <= len(rows) <= settings.max_samples]
+    chosen = small if settings.clients is None else small[:settings.clients]
+    return np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
