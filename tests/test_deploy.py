@@ -14,7 +14,8 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from protocols import ContributionLedger, FixedPoint, Transcript  # noqa: E402
+from protocols import ContributionLedger, FixedPoint, Roster, Transcript  # noqa: E402
+from protocols.he.session import PublicSession  # noqa: E402
 from secure_afl.algorithms.afl import AFLConfig, reference  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.deploy.local import DeploymentError, LocalDeployment, _alive, run_local  # noqa: E402
@@ -25,15 +26,15 @@ JOB = {"dataset": "digits", "resolution": 32, "partition": "iid", "protocol": "m
 STAGE_TIMEOUT = 90.0  # a loaded 2-core machine answers a stage well within this; a dead node makes the stage wait it out
 
 
-def deploy(tmp_path, nodes: int, crash=None, transcript=None):
+def deploy(tmp_path, nodes: int, crash=None, transcript=None, **options):
     deployment = LocalDeployment(nodes, STAGE_TIMEOUT, connect_timeout=300.0, crash=crash or {},
                                  workdir=str(tmp_path / "work"))
-    return run_local(RunConfig(clients=nodes, **JOB), deployment, transcript)
+    return run_local(RunConfig(clients=nodes, **(JOB | options)), deployment, transcript)
 
 
-def in_process(clients: int):
+def in_process(clients: int, **options):
     """The same job in one process: its training, and each client's true statistics vector with the round's spec."""
-    plan = plan_run(RunConfig(clients=clients, **JOB))
+    plan = plan_run(RunConfig(clients=clients, **(JOB | options)))
     features = load_features(plan, Timer())
     server, algorithm_clients = build_algorithm(plan, features)
     spec = server.next_round()
@@ -116,3 +117,39 @@ def test_too_few_survivors_fail_cleanly_after_masked_inputs_without_revealing_an
     assert not (work / "out" / "model.npz").exists()
     for k in (0, 1):  # the survivors' masked inputs left them: each spent its statistic for the job
         assert len(ContributionLedger.in_directory(work / "sites" / str(k) / "ledger", k).entries()) == 1
+
+
+def test_he_bfv_afl_over_three_supernodes_equals_the_in_process_run_with_the_secret_key_on_a_node(tmp_path):
+    results = deploy(tmp_path, 3, transcript=str(tmp_path / "transcript"), protocol="he-bfv")
+    training, vectors, spec, _ = in_process(3, protocol="he-bfv")
+    weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
+    assert relative(weights, training.server.model().weights) <= 1e-9
+    assert results["metrics"]["accuracy"] == training.metrics["accuracy"]
+    assert results["bytes"]["included_clients"] == [0, 1, 2]
+    deployment = results["deployment"]
+    assert [s["stage"] for s in deployment["stages"]] == ["open", "encrypt", "decrypt"]
+    assert [s["answered"] for s in deployment["stages"]] == [[0], [0, 1, 2], [0]]  # client 0 holds the key
+    assert deployment["processes_left_running"] == [] and left_running(tmp_path) == []
+    (round_,) = Transcript.load(tmp_path / "transcript").rounds
+    view = round_.view()
+    assert view.secure and view.protocol == "he-bfv" and view.included == (0, 1, 2)
+    assert np.max(np.abs(view.total - sum(vectors.values()))) <= view.report["quantization_bound"]
+    (context,) = round_.messages["context"].values()
+    public = PublicSession.load(context, Roster.load(tmp_path / "work" / "roster.json"))
+    assert not public.context.has_secret_key()  # the server only ever held the public context
+    for vector in vectors.values():  # no client's statistics in the clear anywhere in the server's view
+        assert all(vector[:512].tobytes() not in data for stage in round_.messages.values() for data in stage.values())
+
+
+def test_a_key_holder_that_dies_before_decrypting_fails_the_round_cleanly(tmp_path):
+    """3 nodes, he-bfv: every client encrypted, then the key holder's machine died; nobody else can decrypt."""
+    with pytest.raises(DeploymentError, match="the key holder 0 dropped out at stage decrypt"):
+        deploy(tmp_path, 3, crash={0: "decrypt"}, transcript=str(tmp_path / "transcript"), protocol="he-bfv")
+    work = tmp_path / "work"
+    assert left_running(tmp_path) == []
+    report = json.loads((work / "out" / "server.json").read_text())
+    assert report["status"] == "failed"
+    assert [(s["stage"], s["answered"]) for s in report["stages"]] == [("open", [0]), ("encrypt", [0, 1, 2]),
+                                                                         ("decrypt", [])]
+    assert not (work / "out" / "transcript").exists() and not (tmp_path / "transcript").exists()
+    assert not (work / "out" / "model.npz").exists()

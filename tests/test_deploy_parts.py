@@ -53,7 +53,7 @@ def test_a_job_file_round_trips_and_a_foreign_or_unknown_one_is_refused(tmp_path
 
 @pytest.mark.parametrize("options, refused", [
     ({"algorithm": "deepafl"}, "--algorithm afl"),
-    ({"protocol": "he-bfv"}, "--protocol plaintext or mask"),
+    ({"protocol": "he-ckks"}, "--protocol plaintext, mask, he-bfv"),
     ({"dropout": {"input": 0.1}}, "--crash"),
     ({"protocol": "plaintext", "dp_epsilon": 1.0}, "DP"),
 ])
@@ -169,3 +169,51 @@ def test_the_deployed_server_and_a_site_derive_the_same_round_and_a_site_without
     assert (ours.name, ours.length, ours.bound) == (theirs.name, theirs.length, theirs.bound)
     with pytest.raises(ConfigError, match="withheld every row of this site"):
         site.algorithm(SiteData(x[:0], np.zeros(0, dtype=np.int64), 10, 100, 8))
+
+
+def test_a_key_holder_restored_from_its_snapshot_decrypts_the_round_it_opened_exactly_once():
+    """A SuperNode runs each stage in a fresh process: the key holder's secret key and open rounds survive in its
+    snapshot, and a nonce spent before the snapshot stays spent after it."""
+    from attacks.protocol.jobs import HEJob
+    from protocols import ProtocolAbort
+    from protocols.he.roles import HEKeyHolder
+
+    job = HEJob()
+    setup = job.setup()
+    inputs = {c: job.client(c).encrypt(setup) for c in job.vectors}
+    holder = HEKeyHolder.restore(job.holder.snapshot(), job.members[0])
+    assert (holder.public_context, holder.fingerprint) == (job.holder.public_context, job.holder.fingerprint)
+    holder.begin(setup)
+    for c in sorted(inputs):
+        holder.add(inputs[c])
+    words, included = job.server.receive_decrypted(holder.finish())
+    np.testing.assert_array_equal(words, job.expected())
+    assert included == set(job.vectors)
+    with pytest.raises(ProtocolAbort, match="nonce was not drawn"):  # its one decryption is spent
+        HEKeyHolder.restore(holder.snapshot(), job.members[0]).begin(setup)
+    with pytest.raises(ProtocolAbort, match="not the job's key holder"):
+        HEKeyHolder.restore(job.holder.snapshot(), job.members[1])
+    with pytest.raises(MalformedMessageError):
+        HEKeyHolder.restore(job.holder.snapshot()[:-3], job.members[0])
+
+
+def test_site_rows_round_trip_and_anything_else_is_refused(tmp_path):
+    from secure_afl.deploy.site import Task, read_site_rows, read_task, write_site_rows
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    y = np.array([0, 2, 2, 1])
+    features, labels = read_site_rows(write_site_rows(tmp_path / "rows.npz", x, y), num_classes=3)
+    assert np.array_equal(features, x) and features.dtype == np.float32 and np.array_equal(labels, y)
+    with pytest.raises(ConfigError, match="one label in 0..1"):
+        read_site_rows(tmp_path / "rows.npz", num_classes=2)
+    write_site_rows(tmp_path / "nan.npz", np.full((2, 3), np.nan), np.zeros(2))
+    with pytest.raises(ConfigError, match="finite"):
+        read_site_rows(tmp_path / "nan.npz", num_classes=3)
+    np.savez(tmp_path / "plain.npz", features=x, labels=y)
+    with pytest.raises(ConfigError, match="not a site rows file"):
+        read_site_rows(tmp_path / "plain.npz", num_classes=3)
+    config = RunConfig(clients=3, dataset="digits")
+    assert read_task(write_job(tmp_path / "job.json", config, Task(10, 1437))) == Task(10, 1437)
+    assert read_job(tmp_path / "job.json") == config
+    with pytest.raises(ConfigError, match="states no task"):
+        read_task(write_job(tmp_path / "bare.json", config))

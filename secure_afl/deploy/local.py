@@ -34,7 +34,7 @@ from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
 from secure_afl.deploy.issue import issue_files, node_config, toml_value
 from secure_afl.deploy.server_app import MODEL, REPORT, TRANSCRIPT
-from secure_afl.deploy.site import check_deployable
+from secure_afl.deploy.site import check_deployable, write_site_rows
 from secure_afl.errors import ConfigError, SecureAFLError
 from secure_afl.runner import Timer, Training, job_metrics, load_features, plan_run, results_document
 
@@ -42,7 +42,10 @@ APP = Path(__file__).with_name("app")
 CONNECTION = "secure-afl-local"
 OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-STAGES = ("hello", "plaintext", "advertise", "share", "input", "consistency", "unmask")
+# A SuperExec looks for a new message to start a ClientApp for once a second by default; every protocol stage
+# waits for that poll on every node, so a loopback federation polls every 50 ms.
+POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05"}
+STAGES = ("hello", "plaintext", "advertise", "share", "input", "consistency", "unmask", "open", "encrypt", "decrypt")
 
 
 class DeploymentError(SecureAFLError):
@@ -206,18 +209,22 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
         for sub in ("logs", "flwr", "out", "app"):
             (work / sub).mkdir()
         files = issue_files(plan, work)
+        features = load_features(plan, timer)  # the operator's evaluation data; here also each site's own rows
+        rows = {}
+        for k, indices in enumerate(plan.client_indices):
+            rows[k] = str(write_site_rows(work / "sites" / str(k) / "rows.npz", features.train_raw[indices],
+                                          plan.train_y[indices]))
         shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
-        env = {**os.environ, **OFFLINE, "FLWR_HOME": str(work / "flwr"),  # Flower starts its helpers from PATH
+        env = {**os.environ, **OFFLINE, **POLL, "FLWR_HOME": str(work / "flwr"),  # Flower starts its helpers from PATH
                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         processes = Processes(env, work / "logs")
         try:
             with timer.phase("deployment"):
-                server_report, flwr_seconds = _run_processes(processes, work, files, deployment)
+                server_report, flwr_seconds = _run_processes(processes, work, files, rows, deployment)
         finally:
             processes.stop()
             leftover = [pid for pid in processes.pids() if _alive(pid)]
         model = LinearModel(np.load(work / "out" / MODEL, allow_pickle=False)["weights"])
-        features = load_features(plan, timer)
         with timer.phase("evaluation"):
             metrics = job_metrics(plan, features, algorithm(config.algorithm).configure(config), model,
                                   server_report["bytes"]["included_clients"])
@@ -236,7 +243,8 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
     return results_document(plan, features, Training(None, {}, metrics, server_report["bytes"]), timer, **extra)
 
 
-def _run_processes(processes: Processes, work: Path, files: dict[str, str], deployment: LocalDeployment):
+def _run_processes(processes: Processes, work: Path, files: dict[str, str], rows: dict[int, str],
+                   deployment: LocalDeployment):
     """SuperLink, SuperNodes, ``flwr run``; the server's report and the run's wall time."""
     port = free_port()
     superlink = processes.start("superlink", [_tool("flower-superlink"), "--insecure",
@@ -246,7 +254,7 @@ def _run_processes(processes: Processes, work: Path, files: dict[str, str], depl
     for k in range(deployment.nodes):
         processes.start(f"supernode-{k}", [
             _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
-            "--node-config", node_config(k, deployment.nodes, files, deployment.crash.get(k))])
+            "--node-config", node_config(k, deployment.nodes, files, deployment.crash.get(k), rows[k])])
     (work / "flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
     settings = {"job": files["job"], "out": str(work / "out"), "roster": files.get("roster", ""),
