@@ -18,7 +18,9 @@ from protocols import ContributionLedger, FixedPoint, Roster, Transcript  # noqa
 from protocols.he.session import PublicSession  # noqa: E402
 from secure_afl.algorithms.afl import AFLConfig, reference  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
-from secure_afl.deploy.local import DeploymentError, LocalDeployment, _alive, run_local  # noqa: E402
+from secure_afl.deploy.credentials import make_node_key  # noqa: E402
+from secure_afl.deploy.local import (DeploymentError, LocalDeployment, Processes, _alive, _tool, flower_env,  # noqa: E402
+                                     free_port, run_local, start_superlink)
 from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -26,8 +28,8 @@ JOB = {"dataset": "digits", "resolution": 32, "partition": "iid", "protocol": "m
 STAGE_TIMEOUT = 90.0  # a loaded 2-core machine answers a stage well within this; a dead node makes the stage wait it out
 
 
-def deploy(tmp_path, nodes: int, crash=None, transcript=None, **options):
-    deployment = LocalDeployment(nodes, STAGE_TIMEOUT, connect_timeout=300.0, crash=crash or {},
+def deploy(tmp_path, nodes: int, crash=None, transcript=None, tls=False, auth=False, **options):
+    deployment = LocalDeployment(nodes, STAGE_TIMEOUT, connect_timeout=300.0, crash=crash or {}, tls=tls, auth=auth,
                                  workdir=str(tmp_path / "work"))
     return run_local(RunConfig(clients=nodes, **(JOB | options)), deployment, transcript)
 
@@ -135,8 +137,9 @@ def test_he_bfv_afl_over_three_supernodes_equals_the_in_process_run_with_the_sec
     assert view.secure and view.protocol == "he-bfv" and view.included == (0, 1, 2)
     assert np.max(np.abs(view.total - sum(vectors.values()))) <= view.report["quantization_bound"]
     (context,) = round_.messages["context"].values()
-    public = PublicSession.load(context, Roster.load(tmp_path / "work" / "roster.json"))
-    assert not public.context.has_secret_key()  # the server only ever held the public context
+    # the context the server held is the key holder's signed one, and it parses as public: a context carrying a
+    # secret key is refused by the load (protocols/he/schemes.py: load_context)
+    PublicSession.load(context, Roster.load(tmp_path / "work" / "roster.json"))
     for vector in vectors.values():  # no client's statistics in the clear anywhere in the server's view
         assert all(vector[:512].tobytes() not in data for stage in round_.messages.values() for data in stage.values())
 
@@ -153,3 +156,34 @@ def test_a_key_holder_that_dies_before_decrypting_fails_the_round_cleanly(tmp_pa
                                                                          ("decrypt", [])]
     assert not (work / "out" / "transcript").exists() and not (tmp_path / "transcript").exists()
     assert not (work / "out" / "model.npz").exists()
+
+
+def test_over_tls_with_node_authentication_the_job_runs_and_an_unregistered_node_is_refused(tmp_path):
+    """A CA made for the run, HTTPS everywhere, only registered SuperNodes: the plaintext job equals the in-process
+    run. Then a SuperLink with the same settings refuses a SuperNode whose key nobody registered (Flower's code 305)."""
+    results = deploy(tmp_path, 3, tls=True, auth=True, protocol="plaintext")
+    training, _, _, _ = in_process(3, protocol="plaintext")
+    weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
+    assert relative(weights, training.server.model().weights) <= 1e-9
+    deployment = results["deployment"]
+    assert deployment["transport"] == "https (loopback)" and deployment["node_authentication"] is True
+    assert [s["answered"] for s in deployment["stages"]] == [[0, 1, 2]]
+    assert deployment["processes_left_running"] == [] and left_running(tmp_path) == []
+
+    work = tmp_path / "intruder"
+    for sub in ("flwr", "logs"):
+        (work / sub).mkdir(parents=True)
+    processes = Processes(flower_env(work), work / "logs")
+    try:
+        federation = start_superlink(processes, work, LocalDeployment(3, tls=True, auth=True))
+        _, registered = make_node_key(work / "keys", "registered")
+        federation.register(processes, registered)  # the registry works; the intruder's key is simply not in it
+        private, _ = make_node_key(work / "keys", "intruder")
+        intruder = processes.start("intruder", [_tool("flower-supernode"), *federation.supernode_flags(),
+                                                "--auth-supernode-private-key", str(private), "--port", str(free_port()),
+                                                "--node-config", "partition-id=0 num-partitions=3"])
+        assert intruder.wait(timeout=180) != 0  # Flower's code 305 is logged (a process exit status stops at 255)
+        assert "Exit Code: 305" in (work / "logs" / "intruder.log").read_text(errors="replace")
+    finally:
+        processes.stop()
+    assert not any(_alive(pid) for pid in processes.pids())

@@ -52,7 +52,10 @@ def test_a_job_file_round_trips_and_a_foreign_or_unknown_one_is_refused(tmp_path
 
 
 @pytest.mark.parametrize("options, refused", [
-    ({"algorithm": "deepafl"}, "--algorithm afl"),
+    ({"algorithm": "deepafl", "partition": "iid"}, "deepafl is not deployed yet: it runs 19 rounds"),
+    ({"algorithm": "fedavg"}, "fedavg is not deployed yet: it runs"),
+    ({"algorithm": "apfl"}, "apfl is not deployed yet: its clients keep a local model"),
+    ({"algorithm": "fedavg-cnn"}, "fedavg-cnn is not deployed yet: its clients train on pixels"),
     ({"protocol": "he-ckks"}, "--protocol plaintext, mask, he-bfv"),
     ({"dropout": {"input": 0.1}}, "--crash"),
     ({"protocol": "plaintext", "dp_epsilon": 1.0}, "DP"),

@@ -30,15 +30,15 @@ if TYPE_CHECKING:
 
 JOB_FORMAT = "secure-afl/deploy-job"
 JOB_VERSION = 1
-DEPLOYED_ALGORITHMS = ("afl",)  # the others keep client state across rounds, not carried between processes yet
 DEPLOYED_PROTOCOLS = ("plaintext", "mask", "he-bfv")
 
 
 def check_deployable(config: RunConfig) -> None:
     """Refuse, before any process starts, a job the deployment cannot run yet."""
-    if config.algorithm not in DEPLOYED_ALGORITHMS:
-        raise ConfigError(f"a deployed job runs --algorithm {', '.join(DEPLOYED_ALGORITHMS)} for now, not "
-                          f"{config.algorithm!r}; run it in one process with `secure-afl run`")
+    reason = undeployable(config)
+    if reason is not None:
+        raise ConfigError(f"--algorithm {config.algorithm} is not deployed yet: {reason}; run it in one process with "
+                          "`secure-afl run`")
     if config.protocol not in DEPLOYED_PROTOCOLS:
         raise ConfigError(f"a deployed job runs --protocol {', '.join(DEPLOYED_PROTOCOLS)} for now, not "
                           f"{config.protocol!r}; run it in one process with `secure-afl run`")
@@ -56,6 +56,23 @@ class Task:
 
     num_classes: int
     train_size: int
+
+
+def undeployable(config: RunConfig) -> str | None:
+    """Why the job's algorithm (as the registry declares it) cannot run deployed yet, or None. A site answers each
+    message in a fresh process and derives every round it takes part in from the job alone (protocols/terms.py), so
+    a deployed algorithm is one round on the public features, with nothing to keep or compute locally afterwards."""
+    from secure_afl.algorithms.registry import algorithm
+
+    entry = algorithm(config.algorithm)
+    if entry.inputs != "features":
+        return f"its clients train on {entry.inputs}, a site serves mapped backbone features"
+    if entry.rounds(config) != 1:
+        return (f"it runs {entry.rounds(config)} rounds, whose calls a site cannot derive from the job alone and "
+                "whose client state is not carried between a SuperNode's processes")
+    if entry.local_map is not None or entry.personalize is not None:
+        return "its clients keep a local model after training, which a site does not build"
+    return None
 
 
 def write_job(path: str | Path, config: RunConfig, task: Task | None = None) -> Path:
