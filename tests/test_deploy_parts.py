@@ -220,3 +220,39 @@ def test_site_rows_round_trip_and_anything_else_is_refused(tmp_path):
     assert read_job(tmp_path / "job.json") == config
     with pytest.raises(ConfigError, match="states no task"):
         read_task(write_job(tmp_path / "bare.json", config))
+
+
+def test_node_authentication_without_tls_is_refused_before_anything_starts(tmp_path, capsys):
+    pytest.importorskip("flwr")
+    from secure_afl.cli import main
+    from secure_afl.deploy.local import LocalDeployment
+
+    with pytest.raises(ConfigError, match="--auth .* needs --tls"):
+        LocalDeployment(3, auth=True).check()
+    LocalDeployment(3, tls=True, auth=True).check()
+    out = tmp_path / "results.json"
+    assert main(["deploy", "local", "--nodes", "3", "--auth", "--dataset", "digits", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("secure-afl: error: --auth (SuperNode authentication) needs --tls")
+    assert not out.exists()
+
+
+def test_a_throw_away_ca_signs_the_superlink_certificate_for_loopback(tmp_path):
+    pytest.importorskip("flwr")
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    from secure_afl.deploy.credentials import make_certificates, make_node_key
+
+    certificates = make_certificates(tmp_path / "certs")
+    ca = x509.load_pem_x509_certificate(certificates.ca.read_bytes())
+    server = x509.load_pem_x509_certificate(certificates.server.read_bytes())
+    server.verify_directly_issued_by(ca)  # raises unless the CA signed it
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert certificates.server_key.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["ca.crt", "server.key", "server.pem"]  # no CA key
+    private, public = make_node_key(tmp_path / "keys", "node0")
+    assert private.stat().st_mode & 0o777 == 0o600 and public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert isinstance(load_ssh_private_key(private.read_bytes(), None), ec.EllipticCurvePrivateKey)
