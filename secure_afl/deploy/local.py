@@ -1,9 +1,10 @@
 """``secure-afl deploy local``: a whole federation on loopback, as real processes, then the run's results.
 
 The operator's side of a deployed job, on one machine: it issues the roster and one identity file per
-site (a secure protocol), writes the job file, starts a SuperLink and one SuperNode per client (each a
-process of its own, told its partition and its files through ``--node-config``), submits the Flower
-app with ``flwr run`` and waits for it. The server (ServerApp) writes its report, the model and the
+site (a secure protocol), writes the job file and each site's own rows (``dataset-path``: its partition's
+backbone features, so no node loads the backbone), starts a SuperLink and one SuperNode per client (each
+a process of its own, told its partition and its files through ``--node-config``; HTTPS with a CA made
+for the run under ``tls``, registered node keys only under ``auth``), submits the Flower app with ``flwr run`` and waits for it. The server (ServerApp) writes its report, the model and the
 transcript; this process then evaluates the model as ``secure-afl run`` does (the operator holds the
 data set here) and returns the same results document, with the deployment's per-stage bytes and
 latencies beside it. Every process it started, and every process those started, is stopped by pid
