@@ -4,7 +4,8 @@ For K SuperNodes and each protocol (plaintext, mask, he-bfv) it runs the same jo
 (``secure-afl deploy local``) and in one process (``secure-afl run``), and records wall time, the bytes
 each client sent and received, each protocol stage's latency, and the protocol's share of the
 deployed run (its stages' seconds over the ``flwr run`` wall time; the rest is start-up, the nodes'
-first message that loads their rows, and the server's solve). Target: deployed masked AFL at K = 10
+first message that loads their rows, and the server's solve), and the CPU seconds of all the deployment's
+processes (which a busy machine does not inflate, unlike wall time). Target: deployed masked AFL at K = 10
 within 1.5x the deployed plaintext run's wall time. The machine's load average is recorded before
 and after every run: on a shared machine it, not the protocol, can decide the figures. Writes
 benchmarks/results/deploy_cost.json and .png.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 import warnings
 from pathlib import Path
@@ -40,13 +42,18 @@ def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def in_process(config: RunConfig) -> dict:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     timer = Timer()
     plan = plan_run(config)
     features = load_features(plan, timer)
     training = train(plan, features, timer)
-    return {"wall_s": time.perf_counter() - start, "timings_s": dict(timer.seconds),
+    return {"wall_s": time.perf_counter() - start, "cpu_s": cpu_seconds() - cpu, "timings_s": dict(timer.seconds),
             "bytes": _bytes(training.bytes), "accuracy": training.metrics["accuracy"]}
 
 
@@ -58,7 +65,7 @@ def deployed(config: RunConfig, nodes: int) -> dict:
     stages = {s["stage"]: {"seconds": s["seconds"], "upload_bytes_max": s["upload_bytes"]["max"],
                            "download_bytes_max": s["download_bytes"]["max"]} for s in block["stages"]}
     protocol_s = sum(s["seconds"] for s in stages.values())
-    return {"wall_s": wall, "flwr_run_s": block["flwr_run_s"], "hello_s": block["hello"]["seconds"],
+    return {"wall_s": wall, "processes_cpu_s": block["processes_cpu_s"], "flwr_run_s": block["flwr_run_s"], "hello_s": block["hello"]["seconds"],
             "stages": stages, "protocol_s": protocol_s, "protocol_share": protocol_s / block["flwr_run_s"],
             "server_timings_s": block["server_timings_s"], "bytes": _bytes(results["bytes"]),
             "accuracy": results["metrics"]["accuracy"], "processes_left_running": block["processes_left_running"]}
@@ -95,13 +102,14 @@ def main() -> None:
     for k in counts:
         by = {r["protocol"]: r for r in rows if r["clients"] == k}
         if "mask" in by and "plaintext" in by:
-            ratios[str(k)] = by["mask"]["deployed"]["wall_s"] / by["plaintext"]["deployed"]["wall_s"]
+            ratios[str(k)] = {key: by["mask"]["deployed"][key] / by["plaintext"]["deployed"][key]
+                              for key in ("wall_s", "flwr_run_s", "processes_cpu_s")}
     document = {
         "schema_version": 1,
         "benchmark": "deploy_cost",
         "target": f"deployed mask / deployed plaintext wall time <= {TARGET} at K = 10",
         "mask_over_plaintext_deployed": ratios,
-        "target_met": None if "10" not in ratios else ratios["10"] <= TARGET,
+        "target_met": None if "10" not in ratios else ratios["10"]["wall_s"] <= TARGET,
         "rows": rows,
         "environment": environment(torch.device("cpu"), seed=0) | {"load_average_at_end": load()},
     }

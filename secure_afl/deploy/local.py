@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -222,12 +223,14 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
                                           plan.train_y[indices]))
         shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
         processes = Processes(flower_env(work), work / "logs")
+        cpu = _children_cpu_seconds()
         try:
             with timer.phase("deployment"):
                 server_report, flwr_seconds = _run_processes(processes, work, files, rows, deployment)
         finally:
             processes.stop()
             leftover = [pid for pid in processes.pids() if _alive(pid)]
+        cpu = _children_cpu_seconds() - cpu
         model = LinearModel(np.load(work / "out" / MODEL, allow_pickle=False)["weights"])
         with timer.phase("evaluation"):
             metrics = job_metrics(plan, features, algorithm(config.algorithm).configure(config), model,
@@ -236,7 +239,7 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
             "engine": "flower", "flower": _flower_version(), "nodes": deployment.nodes,
             "transport": f"{'https' if deployment.tls else 'http'} (loopback)", "node_authentication": deployment.auth,
             "stage_timeout_s": deployment.stage_timeout, "crash": {str(k): v for k, v in deployment.crash.items()},
-            "flwr_run_s": flwr_seconds, "server_timings_s": server_report.get("timings_s", {}),
+            "flwr_run_s": flwr_seconds, "processes_cpu_s": cpu, "server_timings_s": server_report.get("timings_s", {}),
             "stages": server_report["stages"], "hello": server_report["hello"],
             "processes_left_running": leftover,
         }}
@@ -284,6 +287,14 @@ def start_superlink(processes: Processes, work: Path, deployment: LocalDeploymen
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\n{trust}\n')
     wait_for_port(port, superlink, deployment.connect_timeout, "the SuperLink")
     return Federation(port, certificates)
+
+
+def _children_cpu_seconds() -> float:
+    """CPU seconds (user + system) of every finished process below this one: each Flower process reaps its own
+    children, so a deployment's whole tree is counted once it is stopped. Unlike wall time, a busy machine does not
+    inflate it."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def flower_env(work: Path) -> dict[str, str]:
