@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true", help="add K = 30")
     parser.add_argument("--protocols", nargs="+", default=["plaintext", "mask", "he-bfv"])
     args = parser.parse_args()
-    counts = sorted(set(args.clients) | ({30} if args.scale else set()))
+    counts = list(dict.fromkeys([*args.clients, *([30] if args.scale else [])]))  # in the order given
     warnings.simplefilter("ignore")  # the protocols' parameter warnings at small K are reported by `secure-afl run`
     rows = []
     for k in counts:
@@ -96,10 +96,15 @@ def main() -> None:
             rows.append(row)
             d = row["deployed"]
             print(f"K={k:3d} {name:9s}: deployed {d['wall_s']:6.1f}s (flwr run {d['flwr_run_s']:6.1f}s, protocol "
-                  f"{d['protocol_share']:.0%}), in process {row['in_process']['wall_s']:5.1f}s, "
-                  f"load {row['load_before']} -> {row['load_after']}", flush=True)
+                  f"{d['protocol_share']:.0%}, {d['processes_cpu_s']:.0f} CPU s), in process "
+                  f"{row['in_process']['wall_s']:5.1f}s, load {row['load_before']} -> {row['load_after']}", flush=True)
+            write(rows)  # after every run: a long benchmark interrupted keeps what it measured
+    plot(rows, counts, args.protocols)
+
+
+def write(rows: list[dict]) -> None:
     ratios = {}
-    for k in counts:
+    for k in dict.fromkeys(r["clients"] for r in rows):
         by = {r["protocol"]: r for r in rows if r["clients"] == k}
         if "mask" in by and "plaintext" in by:
             ratios[str(k)] = {key: by["mask"]["deployed"][key] / by["plaintext"]["deployed"][key]
@@ -115,22 +120,25 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     write_results(RESULTS / "deploy_cost.json", document, overwrite=True)
+
+
+def plot(rows: list[dict], counts: list[int], protocols: list[str]) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in args.protocols:
-        mine = [r for r in rows if r["protocol"] == name]
+    for name in protocols:
+        mine = sorted((r for r in rows if r["protocol"] == name), key=lambda r: r["clients"])
         left.plot([r["clients"] for r in mine], [r["deployed"]["wall_s"] for r in mine], marker="o", label=f"{name} deployed")
         left.plot([r["clients"] for r in mine], [r["in_process"]["wall_s"] for r in mine], marker="x", linestyle=":",
                   label=f"{name} in process")
     left.set(xlabel="clients K (SuperNodes)", ylabel="wall seconds", title="AFL job wall time")
     left.legend(fontsize=7)
-    largest = [r for r in rows if r["clients"] == counts[-1]]
+    largest = [r for r in rows if r["clients"] == max(counts)]
     for i, r in enumerate(largest):
         bottom = 0.0
         for stage, cost in r["deployed"]["stages"].items():
             right.bar(i, cost["seconds"], bottom=bottom, label=stage if i == 0 or stage not in ("plaintext",) else None)
             bottom += cost["seconds"]
     right.set_xticks(range(len(largest)), [r["protocol"] for r in largest])
-    right.set(ylabel="seconds", title=f"per-stage latency, K = {counts[-1]}")
+    right.set(ylabel="seconds", title=f"per-stage latency, K = {max(counts)}")
     handles, labels = right.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     right.legend(unique.values(), unique.keys(), fontsize=7)
