@@ -46,8 +46,9 @@ CONNECTION = "secure-afl-local"
 OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 # A SuperExec looks for a new message to start a ClientApp for once a second by default; every protocol stage
-# waits for that poll on every node, so a loopback federation polls every 50 ms.
-POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05"}
+# waits for that poll on every node, so a loopback federation polls every 0.2 s (each poll is an HTTP request to
+# its SuperNode: faster polling costs CPU on every node of a small machine while it waits).
+POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
 STAGES = ("hello", "plaintext", "advertise", "share", "input", "consistency", "unmask", "open", "encrypt", "decrypt")
 
 
