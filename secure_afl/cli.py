@@ -251,6 +251,10 @@ def _deploy_parser(sub) -> None:
     net.add_argument("--crash", action="append", type=_crash, default=[], metavar="NODE=STAGE",
                      help="a drill: kill node NODE's processes when STAGE's message reaches it (hello, plaintext, "
                           f"{', '.join(STAGES)}); repeatable")
+    net.add_argument("--tls", action="store_true",
+                     help="HTTPS between every process and the SuperLink, with a certificate authority made for this run")
+    net.add_argument("--auth", action="store_true",
+                     help="SuperNode authentication (needs --tls): each node gets a key pair, registered before it starts")
     net.add_argument("--workdir", default=None,
                      help="an empty directory for the job's files and every process's log, kept afterwards "
                           "(default: a temporary one, removed)")
@@ -522,7 +526,7 @@ def _deploy(args, config: RunConfig) -> str:
     _refuse_silent_run(args, args.out, args.transcript)
     check_output_path(args.out, args.overwrite)
     deployment = LocalDeployment(args.nodes, args.stage_timeout, args.connect_timeout, crash=dict(args.crash),
-                                 workdir=args.workdir)
+                                 tls=args.tls, auth=args.auth, workdir=args.workdir)
     results = run_local(config, deployment, args.transcript, args.overwrite)
     if args.out:
         write_results(args.out, results, overwrite=args.overwrite)

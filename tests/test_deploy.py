@@ -14,26 +14,30 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from protocols import ContributionLedger, FixedPoint, Transcript  # noqa: E402
+from protocols import ContributionLedger, FixedPoint, Roster, Transcript  # noqa: E402
+from protocols.he.session import PublicSession  # noqa: E402
 from secure_afl.algorithms.afl import AFLConfig, reference  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
-from secure_afl.deploy.local import DeploymentError, LocalDeployment, _alive, run_local  # noqa: E402
+from secure_afl.deploy.credentials import make_node_key  # noqa: E402
+from secure_afl.deploy.local import (DeploymentError, LocalDeployment, Processes, _alive, _tool, flower_env,  # noqa: E402
+                                     free_port, run_local, start_superlink)
 from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 JOB = {"dataset": "digits", "resolution": 32, "partition": "iid", "protocol": "mask"}
-STAGE_TIMEOUT = 90.0  # a loaded 2-core machine answers a stage well within this; a dead node makes the stage wait it out
+STAGE_TIMEOUT = 240.0  # a loaded 2-core machine answers a stage well within this; a node that dies is counted out
+# as soon as the SuperLink reports it gone (seconds, or 2 heartbeats), so no test waits this out
 
 
-def deploy(tmp_path, nodes: int, crash=None, transcript=None):
-    deployment = LocalDeployment(nodes, STAGE_TIMEOUT, connect_timeout=300.0, crash=crash or {},
+def deploy(tmp_path, nodes: int, crash=None, transcript=None, tls=False, auth=False, **options):
+    deployment = LocalDeployment(nodes, STAGE_TIMEOUT, connect_timeout=300.0, crash=crash or {}, tls=tls, auth=auth,
                                  workdir=str(tmp_path / "work"))
-    return run_local(RunConfig(clients=nodes, **JOB), deployment, transcript)
+    return run_local(RunConfig(clients=nodes, **(JOB | options)), deployment, transcript)
 
 
-def in_process(clients: int):
+def in_process(clients: int, **options):
     """The same job in one process: its training, and each client's true statistics vector with the round's spec."""
-    plan = plan_run(RunConfig(clients=clients, **JOB))
+    plan = plan_run(RunConfig(clients=clients, **(JOB | options)))
     features = load_features(plan, Timer())
     server, algorithm_clients = build_algorithm(plan, features)
     spec = server.next_round()
@@ -52,6 +56,14 @@ def left_running(tmp_path) -> list[int]:
         except OSError:
             continue
     return [pid for pid in found if _alive(pid)]
+
+
+def telling(vector: np.ndarray) -> slice:
+    """512 values of a client's vector worth looking for in the server's view: the packed Gram starts with zeros
+    (feature dimensions no image lights up), which any message may hold, so the window starts at its first nonzero."""
+    start = int(np.flatnonzero(vector)[0])
+    assert np.count_nonzero(vector[start:start + 512]) >= 32  # 32 exact float64 values: no message holds them by chance
+    return slice(start, start + 512)
 
 
 def relative(a, b):
@@ -80,7 +92,8 @@ def test_masked_afl_over_three_supernodes_equals_the_in_process_run_and_hides_ev
         encoded = encoding.encode(vector)
         exact += encoded
         assert all(np.count_nonzero(words == encoded) < 0.001 * len(words) for words in masked.values())
-        assert all(vector[:512].tobytes() not in data and encoded[:512].tobytes() not in data
+        window = telling(vector)
+        assert all(vector[window].tobytes() not in data and encoded[window].tobytes() not in data
                    for stage in round_.messages.values() for data in stage.values())
     assert np.array_equal(view.total, encoding.decode(exact))  # the sum of the encodings, bit for bit
 
@@ -116,3 +129,74 @@ def test_too_few_survivors_fail_cleanly_after_masked_inputs_without_revealing_an
     assert not (work / "out" / "model.npz").exists()
     for k in (0, 1):  # the survivors' masked inputs left them: each spent its statistic for the job
         assert len(ContributionLedger.in_directory(work / "sites" / str(k) / "ledger", k).entries()) == 1
+
+
+def test_he_bfv_afl_over_three_supernodes_equals_the_in_process_run_with_the_secret_key_on_a_node(tmp_path):
+    results = deploy(tmp_path, 3, transcript=str(tmp_path / "transcript"), protocol="he-bfv")
+    training, vectors, spec, _ = in_process(3, protocol="he-bfv")
+    weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
+    assert relative(weights, training.server.model().weights) <= 1e-9
+    assert results["metrics"]["accuracy"] == training.metrics["accuracy"]
+    assert results["bytes"]["included_clients"] == [0, 1, 2]
+    deployment = results["deployment"]
+    assert [s["stage"] for s in deployment["stages"]] == ["open", "encrypt", "decrypt"]
+    assert [s["answered"] for s in deployment["stages"]] == [[0], [0, 1, 2], [0]]  # client 0 holds the key
+    assert deployment["processes_left_running"] == [] and left_running(tmp_path) == []
+    (round_,) = Transcript.load(tmp_path / "transcript").rounds
+    view = round_.view()
+    assert view.secure and view.protocol == "he-bfv" and view.included == (0, 1, 2)
+    assert np.max(np.abs(view.total - sum(vectors.values()))) <= view.report["quantization_bound"]
+    (context,) = round_.messages["context"].values()
+    # the context the server held is the key holder's signed one, and it parses as public: a context carrying a
+    # secret key is refused by the load (protocols/he/schemes.py: load_context)
+    PublicSession.load(context, Roster.load(tmp_path / "work" / "roster.json"))
+    encoding = FixedPoint.for_round(3, spec.bound, view.report["fraction_bits"])
+    for vector in vectors.values():  # no client's statistics in the clear, nor encoded, anywhere in the server's view
+        window = telling(vector)
+        assert all(vector[window].tobytes() not in data and encoding.encode(vector)[window].tobytes() not in data
+                   for stage in round_.messages.values() for data in stage.values())
+
+
+def test_a_key_holder_that_dies_before_decrypting_fails_the_round_cleanly(tmp_path):
+    """3 nodes, he-bfv: every client encrypted, then the key holder's machine died; nobody else can decrypt."""
+    with pytest.raises(DeploymentError, match="the key holder 0 dropped out at stage decrypt"):
+        deploy(tmp_path, 3, crash={0: "decrypt"}, transcript=str(tmp_path / "transcript"), protocol="he-bfv")
+    work = tmp_path / "work"
+    assert left_running(tmp_path) == []
+    report = json.loads((work / "out" / "server.json").read_text())
+    assert report["status"] == "failed"
+    assert [(s["stage"], s["answered"]) for s in report["stages"]] == [("open", [0]), ("encrypt", [0, 1, 2]),
+                                                                         ("decrypt", [])]
+    assert not (work / "out" / "transcript").exists() and not (tmp_path / "transcript").exists()
+    assert not (work / "out" / "model.npz").exists()
+
+
+def test_over_tls_with_node_authentication_the_job_runs_and_an_unregistered_node_is_refused(tmp_path):
+    """A CA made for the run, HTTPS everywhere, only registered SuperNodes: the plaintext job equals the in-process
+    run. Then a SuperLink with the same settings refuses a SuperNode whose key nobody registered (Flower's code 305)."""
+    results = deploy(tmp_path, 3, tls=True, auth=True, protocol="plaintext")
+    training, _, _, _ = in_process(3, protocol="plaintext")
+    weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
+    assert relative(weights, training.server.model().weights) <= 1e-9
+    deployment = results["deployment"]
+    assert deployment["transport"] == "https (loopback)" and deployment["node_authentication"] is True
+    assert [s["answered"] for s in deployment["stages"]] == [[0, 1, 2]]
+    assert deployment["processes_left_running"] == [] and left_running(tmp_path) == []
+
+    work = tmp_path / "intruder"
+    for sub in ("flwr", "logs"):
+        (work / sub).mkdir(parents=True)
+    processes = Processes(flower_env(work), work / "logs")
+    try:
+        federation = start_superlink(processes, work, LocalDeployment(3, tls=True, auth=True))
+        _, registered = make_node_key(work / "keys", "registered")
+        federation.register(processes, registered)  # the registry works; the intruder's key is simply not in it
+        private, _ = make_node_key(work / "keys", "intruder")
+        intruder = processes.start("intruder", [_tool("flower-supernode"), *federation.supernode_flags(),
+                                                "--auth-supernode-private-key", str(private), "--port", str(free_port()),
+                                                "--node-config", "partition-id=0 num-partitions=3"])
+        assert intruder.wait(timeout=180) != 0  # Flower's code 305 is logged (a process exit status stops at 255)
+        assert "Exit Code: 305" in (work / "logs" / "intruder.log").read_text(errors="replace")
+    finally:
+        processes.stop()
+    assert not any(_alive(pid) for pid in processes.pids())

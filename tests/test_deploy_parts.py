@@ -52,8 +52,11 @@ def test_a_job_file_round_trips_and_a_foreign_or_unknown_one_is_refused(tmp_path
 
 
 @pytest.mark.parametrize("options, refused", [
-    ({"algorithm": "deepafl"}, "--algorithm afl"),
-    ({"protocol": "he-bfv"}, "--protocol plaintext or mask"),
+    ({"algorithm": "deepafl", "partition": "iid"}, "deepafl is not deployed yet: it runs 19 rounds"),
+    ({"algorithm": "fedavg"}, "fedavg is not deployed yet: it runs"),
+    ({"algorithm": "apfl"}, "apfl is not deployed yet: its clients keep a local model"),
+    ({"algorithm": "fedavg-cnn"}, "fedavg-cnn is not deployed yet: its clients train on pixels"),
+    ({"protocol": "he-ckks"}, "--protocol plaintext, mask, he-bfv"),
     ({"dropout": {"input": 0.1}}, "--crash"),
     ({"protocol": "plaintext", "dp_epsilon": 1.0}, "DP"),
 ])
@@ -169,3 +172,87 @@ def test_the_deployed_server_and_a_site_derive_the_same_round_and_a_site_without
     assert (ours.name, ours.length, ours.bound) == (theirs.name, theirs.length, theirs.bound)
     with pytest.raises(ConfigError, match="withheld every row of this site"):
         site.algorithm(SiteData(x[:0], np.zeros(0, dtype=np.int64), 10, 100, 8))
+
+
+def test_a_key_holder_restored_from_its_snapshot_decrypts_the_round_it_opened_exactly_once():
+    """A SuperNode runs each stage in a fresh process: the key holder's secret key and open rounds survive in its
+    snapshot, and a nonce spent before the snapshot stays spent after it."""
+    from attacks.protocol.jobs import HEJob
+    from protocols import ProtocolAbort
+    from protocols.he.roles import HEKeyHolder
+
+    job = HEJob()
+    setup = job.setup()
+    inputs = {c: job.client(c).encrypt(setup) for c in job.vectors}
+    holder = HEKeyHolder.restore(job.holder.snapshot(), job.members[0])
+    assert (holder.public_context, holder.fingerprint) == (job.holder.public_context, job.holder.fingerprint)
+    holder.begin(setup)
+    for c in sorted(inputs):
+        holder.add(inputs[c])
+    words, included = job.server.receive_decrypted(holder.finish())
+    np.testing.assert_array_equal(words, job.expected())
+    assert included == set(job.vectors)
+    with pytest.raises(ProtocolAbort, match="nonce was not drawn"):  # its one decryption is spent
+        HEKeyHolder.restore(holder.snapshot(), job.members[0]).begin(setup)
+    with pytest.raises(ProtocolAbort, match="not the job's key holder"):
+        HEKeyHolder.restore(job.holder.snapshot(), job.members[1])
+    with pytest.raises(MalformedMessageError):
+        HEKeyHolder.restore(job.holder.snapshot()[:-3], job.members[0])
+
+
+def test_site_rows_round_trip_and_anything_else_is_refused(tmp_path):
+    from secure_afl.deploy.site import Task, read_site_rows, read_task, write_site_rows
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    y = np.array([0, 2, 2, 1])
+    features, labels = read_site_rows(write_site_rows(tmp_path / "rows.npz", x, y), num_classes=3)
+    assert np.array_equal(features, x) and features.dtype == np.float32 and np.array_equal(labels, y)
+    with pytest.raises(ConfigError, match="one label in 0..1"):
+        read_site_rows(tmp_path / "rows.npz", num_classes=2)
+    write_site_rows(tmp_path / "nan.npz", np.full((2, 3), np.nan), np.zeros(2))
+    with pytest.raises(ConfigError, match="finite"):
+        read_site_rows(tmp_path / "nan.npz", num_classes=3)
+    np.savez(tmp_path / "plain.npz", features=x, labels=y)
+    with pytest.raises(ConfigError, match="not a site rows file"):
+        read_site_rows(tmp_path / "plain.npz", num_classes=3)
+    config = RunConfig(clients=3, dataset="digits")
+    assert read_task(write_job(tmp_path / "job.json", config, Task(10, 1437))) == Task(10, 1437)
+    assert read_job(tmp_path / "job.json") == config
+    with pytest.raises(ConfigError, match="states no task"):
+        read_task(write_job(tmp_path / "bare.json", config))
+
+
+def test_node_authentication_without_tls_is_refused_before_anything_starts(tmp_path, capsys):
+    pytest.importorskip("flwr")
+    from secure_afl.cli import main
+    from secure_afl.deploy.local import LocalDeployment
+
+    with pytest.raises(ConfigError, match="--auth .* needs --tls"):
+        LocalDeployment(3, auth=True).check()
+    LocalDeployment(3, tls=True, auth=True).check()
+    out = tmp_path / "results.json"
+    assert main(["deploy", "local", "--nodes", "3", "--auth", "--dataset", "digits", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("secure-afl: error: --auth (SuperNode authentication) needs --tls")
+    assert not out.exists()
+
+
+def test_a_throw_away_ca_signs_the_superlink_certificate_for_loopback(tmp_path):
+    pytest.importorskip("flwr")
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    from secure_afl.deploy.credentials import make_certificates, make_node_key
+
+    certificates = make_certificates(tmp_path / "certs")
+    ca = x509.load_pem_x509_certificate(certificates.ca.read_bytes())
+    server = x509.load_pem_x509_certificate(certificates.server.read_bytes())
+    server.verify_directly_issued_by(ca)  # raises unless the CA signed it
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert certificates.server_key.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["ca.crt", "server.key", "server.pem"]  # no CA key
+    private, public = make_node_key(tmp_path / "keys", "node0")
+    assert private.stat().st_mode & 0o777 == 0o600 and public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert isinstance(load_ssh_private_key(private.read_bytes(), None), ec.EllipticCurvePrivateKey)

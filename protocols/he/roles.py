@@ -19,6 +19,7 @@ receives the decoded sum.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,10 @@ from protocols.identity import Member, Roster
 from protocols.ledger import ContributionLedger, Statistic
 from protocols.minimum import require_min_clients
 from protocols.terms import RoundTerms
+from protocols.wire import Reader, Writer
 
 NONCE_BYTES = 16
+SNAPSHOT_KIND = 22  # the key holder between rounds (``HEKeyHolder.snapshot``): it holds the secret key, never leaves
 
 
 class AddOnly:
@@ -64,7 +67,7 @@ class AddOnly:
 class HEKeyHolder:
     """Opens rounds, then for each: ``begin`` (the setup), ``add`` (each signed input), ``finish`` (decrypt)."""
 
-    def __init__(self, member: Member):
+    def __init__(self, member: Member, _restored: tuple[Any, PublicSession, bytes, dict[bytes, RoundTerms]] | None = None):
         self.id = member.id
         self._member = member
         self._roster = member.roster
@@ -73,15 +76,60 @@ class HEKeyHolder:
             raise ProtocolAbort(f"client {self.id} is not the job's key holder")
         self.scheme: Scheme = options.make_scheme()
         self._options = options
-        self._context = self.scheme.secret_context()
-        public = self.scheme.public_bytes(self._context)
-        self.public_context = PublicContext(self.scheme.label, options.capacity, public, self.id).signed(
-            member.identity, member.roster.digest).to_bytes()
-        self.fingerprint = fingerprint(public)
-        self._open: dict[bytes, RoundTerms] = {}  # nonce → the round it was drawn for; removed once used
+        if _restored is None:
+            self._context = self.scheme.secret_context()
+            public = self.scheme.public_bytes(self._context)
+            self.public_context = PublicContext(self.scheme.label, options.capacity, public, self.id).signed(
+                member.identity, member.roster.digest).to_bytes()
+            self.fingerprint = fingerprint(public)
+            self._open: dict[bytes, RoundTerms] = {}  # nonce → the round it was drawn for; removed once used
+        else:
+            self._context, session, self.public_context, self._open = _restored
+            self.fingerprint = session.fingerprint
         self._round: tuple[HERoundSetup, bytes, LimbPlan | None] | None = None
         self._total: list[AddOnly] | None = None
         self._included: list[int] = []
+
+    def snapshot(self) -> bytes:
+        """The key holder between rounds, in the wire format (kind ``SNAPSHOT_KIND``), for a transport that runs
+        each stage in a fresh process (a Flower SuperNode keeps it in the node's ``Context.state``): the secret
+        context (TenSEAL's own serialisation), the signed public context and the rounds opened but not yet
+        decrypted. A round being summed is not in it: its nonce is already spent, so once the process that began
+        it is gone that round can never be decrypted. It holds the secret key: it never leaves the key holder's
+        machine."""
+        secret = self._context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
+                                         save_relin_keys=False)
+        w = Writer(SNAPSHOT_KIND).blob(secret).blob(self.public_context).u32(len(self._open))
+        for nonce, terms in self._open.items():
+            w.blob(nonce).text(terms.round_id).f64(terms.bound).blob(terms.broadcast)
+        return w.to_bytes()
+
+    @classmethod
+    def restore(cls, data: bytes, member: Member) -> HEKeyHolder:
+        """The key holder a ``snapshot`` was taken of, for the same member; its public context must still be the
+        one its secret context makes, signed for this roster."""
+        import tenseal as ts
+
+        r = Reader(data, SNAPSHOT_KIND, "key holder snapshot")
+        secret, public_context = r.blob(), r.blob()
+        opened = {}
+        for _ in range(r.count(4 + NONCE_BYTES)):
+            nonce = r.blob()
+            opened[nonce] = RoundTerms(r.text(), r.f64(), r.blob())
+        r.end()
+        try:
+            context = ts.context_from(secret)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise MalformedMessageError(f"key holder snapshot: the secret context does not parse: {exc}") from exc
+        if not context.has_secret_key():
+            raise MalformedMessageError("key holder snapshot: the context holds no secret key")
+        session = PublicSession.load(public_context, member.roster)
+        holder = cls(member, (context, session, public_context, opened))
+        probe = np.arange(1, 9, dtype=np.int64)  # its public key must be the secret context's: one round trip
+        found = holder.scheme.decrypt(holder.scheme.load(context, holder.scheme.encrypt(session.context, probe)))
+        if not np.max(np.abs(found[:probe.size] - probe)) < 0.5:
+            raise MalformedMessageError("key holder snapshot: the public context is not its secret context's")
+        return holder
 
     def open_round(self, terms: RoundTerms) -> bytes:
         """A fresh nonce for the round ``terms`` names: the only sessions this key holder will decrypt."""

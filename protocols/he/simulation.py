@@ -132,32 +132,45 @@ class HEProtocol(RosteredProtocol):
         upload[holder_id] += len(decrypted)
         words, included = server.receive_decrypted(decrypted)
         total = encoding.decode(words) if encoding else words.view(np.float64).copy()
-        scheme = server.scheme
         details = {
-            **scheme.describe(),
-            "exact": scheme.exact,
-            "key_holder": holder_id,
-            "min_clients": holder.min_clients,
-            "fraction_bits": encoding.fraction_bits if encoding else None,
-            "quantization_bound": encoding.sum_error_bound if encoding else None,
-            "limbs": plan.limbs if plan else 1,
-            "digit_bits": plan.digit_bits if plan else None,
-            "ciphertexts_per_client": server.ciphertexts_per_input,
+            **round_details(server, holder_id, holder.min_clients, encoding, plan, context_bytes),
             "upload_bytes_per_value": upload[next((c for c in clients if c != holder_id), holder_id)] / length,
-            "public_context_bytes": context_bytes,
             "key_holder_download_bytes": download[holder_id],
             "client_encrypt_seconds": {"max": max(seconds["encrypt"].values()),
                                        "mean": float(np.mean(list(seconds["encrypt"].values())))},
             "server_seconds": seconds["server"],
             "key_holder_seconds": seconds["key_holder"],
         }
-        view = None
-        if self.record:
-            view = RoundView(terms.round_id, self.name, self.secure, tuple(clients), tuple(sorted(included)),
-                             {"input": tuple(sorted(dropped))},
-                             {s: dict(m) for s, m in server.received.items() if first_round or s != "context"},
-                             total.copy(), {k: v for k, v in details.items() if not k.endswith("_seconds")})
+        view = self.view(terms.round_id, clients, included, dropped, server, total, details, first_round)
         return RoundResult(total, upload, download, included=included, details=details, view=view)
+
+    def view(self, round_id: str, clients: list[int], included, dropped, server: HEServer, total: np.ndarray,
+             details: dict, with_context: bool = True) -> RoundView | None:
+        """What the server saw of a round, when this protocol records (the public context once per session)."""
+        if not self.record:
+            return None
+        return RoundView(round_id, self.name, self.secure, tuple(clients), tuple(sorted(included)),
+                         {"input": tuple(sorted(dropped))},
+                         {s: dict(m) for s, m in server.received.items() if with_context or s != "context"},
+                         total.copy(), {k: v for k, v in details.items() if not k.endswith("_seconds")})
+
+
+def round_details(server: HEServer, holder_id: int, min_clients: int, encoding: FixedPoint | None,
+                  plan: LimbPlan | None, context_bytes: int) -> dict:
+    """A round's public parameters for the results JSON, as the server knows them (in process or deployed)."""
+    scheme = server.scheme
+    return {
+        **scheme.describe(),
+        "exact": scheme.exact,
+        "key_holder": holder_id,
+        "min_clients": min_clients,
+        "fraction_bits": encoding.fraction_bits if encoding else None,
+        "quantization_bound": encoding.sum_error_bound if encoding else None,
+        "limbs": plan.limbs if plan else 1,
+        "digit_bits": plan.digit_bits if plan else None,
+        "ciphertexts_per_client": server.ciphertexts_per_input,
+        "public_context_bytes": context_bytes,
+    }
 
 
 class BFVProtocol(HEProtocol):

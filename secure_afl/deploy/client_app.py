@@ -1,38 +1,46 @@
 """The ClientApp: a site's side of every stage, each run by its SuperNode in a fresh process.
 
 Message types: ``query.hello`` (which client is this node), ``query.plaintext`` (the vector in the
-clear), and one per masking stage, ``query.<stage>``. The masking client's state machine lives in
-the node's ``Context.state`` between stages as its own snapshot (``MaskingClient.snapshot``, our wire
-format; it never leaves the node). A refusal raises: Flower returns it to the server as an error reply,
+clear), one per masking stage, ``query.<stage>``, and homomorphic aggregation's ``query.open`` and
+``query.decrypt`` (the key holder) and ``query.encrypt`` (every client). The masking client's state
+machine lives in the node's ``Context.state`` between stages as its own snapshot
+(``MaskingClient.snapshot``, our wire format; it never leaves the node), and so does the key holder's
+secret context and open rounds (``HEKeyHolder.snapshot``). A refusal raises: Flower returns it to the server as an error reply,
 which the server counts as a dropout at that stage, and the aborted state is kept so the client
 answers nothing more in the round.
 
 ``crash-at=STAGE`` in a node's ``--node-config`` is a drill: when that stage's message arrives the
-node's whole process group (SuperNode, its SuperExec, this ClientApp) is killed, as a machine that
-fails mid-round.
+node's processes die mid-round: the SuperNode is terminated (it signs off from the SuperLink as it
+exits, as a site shut down mid-round) and its whole process group (its SuperExec, this ClientApp) is
+then killed. The server sees the node leave the federation and counts it out of the stage at once.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from protocols.errors import ProtocolAbort
+from protocols.he.roles import HEClient, HEKeyHolder
+from protocols.he.session import PublicSession
 from protocols.masking.client import MaskingClient
 from protocols.plaintext import PlaintextInput
-from protocols.terms import RoundTerms, broadcast_digest
+from protocols.terms import broadcast_digest
 from secure_afl.algorithms.base import RoundSpec
-from secure_afl.deploy.messages import NodeHello, RoundCall
+from secure_afl.deploy.messages import NodeHello, RoundCall, round_terms
 from secure_afl.deploy.site import Site, SiteData
 from secure_afl.deploy.transport import content, parts
 
 STATE = "secure_afl"  # the node's Context.state record holding the masking client's snapshot
 MASKING = "masking"
+KEY_HOLDER = "secure_afl_key_holder"  # the key holder's snapshot (its secret key): an array record, it is large
 DATA, FACTS = "secure_afl_rows", "secure_afl_facts"  # the site's mapped rows, and its public facts
+CRASH_GRACE_SECONDS = 3.0  # the drill's SuperNode signs off within this, then the rest of its group is killed
 
 app = ClientApp()
 
@@ -40,7 +48,10 @@ app = ClientApp()
 def _site(msg: Message, ctx: Context) -> Site:
     stage = msg.metadata.message_type.partition(".")[2]
     if ctx.node_config.get("crash-at") == stage:
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        group = os.getpgrp()  # the SuperNode's: it was started in a session of its own
+        os.kill(group, signal.SIGTERM)
+        time.sleep(CRASH_GRACE_SECONDS)
+        os.killpg(group, signal.SIGKILL)
     return Site.from_node_config(ctx.node_config)
 
 
@@ -97,8 +108,7 @@ def advertise(msg: Message, ctx: Context) -> Message:
     site = _site(msg, ctx)
     call, setup = parts(msg)
     spec, vector = _vector(site, ctx, call)
-    terms = RoundTerms(spec.name, spec.bound, broadcast_digest(spec.broadcast))
-    masking = MaskingClient(site.member(), vector, terms, site.ledger())
+    masking = MaskingClient(site.member(), vector, round_terms(spec), site.ledger())
     return _step(msg, ctx, masking, masking.advertise, setup)
 
 
@@ -127,3 +137,55 @@ def _step(msg: Message, ctx: Context, masking: MaskingClient, step, request: byt
 for _name, _method in (("share", "share_keys"), ("input", "masked_input"), ("consistency", "sign_consistency"),
                        ("unmask", "unmask")):
     app.query(_name)(_stage(_method))
+
+
+@app.query("open")
+def open_round(msg: Message, ctx: Context) -> Message:
+    """The key holder opens a round it derived itself: its signed public context (its keys are made on the job's
+    first round and kept in the node) and a fresh nonce for that round."""
+    site = _site(msg, ctx)
+    (call,) = parts(msg)
+    spec, _ = _vector(site, ctx, call)
+    member = site.member()
+    snapshot = ctx.state.array_records.get(KEY_HOLDER)
+    holder = HEKeyHolder(member) if snapshot is None else HEKeyHolder.restore(_bytes(snapshot), member)
+    opening = holder.open_round(round_terms(spec))
+    _keep_key_holder(ctx, holder)
+    return _reply(msg, holder.public_context, opening)
+
+
+@app.query("encrypt")
+def encrypt(msg: Message, ctx: Context) -> Message:
+    """A client checks the key holder's signed public context and the setup against its own round, then encrypts."""
+    site = _site(msg, ctx)
+    call, context, setup = parts(msg)
+    spec, vector = _vector(site, ctx, call)
+    member = site.member()
+    client = HEClient(member, vector, round_terms(spec), PublicSession.load(context, member.roster), site.ledger())
+    return _reply(msg, client.encrypt(setup))
+
+
+@app.query("decrypt")
+def decrypt(msg: Message, ctx: Context) -> Message:
+    """The key holder sums the verified inputs itself and decrypts that sum once (the setup's nonce is spent)."""
+    site = _site(msg, ctx)
+    setup, *inputs = parts(msg)
+    snapshot = ctx.state.array_records.get(KEY_HOLDER)
+    if snapshot is None:
+        raise ProtocolAbort(f"client {site.client}: asked to decrypt, but it opened no round (is it the key holder?)")
+    holder = HEKeyHolder.restore(_bytes(snapshot), site.member())
+    try:
+        holder.begin(setup)
+        for data in inputs:
+            holder.add(data)
+        return _reply(msg, holder.finish())
+    finally:
+        _keep_key_holder(ctx, holder)
+
+
+def _keep_key_holder(ctx: Context, holder: HEKeyHolder) -> None:
+    ctx.state[KEY_HOLDER] = ArrayRecord({"snapshot": Array(np.frombuffer(holder.snapshot(), dtype=np.uint8))})
+
+
+def _bytes(record: ArrayRecord) -> bytes:
+    return record["snapshot"].numpy().tobytes()

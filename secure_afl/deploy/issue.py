@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from secure_afl.deploy.site import write_job
+from secure_afl.deploy.site import Task, write_job
 
 
 def toml_value(value) -> str:
@@ -24,7 +24,8 @@ def issue_files(plan, directory: Path) -> dict[str, str]:
     """Write the job's files under ``directory`` for ``plan`` (``secure_afl.runner.plan_run``, which drew the
     roster): {"job": …, "roster": …, "sites": …} (no roster for plaintext)."""
     config, protocol = plan.config, plan.protocol
-    files = {"job": str(write_job(directory / "job.json", config)), "sites": str(directory / "sites")}
+    task = Task(plan.dataset.num_classes, len(plan.train_y))
+    files = {"job": str(write_job(directory / "job.json", config, task)), "sites": str(directory / "sites")}
     for k in range(config.clients):
         (directory / "sites" / str(k) / "ledger").mkdir(parents=True, exist_ok=True)
     if getattr(protocol, "roster", None) is None:
@@ -37,9 +38,13 @@ def issue_files(plan, directory: Path) -> dict[str, str]:
     return files
 
 
-def node_config(k: int, clients: int, files: dict[str, str], crash: str | None = None) -> str:
-    """Site ``k``'s ``--node-config`` (of ``clients``): its partition and its files (paths as this machine sees them)."""
+def node_config(k: int, clients: int, files: dict[str, str], crash: str | None = None,
+                dataset_path: str | None = None) -> str:
+    """Site ``k``'s ``--node-config`` (of ``clients``): its partition and its files (paths as this machine sees them);
+    ``dataset_path``: the site's own rows file (``site.write_site_rows``) instead of the shipped data set's partition."""
     entries = {"partition-id": k, "num-partitions": clients, "job": files["job"]}
+    if dataset_path is not None:
+        entries["dataset-path"] = dataset_path
     if "roster" in files:
         site = Path(files["sites"]) / str(k)
         entries.update({"roster": files["roster"], "identity": str(site / "identity.json"),

@@ -1,9 +1,10 @@
 """``secure-afl deploy local``: a whole federation on loopback, as real processes, then the run's results.
 
 The operator's side of a deployed job, on one machine: it issues the roster and one identity file per
-site (a secure protocol), writes the job file, starts a SuperLink and one SuperNode per client (each a
-process of its own, told its partition and its files through ``--node-config``), submits the Flower
-app with ``flwr run`` and waits for it. The server (ServerApp) writes its report, the model and the
+site (a secure protocol), writes the job file and each site's own rows (``dataset-path``: its partition's
+backbone features, so no node loads the backbone), starts a SuperLink and one SuperNode per client (each
+a process of its own, told its partition and its files through ``--node-config``; HTTPS with a CA made
+for the run under ``tls``, registered node keys only under ``auth``), submits the Flower app with ``flwr run`` and waits for it. The server (ServerApp) writes its report, the model and the
 transcript; this process then evaluates the model as ``secure-afl run`` does (the operator holds the
 data set here) and returns the same results document, with the deployment's per-stage bytes and
 latencies beside it. Every process it started, and every process those started, is stopped by pid
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -32,9 +34,10 @@ from protocols.transcript import check_destination
 from secure_afl.algorithms.base import LinearModel
 from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
+from secure_afl.deploy.credentials import Certificates, make_certificates, make_node_key
 from secure_afl.deploy.issue import issue_files, node_config, toml_value
 from secure_afl.deploy.server_app import MODEL, REPORT, TRANSCRIPT
-from secure_afl.deploy.site import check_deployable
+from secure_afl.deploy.site import check_deployable, write_site_rows
 from secure_afl.errors import ConfigError, SecureAFLError
 from secure_afl.runner import Timer, Training, job_metrics, load_features, plan_run, results_document
 
@@ -42,7 +45,11 @@ APP = Path(__file__).with_name("app")
 CONNECTION = "secure-afl-local"
 OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-STAGES = ("hello", "plaintext", "advertise", "share", "input", "consistency", "unmask")
+# A SuperExec looks for a new message to start a ClientApp for once a second by default; every protocol stage
+# waits for that poll on every node, so a loopback federation polls every 0.2 s (each poll is an HTTP request to
+# its SuperNode: faster polling costs CPU on every node of a small machine while it waits).
+POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
+STAGES = ("hello", "plaintext", "advertise", "share", "input", "consistency", "unmask", "open", "encrypt", "decrypt")
 
 
 class DeploymentError(SecureAFLError):
@@ -56,6 +63,8 @@ class LocalDeployment:
     connect_timeout: float = 120.0
     run_timeout: float = 1800.0  # the whole `flwr run`
     crash: dict[int, str] = field(default_factory=dict)  # node → stage at which its processes are killed (a drill)
+    tls: bool = False  # HTTPS between every process and the SuperLink, with a CA made for this run
+    auth: bool = False  # SuperNode authentication: only the nodes the operator registered are accepted (needs tls)
     workdir: str | None = None  # kept when given; a temporary directory (removed afterwards) otherwise
 
     def check(self) -> None:
@@ -64,6 +73,8 @@ class LocalDeployment:
         for node, stage in self.crash.items():
             if not 0 <= node < self.nodes or stage not in STAGES:
                 raise ConfigError(f"--crash {node}={stage}: nodes are 0..{self.nodes - 1}, stages {', '.join(STAGES)}")
+        if self.auth and not self.tls:
+            raise ConfigError("--auth (SuperNode authentication) needs --tls: Flower refuses it over plain HTTP")
         for name in ("stage_timeout", "connect_timeout", "run_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
@@ -206,25 +217,30 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
         for sub in ("logs", "flwr", "out", "app"):
             (work / sub).mkdir()
         files = issue_files(plan, work)
+        features = load_features(plan, timer)  # the operator's evaluation data; here also each site's own rows
+        rows = {}
+        for k, indices in enumerate(plan.client_indices):
+            rows[k] = str(write_site_rows(work / "sites" / str(k) / "rows.npz", features.train_raw[indices],
+                                          plan.train_y[indices]))
         shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
-        env = {**os.environ, **OFFLINE, "FLWR_HOME": str(work / "flwr"),  # Flower starts its helpers from PATH
-               "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-        processes = Processes(env, work / "logs")
+        processes = Processes(flower_env(work), work / "logs")
+        cpu = _children_cpu_seconds()
         try:
             with timer.phase("deployment"):
-                server_report, flwr_seconds = _run_processes(processes, work, files, deployment)
+                server_report, flwr_seconds = _run_processes(processes, work, files, rows, deployment)
         finally:
             processes.stop()
             leftover = [pid for pid in processes.pids() if _alive(pid)]
+        cpu = _children_cpu_seconds() - cpu
         model = LinearModel(np.load(work / "out" / MODEL, allow_pickle=False)["weights"])
-        features = load_features(plan, timer)
         with timer.phase("evaluation"):
             metrics = job_metrics(plan, features, algorithm(config.algorithm).configure(config), model,
                                   server_report["bytes"]["included_clients"])
         extra = {"deployment": {
-            "engine": "flower", "flower": _flower_version(), "nodes": deployment.nodes, "transport": "http (loopback)",
+            "engine": "flower", "flower": _flower_version(), "nodes": deployment.nodes,
+            "transport": f"{'https' if deployment.tls else 'http'} (loopback)", "node_authentication": deployment.auth,
             "stage_timeout_s": deployment.stage_timeout, "crash": {str(k): v for k, v in deployment.crash.items()},
-            "flwr_run_s": flwr_seconds, "server_timings_s": server_report.get("timings_s", {}),
+            "flwr_run_s": flwr_seconds, "processes_cpu_s": cpu, "server_timings_s": server_report.get("timings_s", {}),
             "stages": server_report["stages"], "hello": server_report["hello"],
             "processes_left_running": leftover,
         }}
@@ -236,19 +252,71 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
     return results_document(plan, features, Training(None, {}, metrics, server_report["bytes"]), timer, **extra)
 
 
-def _run_processes(processes: Processes, work: Path, files: dict[str, str], deployment: LocalDeployment):
-    """SuperLink, SuperNodes, ``flwr run``; the server's report and the run's wall time."""
+@dataclass(frozen=True)
+class Federation:
+    """A running SuperLink as SuperNodes and the ``flwr`` CLI reach it."""
+
+    port: int
+    certificates: Certificates | None  # None: plain HTTP (``--insecure``)
+
+    def supernode_flags(self) -> list[str]:
+        if self.certificates is None:
+            return ["--insecure", "--superlink", f"127.0.0.1:{self.port}"]
+        return ["--root-certificates", str(self.certificates.ca), "--superlink", f"127.0.0.1:{self.port}"]
+
+    def register(self, processes: Processes, public_key: Path) -> None:
+        """``flwr supernode register``: the SuperLink accepts a SuperNode holding the matching private key."""
+        done = subprocess.run([_tool("flwr"), "supernode", "register", str(public_key), CONNECTION], env=processes.env,
+                              capture_output=True, timeout=120, check=False, start_new_session=True)
+        if done.returncode != 0:
+            raise DeploymentError(f"registering {public_key.name} failed: {done.stdout.decode(errors='replace')[-500:]}")
+
+
+def start_superlink(processes: Processes, work: Path, deployment: LocalDeployment) -> Federation:
+    """The SuperLink on a free loopback port (HTTPS with a throw-away CA under ``--tls``, node authentication under
+    ``--auth``), and the ``flwr`` CLI's connection to it in ``work/flwr/config.toml``."""
     port = free_port()
-    superlink = processes.start("superlink", [_tool("flower-superlink"), "--insecure",
+    certificates = make_certificates(work / "certs") if deployment.tls else None
+    security = ["--insecure"] if certificates is None else certificates.superlink_flags()
+    if deployment.auth:
+        security.append("--enable-supernode-auth")
+    superlink = processes.start("superlink", [_tool("flower-superlink"), *security,
                                               "--disable-runtime-dependency-installation",
                                               "--host", "127.0.0.1", "--port", str(port)])
-    wait_for_port(port, superlink, deployment.connect_timeout, "the SuperLink")
-    for k in range(deployment.nodes):
-        processes.start(f"supernode-{k}", [
-            _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
-            "--node-config", node_config(k, deployment.nodes, files, deployment.crash.get(k))])
+    trust = "insecure = true" if certificates is None else f"root-certificates = {toml_value(str(certificates.ca))}"
     (work / "flwr" / "config.toml").write_text(
-        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\n{trust}\n')
+    wait_for_port(port, superlink, deployment.connect_timeout, "the SuperLink")
+    return Federation(port, certificates)
+
+
+def _children_cpu_seconds() -> float:
+    """CPU seconds (user + system) of every finished process below this one: each Flower process reaps its own
+    children, so a deployment's whole tree is counted once it is stopped. Unlike wall time, a busy machine does not
+    inflate it."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def flower_env(work: Path) -> dict[str, str]:
+    """The environment of every Flower process of a run: offline, its own FLWR_HOME, Flower's tools on PATH."""
+    return {**os.environ, **OFFLINE, **POLL, "FLWR_HOME": str(work / "flwr"),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+
+
+def _run_processes(processes: Processes, work: Path, files: dict[str, str], rows: dict[int, str],
+                   deployment: LocalDeployment):
+    """SuperLink, SuperNodes, ``flwr run``; the server's report and the run's wall time."""
+    federation = start_superlink(processes, work, deployment)
+    for k in range(deployment.nodes):
+        identity = []
+        if deployment.auth:
+            private, public = make_node_key(work / "keys", f"node{k}")
+            federation.register(processes, public)
+            identity = ["--auth-supernode-private-key", str(private)]
+        processes.start(f"supernode-{k}", [
+            _tool("flower-supernode"), *federation.supernode_flags(), *identity, "--port", str(free_port()),
+            "--node-config", node_config(k, deployment.nodes, files, deployment.crash.get(k), rows[k])])
     settings = {"job": files["job"], "out": str(work / "out"), "roster": files.get("roster", ""),
                 "stage-timeout": float(deployment.stage_timeout), "connect-timeout": float(deployment.connect_timeout)}
     run_config = " ".join(f"{key}={toml_value(v)}" for key, v in settings.items())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocols.errors import MalformedMessageError
+from protocols.terms import RoundTerms, broadcast_digest
 from protocols.wire import Reader, Writer
 from secure_afl.algorithms.base import RoundSpec
 
@@ -74,3 +75,8 @@ class RoundCall:
             broadcast[key] = words.view(np.float64).reshape(shape).copy()
         r.end()
         return cls(name, length, bound, broadcast)
+
+
+def round_terms(spec: RoundSpec) -> RoundTerms:
+    """What a secure protocol binds a round to: its name, public bound and the digest of its broadcast."""
+    return RoundTerms(spec.name, spec.bound, broadcast_digest(spec.broadcast))

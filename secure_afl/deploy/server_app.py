@@ -26,14 +26,14 @@ from protocols.files import write_atomically
 from protocols.transcript import TranscriptWriter
 from secure_afl.algorithms.base import RoundSpec
 from secure_afl.deploy.messages import NodeHello
-from secure_afl.deploy.rounds import Stages, masked_round, plaintext_round
+from secure_afl.deploy.rounds import Stages, he_round, masked_round, plaintext_round
 from secure_afl.deploy.site import check_deployable, read_job
 from secure_afl.errors import ConfigError
 from secure_afl.runner import Timer, plan_run, public_knowledge, run_rounds, site_algorithm
 
 log = logging.getLogger(__name__)
 REPORT, MODEL, TRANSCRIPT = "server.json", "model.npz", "transcript"
-ROUNDS = {"plaintext": plaintext_round, "mask": masked_round}
+ROUNDS = {"plaintext": plaintext_round, "mask": masked_round, "he-bfv": he_round}
 
 app = ServerApp()
 

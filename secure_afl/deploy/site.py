@@ -30,17 +30,17 @@ if TYPE_CHECKING:
 
 JOB_FORMAT = "secure-afl/deploy-job"
 JOB_VERSION = 1
-DEPLOYED_ALGORITHMS = ("afl",)  # the others keep client state across rounds, not carried between processes yet
-DEPLOYED_PROTOCOLS = ("plaintext", "mask")
+DEPLOYED_PROTOCOLS = ("plaintext", "mask", "he-bfv")
 
 
 def check_deployable(config: RunConfig) -> None:
     """Refuse, before any process starts, a job the deployment cannot run yet."""
-    if config.algorithm not in DEPLOYED_ALGORITHMS:
-        raise ConfigError(f"a deployed job runs --algorithm {', '.join(DEPLOYED_ALGORITHMS)} for now, not "
-                          f"{config.algorithm!r}; run it in one process with `secure-afl run`")
+    reason = undeployable(config)
+    if reason is not None:
+        raise ConfigError(f"--algorithm {config.algorithm} is not deployed yet: {reason}; run it in one process with "
+                          "`secure-afl run`")
     if config.protocol not in DEPLOYED_PROTOCOLS:
-        raise ConfigError(f"a deployed job runs --protocol {' or '.join(DEPLOYED_PROTOCOLS)} for now, not "
+        raise ConfigError(f"a deployed job runs --protocol {', '.join(DEPLOYED_PROTOCOLS)} for now, not "
                           f"{config.protocol!r}; run it in one process with `secure-afl run`")
     if config.dropout:
         raise ConfigError("--dropout simulates dropouts in one process; a deployment's dropouts are real "
@@ -49,21 +49,45 @@ def check_deployable(config: RunConfig) -> None:
         raise ConfigError("DP on the statistics is not deployed yet; run it with `secure-afl run`")
 
 
-def write_job(path: str | Path, config: RunConfig) -> Path:
-    """The job file every site and the server read: the whole run configuration (JSON, never pickle)."""
+@dataclass(frozen=True)
+class Task:
+    """The task's public facts a site with its own rows (``dataset-path``) cannot count itself: the classes, and the
+    size of the whole training set (the public bounds are built from it)."""
+
+    num_classes: int
+    train_size: int
+
+
+def undeployable(config: RunConfig) -> str | None:
+    """Why the job's algorithm (as the registry declares it) cannot run deployed yet, or None. A site answers each
+    message in a fresh process and derives every round it takes part in from the job alone (protocols/terms.py), so
+    a deployed algorithm is one round on the public features, with nothing to keep or compute locally afterwards."""
+    from secure_afl.algorithms.registry import algorithm
+
+    entry = algorithm(config.algorithm)
+    if entry.inputs != "features":
+        return f"its clients train on {entry.inputs}, a site serves mapped backbone features"
+    if entry.rounds(config) != 1:
+        return (f"it runs {entry.rounds(config)} rounds, whose calls a site cannot derive from the job alone and "
+                "whose client state is not carried between a SuperNode's processes")
+    if entry.local_map is not None or entry.personalize is not None:
+        return "its clients keep a local model after training, which a site does not build"
+    return None
+
+
+def write_job(path: str | Path, config: RunConfig, task: Task | None = None) -> Path:
+    """The job file every site and the server read: the whole run configuration and the task's public facts
+    (JSON, never pickle)."""
     document = {"format": JOB_FORMAT, "version": JOB_VERSION, "config": asdict(config)}
+    if task is not None:
+        document["task"] = asdict(task)
     return write_atomically(path, lambda out: json.dump(document, out, indent=1))
 
 
 def read_job(path: str | Path) -> RunConfig:
     from secure_afl.config import RunConfig
 
-    try:
-        document = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the job file {str(path)!r}: {exc}") from exc
-    if not isinstance(document, dict) or document.get("format") != JOB_FORMAT or document.get("version") != JOB_VERSION:
-        raise ConfigError(f"{str(path)!r} is not a secure-afl job file (format {JOB_FORMAT} version {JOB_VERSION})")
+    document = _job_document(path)
     names = {f.name for f in fields(RunConfig)}
     options = document.get("config", {})
     if not isinstance(options, dict) or set(options) - names:
@@ -71,6 +95,25 @@ def read_job(path: str | Path) -> RunConfig:
     config = RunConfig(**options)
     config.validate()
     return config
+
+
+def read_task(path: str | Path) -> Task:
+    facts = _job_document(path).get("task")
+    try:
+        return Task(int(facts["num_classes"]), int(facts["train_size"]))
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ConfigError(f"the job file {str(path)!r} states no task (num_classes, train_size); issue it again with "
+                          "`secure-afl deploy issue`") from exc
+
+
+def _job_document(path: str | Path) -> dict:
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the job file {str(path)!r}: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != JOB_FORMAT or document.get("version") != JOB_VERSION:
+        raise ConfigError(f"{str(path)!r} is not a secure-afl job file (format {JOB_FORMAT} version {JOB_VERSION})")
+    return document
 
 
 @dataclass(frozen=True)
@@ -118,19 +161,31 @@ class Site:
         return ContributionLedger.in_directory(self._path("ledger-dir"), self.client)
 
     def features(self) -> SiteData:
-        """This site's rows, mapped: the runner's partition of the data set (the job's seed decides it), their
-        backbone features from the on-disk cache (extracted and cached on a miss), the public feature map."""
+        """This site's rows, mapped by the public feature map. With ``dataset-path`` in the node config: the site's
+        own rows file (``write_site_rows``: its images' backbone features and labels, made where the images are), so
+        the node never loads the backbone; without it, the runner's partition of the shipped data set (the job's seed
+        decides it, as in the in-process run) with backbone features from the on-disk cache (extracted on a miss).
+        Either way the job's ``--min-class-count`` rule withholds the site's rare classes here."""
         import torch
 
-        from secure_afl.runner import backbone_features, plan_run
+        from secure_afl.class_minimum import withhold_rare_classes
+        from secure_afl.device import resolve_device
+        from secure_afl.runner import backbone_features, build_feature_map, plan_run
 
         config = self.job()
-        plan = plan_run(config, roster=None if config.protocol == "plaintext" else self.roster())
-        train_raw, _, info = backbone_features(config, plan.dataset, plan.device, progress=False)
-        rows = plan.sent_indices[self.client]
-        x, _ = plan.feature_map.apply(torch.from_numpy(train_raw[rows]).to(plan.device))
-        return SiteData(x.cpu().numpy(), plan.train_y[rows], plan.dataset.num_classes, len(plan.train_y),
-                        int(info["feature_dim"]))
+        if "dataset-path" in self.node_config:  # neither the data set nor the backbone is opened here
+            task = read_task(self._path("job"))
+            raw, labels = read_site_rows(self._path("dataset-path"), task.num_classes)
+            feature_map, device, backbone_dim = build_feature_map(config), resolve_device(config.device), raw.shape[1]
+        else:
+            plan = plan_run(config, roster=None if config.protocol == "plaintext" else self.roster())
+            train_raw, _, info = backbone_features(config, plan.dataset, plan.device, progress=False)
+            rows = plan.client_indices[self.client]
+            raw, labels, backbone_dim = train_raw[rows], plan.train_y[rows], int(info["feature_dim"])
+            task, feature_map, device = Task(plan.dataset.num_classes, len(plan.train_y)), plan.feature_map, plan.device
+        (kept,) = withhold_rare_classes([np.arange(len(labels))], labels, config.min_class_count)
+        x, _ = feature_map.apply(torch.from_numpy(np.ascontiguousarray(raw[kept])).to(device))
+        return SiteData(x.cpu().numpy(), labels[kept], task.num_classes, task.train_size, backbone_dim)
 
     def algorithm(self, data: SiteData) -> tuple[AlgorithmServer, AlgorithmClient]:
         """The algorithm's server as this site derives it from the job (its rounds and public bounds, to check the
@@ -146,6 +201,36 @@ class Site:
             raise ConfigError(f"client {self.client}: --min-class-count {config.min_class_count} withheld every row "
                               "of this site, so it has nothing to send")
         return server, client
+
+
+SITE_ROWS_FORMAT = "secure-afl/site-rows"
+SITE_ROWS_VERSION = 1
+
+
+def write_site_rows(path: str | Path, features: np.ndarray, labels: np.ndarray) -> Path:
+    """A site's own rows for ``dataset-path``: the backbone features of its training images (float32, one row each)
+    and their labels, in an npz with a format tag (no pickle). The job's backbone and resolution must have made them."""
+    meta = np.frombuffer(json.dumps({"format": SITE_ROWS_FORMAT, "version": SITE_ROWS_VERSION}).encode(), np.uint8)
+    return write_atomically(path, lambda out: np.savez(out, format=meta, features=np.asarray(features, np.float32),
+                                                       labels=np.asarray(labels, np.int64)), binary=True)
+
+
+def read_site_rows(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``write_site_rows`` wrote, refused unless they are that format, finite and labelled in the task's
+    ``num_classes`` classes."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(data["format"].tobytes())
+            features, labels = data["features"], data["labels"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"dataset-path {str(path)!r} is not a site rows file ({SITE_ROWS_FORMAT}): {exc}") from exc
+    if meta != {"format": SITE_ROWS_FORMAT, "version": SITE_ROWS_VERSION}:
+        raise ConfigError(f"dataset-path {str(path)!r} is {meta}, not {SITE_ROWS_FORMAT} version {SITE_ROWS_VERSION}")
+    if (features.dtype != np.float32 or features.ndim != 2 or labels.shape != (features.shape[0],)
+            or not np.isfinite(features).all() or (labels.size and not 0 <= labels.min() <= labels.max() < num_classes)):
+        raise ConfigError(f"dataset-path {str(path)!r}: expected finite float32 features (rows, dim) and one label in "
+                          f"0..{num_classes - 1} per row, got {features.dtype} {features.shape} and labels {labels.shape}")
+    return features, labels
 
 
 @dataclass(frozen=True)
