@@ -19,6 +19,7 @@ from protocols.he.session import PublicSession  # noqa: E402
 from secure_afl.algorithms.afl import AFLConfig, reference  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.deploy.credentials import make_node_key  # noqa: E402
+from secure_afl.model import Model  # noqa: E402
 from secure_afl.deploy.local import (DeploymentError, LocalDeployment, Processes, _alive, _tool, flower_env,  # noqa: E402
                                      free_port, run_local, start_superlink)
 from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, train  # noqa: E402
@@ -96,6 +97,47 @@ def test_masked_afl_over_three_supernodes_equals_the_in_process_run_and_hides_ev
         assert all(vector[window].tobytes() not in data and encoded[window].tobytes() not in data
                    for stage in round_.messages.values() for data in stage.values())
     assert np.array_equal(view.total, encoding.decode(exact))  # the sum of the encodings, bit for bit
+
+
+def test_masked_deepafl_over_three_supernodes_runs_its_2t_plus_1_rounds_as_the_in_process_run(tmp_path):
+    """Each site rebuilds its client for every round from its rows and the calls it answered (client_app._vector):
+    every W_t and Ω_t equals the in-process run's, and the server's transcript holds all 2T + 1 masked rounds."""
+    options = {"algorithm": "deepafl", "depth": 1, "deep_width": 48, "residual_width": 32}
+    results = deploy(tmp_path, 3, transcript=str(tmp_path / "transcript"), **options)
+    training, _, _, _ = in_process(3, **options)
+    deployed = Model.load(tmp_path / "work" / "out" / "model.npz").predictor
+    assert len(deployed.classifiers) == 2 and len(deployed.residuals) == 1
+    assert deployed.relative_difference(training.server.model()) <= 1e-9
+    for name in ("accuracy", "layer_accuracy", "centralized_accuracy"):
+        assert results["metrics"][name] == training.metrics[name]
+    assert results["metrics"]["max_rel_diff_to_centralized"] <= 1e-9
+    names = ["deepafl/classifier/0", "deepafl/residual/0", "deepafl/classifier/1"]
+    assert [r["round"] for r in results["bytes"]["per_round"]] == names
+    assert results["bytes"]["included_clients"] == [0, 1, 2]
+    stages = [s["stage"] for s in results["deployment"]["stages"]]
+    assert stages == ["advertise", "share", "input", "consistency", "unmask"] * 3
+    assert all(s["answered"] == [0, 1, 2] for s in results["deployment"]["stages"])
+    assert results["deployment"]["processes_left_running"] == [] and left_running(tmp_path) == []
+    rounds = Transcript.load(tmp_path / "transcript").rounds
+    assert [r.name for r in rounds] == names
+    assert all(r.view().secure and r.view().included == (0, 1, 2) for r in rounds)
+
+
+def test_fedprox_with_sampled_clients_over_three_supernodes_trains_and_records_the_in_process_history(tmp_path):
+    """R rounds of two sampled clients each: a site's first round may come after others it was not asked to; the
+    per-round models the server saves give the in-process history's accuracies."""
+    options = {"algorithm": "fedprox", "rounds": 3, "client_fraction": 0.6, "local_epochs": 1, "protocol": "plaintext"}
+    results = deploy(tmp_path, 3, **options)
+    training, _, _, _ = in_process(3, **options)
+    deployed = Model.load(tmp_path / "work" / "out" / "model.npz").predictor
+    assert relative(deployed.weights, training.server.model().weights) <= 1e-9
+    assert results["metrics"]["accuracy"] == training.metrics["accuracy"]
+    history, expected = results["metrics"]["history"], training.metrics["history"]
+    assert [(r["round"], r["clients"], r["accuracy"]) for r in history] == \
+        [(r["round"], r["clients"], r["accuracy"]) for r in expected]
+    asked = [s["answered"] for s in results["deployment"]["stages"]]
+    assert [len(a) for a in asked] == [2, 2, 2] and set().union(*map(set, asked)) == {0, 1, 2}
+    assert results["deployment"]["processes_left_running"] == [] and left_running(tmp_path) == []
 
 
 def test_a_supernode_killed_before_key_sharing_leaves_an_exact_round_of_the_survivors(tmp_path):

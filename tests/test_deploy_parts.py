@@ -52,8 +52,6 @@ def test_a_job_file_round_trips_and_a_foreign_or_unknown_one_is_refused(tmp_path
 
 
 @pytest.mark.parametrize("options, refused", [
-    ({"algorithm": "deepafl", "partition": "iid"}, "deepafl is not deployed yet: it runs 19 rounds"),
-    ({"algorithm": "fedavg"}, "fedavg is not deployed yet: it runs"),
     ({"algorithm": "apfl"}, "apfl is not deployed yet: its clients keep a local model"),
     ({"algorithm": "fedavg-cnn"}, "fedavg-cnn is not deployed yet: its clients train on pixels"),
     ({"protocol": "he-ckks"}, "--protocol plaintext, mask, he-bfv"),
@@ -130,31 +128,79 @@ def test_deploy_issue_writes_each_site_its_private_identity_and_node_config(tmp_
     assert capsys.readouterr().err.startswith("secure-afl: error: --dir")
 
 
-def test_a_site_answers_only_the_round_it_derives_from_the_job_itself(tmp_path):
-    pytest.importorskip("flwr")
+def site_context(x: np.ndarray, y: np.ndarray):
+    """A node's Context with the site's rows loaded (``client_app._rows``), as after its hello."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
+    from secure_afl.deploy.client_app import DATA, FACTS
+
+    state = RecordDict({DATA: ArrayRecord({"x": Array(x), "y": Array(y)}),
+                        FACTS: ConfigRecord({"num_classes": 10, "train_size": 100, "backbone_dim": x.shape[1]})})
+    return Context(run_id=1, node_id=1, node_config={}, state=state, run_config={})
+
+
+def site_rows(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # rows within --max-norm 1, as the feature map leaves them
+    return x, rng.integers(0, 10, size=20)
+
+
+def test_a_site_answers_only_the_round_it_derives_from_the_job_itself(tmp_path):
+    pytest.importorskip("flwr")
     from protocols import ProtocolAbort
-    from secure_afl.deploy.client_app import DATA, FACTS, _vector
+    from secure_afl.deploy.client_app import _vector
     from secure_afl.statistics import packed_statistics
 
     write_job(tmp_path / "job.json", RunConfig(clients=3, protocol="plaintext", dataset="digits"))
     site = Site.from_node_config({"job": str(tmp_path / "job.json"), "partition-id": 1, "num-partitions": 3})
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(20, 8)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)  # rows within --max-norm 1, as the feature map leaves them
-    y = rng.integers(0, 10, size=20)
-    state = RecordDict({DATA: ArrayRecord({"x": Array(x), "y": Array(y)}),
-                        FACTS: ConfigRecord({"num_classes": 10, "train_size": 100, "backbone_dim": 8})})
-    ctx = Context(run_id=1, node_id=1, node_config={}, state=state, run_config={})
+    x, y = site_rows()
     server, _ = site.algorithm(SiteData(x, y, 10, 100, 8))
     own = server.next_round()
-    spec, vector = _vector(site, ctx, RoundCall(own.name, own.length, own.bound, {}).to_bytes())
-    assert spec.bound == own.bound and np.array_equal(vector, packed_statistics(x, y, 10))
     for name, bound, broadcast in ((own.name, 2 * own.bound, {}), ("afl/other", own.bound, {}),
                                    (own.name, own.bound, {"w": np.zeros(2)})):
         with pytest.raises(ProtocolAbort, match="not the round this site derives"):
-            _vector(site, ctx, RoundCall(name, own.length, bound, broadcast).to_bytes())
+            _vector(site, site_context(x, y), RoundCall(name, own.length, bound, broadcast).to_bytes())
+    ctx = site_context(x, y)
+    spec, vector = _vector(site, ctx, RoundCall(own.name, own.length, own.bound, {}).to_bytes())
+    assert spec.bound == own.bound and np.array_equal(vector, packed_statistics(x, y, 10))
+    with pytest.raises(ProtocolAbort, match="the job has 1 rounds"):  # AFL's one round is spent
+        _vector(site, ctx, RoundCall("afl/again", own.length, own.bound, {}).to_bytes())
+
+
+def test_a_deepafl_site_rebuilt_for_every_round_answers_exactly_as_its_in_process_client(tmp_path):
+    """A fresh process per round: the site replays the calls it answered through a new client, so every round's
+    vector equals, bit for bit, that of one long-lived client given the same calls (a call carries the broadcast
+    C-ordered, which may change the last bit of a product against the server's own array); a repeat of the last call gets the same vector again,
+    and a round answered before, one out of order or one beyond the job's 2T + 1 are refused."""
+    pytest.importorskip("flwr")
+    from protocols import ProtocolAbort
+    from secure_afl.deploy.client_app import _vector
+
+    config = RunConfig(clients=3, protocol="plaintext", dataset="digits", algorithm="deepafl", depth=2, deep_width=16,
+                       residual_width=12)
+    write_job(tmp_path / "job.json", config)
+    site = Site.from_node_config({"job": str(tmp_path / "job.json"), "partition-id": 0, "num-partitions": 3})
+    x, y = site_rows(1)
+    server, client = site.algorithm(SiteData(x, y, 10, 100, 8))  # the in-process pair: one client for every round
+    ctx, calls = site_context(x, y), []
+    while (spec := server.next_round()) is not None:
+        calls.append(RoundCall.of(spec).to_bytes())
+        expected = client.contribute(RoundCall.from_bytes(calls[-1]).spec())
+        _, vector = _vector(site, ctx, calls[-1])
+        assert np.array_equal(vector, expected)
+        assert np.array_equal(_vector(site, ctx, calls[-1])[1], expected)  # the key holder's open, then encrypt
+        server.receive(spec, 3.0 * expected)  # a sum the server could receive; the later broadcasts follow from it
+    assert len(calls) == 5 and server.model().residuals  # 2T + 1 rounds, residual blocks made
+    with pytest.raises(ProtocolAbort, match="answers each once"):
+        _vector(site, ctx, calls[1])
+    beyond = RoundCall.from_bytes(calls[-1])
+    with pytest.raises(ProtocolAbort, match="the job has 5 rounds"):
+        _vector(site, ctx, RoundCall("deepafl/classifier/3", beyond.length, beyond.bound, beyond.broadcast).to_bytes())
+    skipping = site_context(x, y)
+    _vector(site, skipping, calls[0])
+    with pytest.raises(ConfigError, match="out of order"):  # the client itself refuses a round it cannot answer
+        _vector(site, skipping, calls[2])
 
 
 def test_the_deployed_server_and_a_site_derive_the_same_round_and_a_site_without_rows_refuses(tmp_path):

@@ -5,9 +5,10 @@ clear), one per masking stage, ``query.<stage>``, and homomorphic aggregation's 
 ``query.decrypt`` (the key holder) and ``query.encrypt`` (every client). The masking client's state
 machine lives in the node's ``Context.state`` between stages as its own snapshot
 (``MaskingClient.snapshot``, our wire format; it never leaves the node), and so does the key holder's
-secret context and open rounds (``HEKeyHolder.snapshot``). A refusal raises: Flower returns it to the server as an error reply,
-which the server counts as a dropout at that stage, and the aborted state is kept so the client
-answers nothing more in the round.
+secret context and open rounds (``HEKeyHolder.snapshot``). A multi-round algorithm's client is rebuilt
+for every round from the job, the site's rows and the calls of the rounds it answered (``_vector``).
+A refusal raises: Flower returns it to the server as an error reply, which the server counts as a
+dropout at that stage, and the aborted state is kept so the client answers nothing more in the round.
 
 ``crash-at=STAGE`` in a node's ``--node-config`` is a drill: when that stage's message arrives the
 node's processes die mid-round: the SuperNode is terminated (it signs off from the SuperLink as it
@@ -32,6 +33,7 @@ from protocols.masking.client import MaskingClient
 from protocols.plaintext import PlaintextInput
 from protocols.terms import broadcast_digest
 from secure_afl.algorithms.base import RoundSpec
+from secure_afl.algorithms.registry import algorithm
 from secure_afl.deploy.messages import NodeHello, RoundCall, round_terms
 from secure_afl.deploy.site import Site, SiteData
 from secure_afl.deploy.transport import content, parts
@@ -40,6 +42,7 @@ STATE = "secure_afl"  # the node's Context.state record holding the masking clie
 MASKING = "masking"
 KEY_HOLDER = "secure_afl_key_holder"  # the key holder's snapshot (its secret key): an array record, it is large
 DATA, FACTS = "secure_afl_rows", "secure_afl_facts"  # the site's mapped rows, and its public facts
+ROUNDS = "secure_afl_rounds"  # the call of every round this node answered, in order (``_vector``)
 CRASH_GRACE_SECONDS = 3.0  # the drill's SuperNode signs off within this, then the rest of its group is killed
 
 app = ClientApp()
@@ -80,18 +83,62 @@ def _rows(site: Site, ctx: Context) -> SiteData:
                     int(facts["backbone_dim"]))
 
 
-def _vector(site: Site, ctx: Context, call: bytes) -> tuple[RoundSpec, np.ndarray]:
-    """The round as this site derives it from the job, refused unless the server's call names exactly that round
-    (protocols/terms.py: a client never takes a round's name, bound or broadcast from the server alone), and the
-    site's vector for it. An AFL site derives its one round completely."""
-    call = RoundCall.from_bytes(call)
+def _vector(site: Site, ctx: Context, data: bytes) -> tuple[RoundSpec, np.ndarray]:
+    """The round the server calls, as this site accepts it, and the site's vector for it.
+
+    A SuperNode answers every message in a fresh process, and an algorithm's client keeps state between rounds
+    (DeepAFL's Φ_t and F_t). The one mechanism for every algorithm: the node keeps the call of every round it
+    answered, in order (``ROUNDS``: each ``RoundCall`` in our wire format, never pickle; it never leaves the node),
+    and rebuilds its client from the job and its rows, then replays those calls through ``contribute`` before it
+    answers the new one. The algorithms stay untouched and the vector is exactly the in-process client's: that
+    client saw the same specs in the same order. The cost is one more ``contribute`` per earlier round (quadratic
+    in the rounds a site answers).
+
+    What the site checks (protocols/terms.py): the job's first round it derives completely, name, length, bound and
+    broadcast, and refuses any other call for it. A later round's bound and broadcast follow from sums only the
+    server received, so the site takes them from the call as an in-process client takes them from its server
+    (DeepAFL clips to a later round's bound instead of refusing); it refuses a round it already answered, more
+    rounds than the job has, a round its client cannot answer (out of order), and a vector of another length.
+    A repeat of the round answered last (the key holder's ``open`` and ``encrypt``) gets the same vector again."""
+    call = RoundCall.from_bytes(data)
+    answered = _answered(ctx)
+    repeat = bool(answered) and answered[-1] == data
+    earlier = answered[:-1] if repeat else answered
     server, client = site.algorithm(_rows(site, ctx))
-    own = server.next_round()
-    if own is None or (own.name, own.length, own.bound, broadcast_digest(own.broadcast)) != (
-            call.name, call.length, call.bound, broadcast_digest(call.broadcast)):
-        raise ProtocolAbort(f"client {site.client}: the server called round {call.name!r} ({call.length} values, bound "
-                            f"{call.bound!r}), not the round this site derives from the job")
-    return own, client.contribute(own)
+    if not repeat:
+        _check_call(site, server.next_round(), call, [RoundCall.from_bytes(d).name for d in earlier])
+    for previous in earlier:
+        client.contribute(RoundCall.from_bytes(previous).spec())
+    spec = call.spec()
+    vector = client.contribute(spec)
+    if vector.shape != (call.length,):
+        raise ProtocolAbort(f"client {site.client}: round {call.name!r} calls for {call.length} values, this site's "
+                            f"client answers {vector.shape[0]}")
+    if not repeat:
+        ctx.state[ROUNDS] = ArrayRecord({str(i): Array(np.frombuffer(d, dtype=np.uint8))
+                                         for i, d in enumerate([*earlier, data])})
+    return spec, vector
+
+
+def _answered(ctx: Context) -> list[bytes]:
+    """The calls of the rounds this node answered, in order."""
+    record = ctx.state.array_records.get(ROUNDS)
+    return [] if record is None else [record[str(i)].numpy().tobytes() for i in range(len(record))]
+
+
+def _check_call(site: Site, first: RoundSpec | None, call: RoundCall, earlier: list[str]) -> None:
+    """Refuse a call this site cannot accept as its next round (``_vector`` says which)."""
+    if not earlier and first is not None and (first.participants is None or site.client in first.participants):
+        if (first.name, first.length, first.bound, broadcast_digest(first.broadcast)) != (
+                call.name, call.length, call.bound, broadcast_digest(call.broadcast)):
+            raise ProtocolAbort(f"client {site.client}: the server called round {call.name!r} ({call.length} values, "
+                                f"bound {call.bound!r}), not the round this site derives from the job")
+        return
+    job = site.job()
+    rounds = algorithm(job.algorithm).rounds(job)
+    if call.name in earlier or len(earlier) >= rounds:
+        raise ProtocolAbort(f"client {site.client}: the server called round {call.name!r} after rounds {earlier}; the "
+                            f"job has {rounds} rounds and this site answers each once")
 
 
 @app.query("plaintext")

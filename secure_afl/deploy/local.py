@@ -28,17 +28,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 
 from protocols.transcript import check_destination
-from secure_afl.algorithms.base import LinearModel
 from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
 from secure_afl.deploy.credentials import Certificates, make_certificates, make_node_key
 from secure_afl.deploy.issue import issue_files, node_config, toml_value
-from secure_afl.deploy.server_app import MODEL, REPORT, TRANSCRIPT
+from secure_afl.deploy.server_app import HISTORY, MODEL, REPORT, TRANSCRIPT
 from secure_afl.deploy.site import check_deployable, write_site_rows
 from secure_afl.errors import ConfigError, SecureAFLError
+from secure_afl.model import Model
 from secure_afl.runner import Timer, Training, job_metrics, load_features, plan_run, results_document
 
 APP = Path(__file__).with_name("app")
@@ -232,10 +231,12 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
             processes.stop()
             leftover = [pid for pid in processes.pids() if _alive(pid)]
         cpu = _children_cpu_seconds() - cpu
-        model = LinearModel(np.load(work / "out" / MODEL, allow_pickle=False)["weights"])
+        model = Model.load(work / "out" / MODEL).predictor
         with timer.phase("evaluation"):
             metrics = job_metrics(plan, features, algorithm(config.algorithm).configure(config), model,
                                   server_report["bytes"]["included_clients"])
+            if "history" in server_report:
+                metrics["history"] = evaluated_history(server_report["history"], work / "out" / HISTORY, features)
         extra = {"deployment": {
             "engine": "flower", "flower": _flower_version(), "nodes": deployment.nodes,
             "transport": f"{'https' if deployment.tls else 'http'} (loopback)", "node_authentication": deployment.auth,
@@ -250,6 +251,14 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
             shutil.move(str(work / "out" / TRANSCRIPT), transcript)
             extra["transcript"] = {"path": str(transcript), "rounds": len(server_report["bytes"]["per_round"])}
     return results_document(plan, features, Training(None, {}, metrics, server_report["bytes"]), timer, **extra)
+
+
+def evaluated_history(rows: list[dict], directory: Path, features) -> list[dict]:
+    """The server's per-round rows with the global test accuracy of each round's model (``runner.History``'s
+    rows): the operator holds the test split, the server does not."""
+    test_x, test_y = features.data.test_x.cpu().numpy(), features.data.test_y
+    return [{**row, "accuracy": Model.load(directory / f"{row['round']}.npz").predictor.accuracy(test_x, test_y)}
+            for row in rows]
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,10 @@ PRESENCE_SECONDS = 1.0  # how often a stage asks the SuperLink which of its pend
 
 @dataclass
 class StageReport:
-    """What one stage cost on the network: payload bytes each way per client, and its wall time."""
+    """What one stage of one round cost on the network: payload bytes each way per client, and its wall time."""
 
     stage: str
+    round: str  # the round's name (the Flower messages' group id)
     sent: dict[int, int] = field(default_factory=dict)
     received: dict[int, int] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)  # client → why its ClientApp answered with an error
@@ -54,7 +55,7 @@ class StageReport:
             values = list(values)
             return {"max": max(values), "mean": float(np.mean(values))} if values else {"max": 0, "mean": 0.0}
 
-        return {"upload_bytes": stats(self.received.values()), "download_bytes": stats(self.sent.values()),
+        return {"round": self.round, "upload_bytes": stats(self.received.values()), "download_bytes": stats(self.sent.values()),
                 "seconds": self.seconds, "answered": sorted(self.received),
                 "errors": {str(c): reason for c, reason in sorted(self.errors.items())}}
 
@@ -74,7 +75,7 @@ class Stages:
 
     def exchange_parts(self, stage: str, requests: dict[int, tuple[bytes, ...]], group: str) -> dict[int, list[bytes]]:
         """Each client's reply (its wire messages, in order) to its request, for the clients that answered in time."""
-        report = StageReport(stage)
+        report = StageReport(stage, group)
         self.reports.append(report)
         start = time.monotonic()
         clients = sorted(requests)

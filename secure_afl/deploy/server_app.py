@@ -2,8 +2,8 @@
 
 Run config (``[tool.flwr.app.config]`` of the app, set by ``flwr run --run-config``): ``job`` (the job
 file), ``roster`` (the operator's roster, for a secure protocol), ``out`` (a directory the server writes
-``server.json``, ``model.npz`` and ``transcript/`` to), ``stage-timeout`` and ``connect-timeout`` in
-seconds. The server waits for the job's clients to connect, asks each node which roster client it is,
+``server.json``, ``model.npz`` (a model file, secure_afl/model.py), ``transcript/`` and, for an iterative
+algorithm, ``history/`` to), ``stage-timeout`` and ``connect-timeout`` in seconds. The server waits for the job's clients to connect, asks each node which roster client it is,
 then runs ``secure_afl.runner.run_rounds`` with an exchange that carries each round over the network
 (``rounds.py``), streaming the same transcript the in-process run writes. It holds no client data: the
 feature dimensions come from the nodes (public), the bounds from the job's public configuration.
@@ -17,7 +17,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -25,14 +24,16 @@ from protocols import ProtocolError, Roster, RoundResult
 from protocols.files import write_atomically
 from protocols.transcript import TranscriptWriter
 from secure_afl.algorithms.base import RoundSpec
+from secure_afl.algorithms.registry import algorithm
 from secure_afl.deploy.messages import NodeHello
 from secure_afl.deploy.rounds import Stages, he_round, masked_round, plaintext_round
 from secure_afl.deploy.site import check_deployable, read_job
 from secure_afl.errors import ConfigError
-from secure_afl.runner import Timer, plan_run, public_knowledge, run_rounds, site_algorithm
+from secure_afl.model import Model
+from secure_afl.runner import Timer, plan_run, public_knowledge, run_rounds, site_algorithm, training_seconds
 
 log = logging.getLogger(__name__)
-REPORT, MODEL, TRANSCRIPT = "server.json", "model.npz", "transcript"
+REPORT, MODEL, TRANSCRIPT, HISTORY = "server.json", "model.npz", "transcript", "history"
 ROUNDS = {"plaintext": plaintext_round, "mask": masked_round, "he-bfv": he_round}
 
 app = ServerApp()
@@ -71,18 +72,40 @@ def run_job(grid: Grid, settings, out: Path, report: dict) -> None:
         with timer.phase("aggregation"):
             return round_over_network(stages, plan.protocol, spec, asked)
 
+    def model(predictor) -> Model:
+        return Model(predictor, config, dims["backbone_dim"], plan.dataset.num_classes)
+
+    history = History(out / HISTORY, model, timer) if algorithm(config.algorithm).history else None
     writer = TranscriptWriter(out / TRANSCRIPT, public_knowledge(plan, dims["backbone_dim"], dims["feature_dim"]))
     try:
         with timer.phase("rounds"):
-            report["bytes"] = run_rounds(server, ids, exchange, plan.protocol.name, timer, transcript=writer)
+            report["bytes"] = run_rounds(server, ids, exchange, plan.protocol.name, timer, history, writer)
     except BaseException:
         report["stages"] = [r.summary() | {"stage": r.stage} for r in stages.reports]
         writer.abort()
         raise
     writer.close()
     report["stages"] = [r.summary() | {"stage": r.stage} for r in stages.reports]
-    write_atomically(out / MODEL, lambda f: np.savez(f, weights=server.model().weights), binary=True)
+    model(server.model()).save(out / MODEL)
+    if history is not None:
+        report["history"] = history.rows
     report.update(status="done", timings_s=timer.seconds)
+
+
+class History:
+    """An iterative algorithm's model after every round, saved for the operator to evaluate (the server holds no test
+    data), with the round's clients and the training time so far (``runner.History`` in one process)."""
+
+    def __init__(self, directory: Path, model, timer: Timer):
+        self.directory, self.model, self.timer = directory, model, timer
+        self.rows: list[dict] = []
+        directory.mkdir()
+
+    def __call__(self, spec: RoundSpec, server) -> None:
+        round_ = len(self.rows) + 1
+        self.model(server.model()).save(self.directory / f"{round_}.npz")
+        self.rows.append({"round": round_, "clients": len(spec.participants or ()),
+                          "train_seconds": training_seconds(self.timer.seconds)})
 
 
 def introductions(grid: Grid, clients: int, connect_timeout: float):

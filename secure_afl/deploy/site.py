@@ -60,16 +60,14 @@ class Task:
 
 def undeployable(config: RunConfig) -> str | None:
     """Why the job's algorithm (as the registry declares it) cannot run deployed yet, or None. A site answers each
-    message in a fresh process and derives every round it takes part in from the job alone (protocols/terms.py), so
-    a deployed algorithm is one round on the public features, with nothing to keep or compute locally afterwards."""
+    message in a fresh process and rebuilds its client from the job, its rows and the calls of the rounds it answered
+    (client_app.py), so any number of rounds on the public features deploys; what a client computes after the rounds
+    (a personalized model on a second, local feature map) no site builds yet."""
     from secure_afl.algorithms.registry import algorithm
 
     entry = algorithm(config.algorithm)
     if entry.inputs != "features":
         return f"its clients train on {entry.inputs}, a site serves mapped backbone features"
-    if entry.rounds(config) != 1:
-        return (f"it runs {entry.rounds(config)} rounds, whose calls a site cannot derive from the job alone and "
-                "whose client state is not carried between a SuperNode's processes")
     if entry.local_map is not None or entry.personalize is not None:
         return "its clients keep a local model after training, which a site does not build"
     return None
