@@ -16,12 +16,14 @@ pytest.importorskip("flwr")
 
 from protocols import ContributionLedger, FixedPoint, Roster, Transcript  # noqa: E402
 from protocols.he.session import PublicSession  # noqa: E402
+from protocols.transcript import size_on_disk  # noqa: E402
 from secure_afl.algorithms.afl import AFLConfig, reference  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.deploy.credentials import make_node_key  # noqa: E402
-from secure_afl.model import Model  # noqa: E402
 from secure_afl.deploy.local import (DeploymentError, LocalDeployment, Processes, _alive, _tool, flower_env,  # noqa: E402
                                      free_port, run_local, start_superlink)
+from secure_afl.model import Model  # noqa: E402
+from secure_afl.results import format_summary  # noqa: E402
 from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, train  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -121,6 +123,8 @@ def test_masked_deepafl_over_three_supernodes_runs_its_2t_plus_1_rounds_as_the_i
     rounds = Transcript.load(tmp_path / "transcript").rounds
     assert [r.name for r in rounds] == names
     assert all(r.view().secure and r.view().included == (0, 1, 2) for r in rounds)
+    assert results["transcript"]["bytes"] == size_on_disk(tmp_path / "transcript")
+    assert f"({len(names)} rounds, " in format_summary(results)  # what `secure-afl deploy local` prints
 
 
 def test_fedprox_with_sampled_clients_over_three_supernodes_trains_and_records_the_in_process_history(tmp_path):

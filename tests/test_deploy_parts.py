@@ -63,6 +63,11 @@ def test_jobs_the_deployment_cannot_run_yet_are_refused_before_anything_starts(o
         check_deployable(RunConfig(**options))
 
 
+@pytest.mark.parametrize("name", ["afl", "deepafl", "fedavg", "fedprox"])
+def test_every_algorithm_on_features_without_a_local_model_deploys_whatever_its_rounds(name):
+    check_deployable(RunConfig(algorithm=name, protocol="mask"))
+
+
 def test_a_protocol_adopts_only_the_roster_of_its_own_job():
     config = RunConfig(clients=3)
     operator = make_protocol("mask", **config.protocol_options())

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
-from protocols.transcript import check_destination
+from protocols.transcript import check_destination, size_on_disk
 from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
 from secure_afl.deploy.credentials import Certificates, make_certificates, make_node_key
@@ -249,7 +249,8 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
             if Path(transcript).exists():
                 shutil.rmtree(transcript)  # a transcript: check_destination refused anything else
             shutil.move(str(work / "out" / TRANSCRIPT), transcript)
-            extra["transcript"] = {"path": str(transcript), "rounds": len(server_report["bytes"]["per_round"])}
+            extra["transcript"] = {"path": str(transcript), "rounds": len(server_report["bytes"]["per_round"]),
+                                   "bytes": size_on_disk(transcript)}
     return results_document(plan, features, Training(None, {}, metrics, server_report["bytes"]), timer, **extra)
 
 
