@@ -5,6 +5,8 @@ for us is our own versioned wire format (protocols/wire.py), never pickle. The S
 (``server_app``) drives the same rounds as the in-process runner (``secure_afl.runner.run_rounds``),
 one push / pull of Flower messages per protocol stage under its own deadline, and records the same
 transcript; the ClientApp (``client_app``) answers each stage in a fresh process with the client role
-state machine restored from the node's ``Context.state``. ``local`` starts a whole federation on
-loopback (``secure-afl deploy local``). Flower is an optional dependency (``pip install secure-afl[deploy]``).
+state machine restored from the node's ``Context.state``, and the algorithm's client rebuilt from the
+job, the site's rows and the calls of the rounds it answered (any number of rounds: AFL, DeepAFL,
+FedAvg). ``local`` starts a whole federation on loopback (``secure-afl deploy local``). Flower is an
+optional dependency (``pip install secure-afl[deploy]``).
 """

@@ -5,9 +5,9 @@ site (a secure protocol), writes the job file and each site's own rows (``datase
 backbone features, so no node loads the backbone), starts a SuperLink and one SuperNode per client (each
 a process of its own, told its partition and its files through ``--node-config``; HTTPS with a CA made
 for the run under ``tls``, registered node keys only under ``auth``), submits the Flower app with ``flwr run`` and waits for it. The server (ServerApp) writes its report, the model and the
-transcript; this process then evaluates the model as ``secure-afl run`` does (the operator holds the
-data set here) and returns the same results document, with the deployment's per-stage bytes and
-latencies beside it. Every process it started, and every process those started, is stopped by pid
+transcript (and an iterative algorithm's model after every round); this process then evaluates the
+model (and those) as ``secure-afl run`` does (the operator holds the data set here) and returns the
+same results document, with the deployment's per-stage bytes and latencies beside it. Every process it started, and every process those started, is stopped by pid
 when it returns, fails or is interrupted. Flower stays offline: no telemetry, no update check, no
 dependency installation at run time.
 """
