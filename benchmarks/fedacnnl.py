@@ -37,6 +37,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from protocols.errors import InvalidContributionError
 from secure_afl.config import RunConfig
 from secure_afl.results import environment, write_results
 from secure_afl.runner import run, training_seconds
@@ -71,13 +72,18 @@ def against_fedacnnl(history: list[dict], accuracy: float, seconds: float) -> di
 
 
 def sweep(lrs: list[float], rounds: int) -> dict:
-    """fedavg-cnn --cnn acnn for ``rounds`` rounds at every rate on SWEEP_JOB; the best final accuracy is kept."""
+    """fedavg-cnn --cnn acnn for ``rounds`` rounds at every rate on SWEEP_JOB; the best final accuracy is kept. A rate
+    whose parameters diverge (a client's update holds NaN, which the protocol refuses) is recorded as diverged."""
     dataset, clients, seed = SWEEP_JOB
-    tried = {str(lr): fedavg_history(common_options(dataset, clients, seed), rounds, cnn="acnn", lr=lr)
-             for lr in lrs}
-    best = max(lrs, key=lambda lr: tried[str(lr)][-1]["accuracy"])
+    tried = {}
+    for lr in lrs:
+        try:
+            tried[str(lr)] = fedavg_history(common_options(dataset, clients, seed), rounds, cnn="acnn", lr=lr)
+        except InvalidContributionError as error:
+            tried[str(lr)] = f"diverged: {error}"
+    final = {lr: history[-1]["accuracy"] for lr, history in tried.items() if not isinstance(history, str)}
     return {"job": {"dataset": dataset, "clients": clients, "seed": seed}, "rounds": rounds, "tried": tried,
-            "final_accuracy": {lr: history[-1]["accuracy"] for lr, history in tried.items()}, "chosen_lr": best}
+            "final_accuracy": final, "chosen_lr": float(max(final, key=final.get))}
 
 
 def measure(dataset: str, clients: int, seed: int, reweighted: bool, rounds: int, acnn_lr: float) -> dict:

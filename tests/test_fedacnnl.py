@@ -16,6 +16,7 @@ import secure_afl
 from attacks.base import ATTACKS, ServerView
 from attacks.case import Case
 from attacks.evaluation import evaluate
+from attacks.gradient.updates import broadcast_model
 import attacks.statistics  # noqa: F401  (registers the closed-form attacks)
 from protocols import make_protocol
 from secure_afl.algorithms import patches
@@ -362,6 +363,9 @@ def test_fedavg_trains_fedacnnls_network_end_to_end_under_masking():
     network = build_network(job.architecture, CLASSES, job.seed)
     assert server.theta.shape == (sum(p.numel() for p in network.parameters()),)
     assert server.model().accuracy(test_x, test_y) >= 0.6  # chance is 0.25
+    # every round records the architecture, from which an attacker rebuilds the broadcast model (attacks/gradient)
+    rebuilt = broadcast_model(server.local_training(), server.theta)
+    assert np.array_equal(rebuilt(test_x).argmax(dim=1).numpy(), server.model().predict(test_x))
 
 
 def test_the_runner_runs_fedavg_on_the_acnn_network_and_records_its_architecture():
