@@ -134,6 +134,9 @@ def fedavg_summary(mine: list[dict], key: str, acnn_time: float) -> dict:
         f"{key}_train_seconds": mean([r[key]["final_train_seconds"] for r in mine]),
         f"{key}_seeds_reaching_fedacnnl_accuracy": sum(s is not None for s in reached),
         f"{key}_seconds_to_fedacnnl_accuracy": to_reach,
+        f"fedacnnl_time_fraction_of_{key}_to_same_accuracy_per_seed": [
+            None if r[key]["seconds_to_fedacnnl_accuracy"] is None
+            else r["fedacnnl"]["train_seconds"] / r[key]["seconds_to_fedacnnl_accuracy"] for r in mine],
         f"fedacnnl_time_fraction_of_{key}_to_same_accuracy": None if to_reach is None else acnn_time / to_reach,
         f"fedacnnl_time_saving_vs_{key}_to_same_accuracy": None if to_reach is None else 1 - acnn_time / to_reach,
     }
