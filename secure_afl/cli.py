@@ -153,7 +153,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     grad.add_argument("--head", choices=HEADS, default=defaults.head, help="the model trained on the features")
     grad.add_argument("--hidden", type=int, default=defaults.hidden, help="MLP head width")
     grad.add_argument("--cnn", choices=CNNS, default=defaults.cnn,
-                      help="fedsgd-cnn / fedavg-cnn: breaching's ConvNet (ReLU) or the DLG paper's LeNet (sigmoid)")
+                      help="fedsgd-cnn / fedavg-cnn: breaching's ConvNet (ReLU), the DLG paper's LeNet (sigmoid) or "
+                           "FedACnnL's network trained end to end (acnn: --acnn-layers, --acnn-channels, --acnn-slope)")
     grad.add_argument("--cnn-width", type=int, default=defaults.cnn_width, help="the ConvNet's width (breaching's is 64)")
     grad.add_argument("--param-bound", type=float, default=defaults.param_bound,
                       help="public box |θ_i| ≤ bound on what a client sends (the protocols' declared bound)")

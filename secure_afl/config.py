@@ -89,7 +89,7 @@ class RunConfig:
     mu: float = 0.001  # FedProx proximal weight (chosen on validation)
     head: str = "linear"  # linear or mlp
     hidden: int = 256  # MLP head width
-    cnn: str = "convnet"  # fedsgd-cnn / fedavg-cnn: breaching's ConvNet or DLG's LeNet
+    cnn: str = "convnet"  # fedsgd-cnn / fedavg-cnn: breaching's ConvNet, DLG's LeNet or FedACnnL's network (acnn)
     cnn_width: int = 4  # fedsgd-cnn / fedavg-cnn: the ConvNet's width w (breaching's is 64; small for the CPU)
     param_bound: float = 100.0  # public box on every parameter a client sends
     acnn_layers: int = 2  # FedACnnL: L convolutions 3×3, each solved by ridge (L + 1 rounds with the head)

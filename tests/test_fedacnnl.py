@@ -5,6 +5,7 @@ the per-layer rounds in plaintext and not under masking."""
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,12 +16,14 @@ import secure_afl
 from attacks.base import ATTACKS, ServerView
 from attacks.case import Case
 from attacks.evaluation import evaluate
+from attacks.gradient.updates import broadcast_model
 import attacks.statistics  # noqa: F401  (registers the closed-form attacks)
 from protocols import make_protocol
 from secure_afl.algorithms import patches
 from secure_afl.algorithms.convnet import PIXELS, pixel_dataset
-from secure_afl.algorithms.fedacnnl import (FedACnnLClient, FedACnnLConfig, FedACnnLServer, encoding_matrix,
-                                           sample_rows, target_table)
+from secure_afl.algorithms.fedacnnl import (ACNN_LR, FedACnnLClient, FedACnnLConfig, FedACnnLServer, build_network,
+                                           encoding_matrix, sample_rows, target_table, train_centrally)
+from secure_afl.algorithms.fedavg import build as fedavg_build
 from secure_afl.algorithms.afl import AFLConfig
 from secure_afl.algorithms.pfedacnnl import PFedACnnLClient, PFedACnnLConfig, PFedACnnLServer, group_clients
 from secure_afl.algorithms.registry import algorithm
@@ -315,3 +318,66 @@ def test_masked_layer_rounds_leave_the_attacks_nothing(tmp_path):
         output = ATTACKS[name]().run(view)
         assert not output.applicable and not output.items
         assert "masked" in output.reason and "fedacnnl/layer-1" in output.reason
+
+
+# FedACnnL's network trained end to end by FedAvg (fedavg-cnn --cnn acnn): the gradient-FL baseline on the same CNN
+
+
+def test_the_torch_network_is_fedacnnls_network(pixels):
+    x, labels = pixels
+    model = train_centrally(CONFIG, x, labels, CLASSES).model()
+    network = build_network(CONFIG.architecture, CLASSES, seed=0)
+    expected = model.scores(x)
+    double = network.double().load(model)(x).detach().numpy()
+    assert relative(double, expected) <= 1e-9
+    assert np.array_equal(np.argmax(double, axis=1), model.predict(x))
+    single = build_network(CONFIG.architecture, CLASSES, seed=0).load(model)(x.float())
+    assert single.dtype == torch.float32
+    assert relative(single.detach().numpy().astype(np.float64), expected) <= 1e-5
+    assert model.accuracy(x, labels) > 0.5  # trained weights, not a trivial network
+
+
+def quadrant_images(rng, count):
+    """Images whose class (of 4) is the bright quadrant, under noise: a task a CNN learns in a few epochs."""
+    labels = rng.integers(0, CLASSES, count)
+    images = rng.normal(0.0, 0.5, (count, 3, 32, 32))
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 2)
+        images[i, :, 16 * row : 16 * row + 16, 16 * col : 16 * col + 16] += 1.0
+    return torch.as_tensor(images.reshape(count, PIXELS), dtype=torch.float32), labels
+
+
+def test_fedavg_trains_fedacnnls_network_end_to_end_under_masking():
+    run_config = RunConfig(algorithm="fedavg-cnn", cnn="acnn", acnn_layers=2, acnn_channels=4, acnn_slope=0.2,
+                           rounds=3, local_batch=8, protocol="mask", clients=4)
+    job = algorithm("fedavg-cnn").configure(run_config)
+    assert job.lr == ACNN_LR and job.architecture == {"layers": 2, "channels": 4, "slope": 0.2}
+    rng = np.random.default_rng(5)
+    train_x, train_y = quadrant_images(rng, 96)
+    test_x, test_y = quadrant_images(rng, 64)
+    data = SimpleNamespace(train_x=train_x, train_y=train_y, num_classes=CLASSES,
+                           client_indices=np.array_split(np.arange(96), 4))
+    server, clients = fedavg_build(job, data, 24, 1.0)
+    report = federate(server, clients, make_protocol("mask"), Timer())
+    assert [r["round"] for r in report["per_round"]] == ["fedavg/0", "fedavg/1", "fedavg/2"]
+    network = build_network(job.architecture, CLASSES, job.seed)
+    assert server.theta.shape == (sum(p.numel() for p in network.parameters()),)
+    assert server.model().accuracy(test_x, test_y) >= 0.6  # chance is 0.25
+    # every round records the architecture, from which an attacker rebuilds the broadcast model (attacks/gradient)
+    rebuilt = broadcast_model(server.local_training(), server.theta)
+    assert np.array_equal(rebuilt(test_x).argmax(dim=1).numpy(), server.model().predict(test_x))
+
+
+def test_the_runner_runs_fedavg_on_the_acnn_network_and_records_its_architecture():
+    result = secure_afl.run(algorithm="fedavg-cnn", cnn="acnn", protocol="mask", dataset="samples-cifar10", clients=4,
+                            partition="iid", rounds=2, local_batch=4, acnn_channels=5)
+    metrics = result.results["metrics"]
+    assert metrics["lr"] == ACNN_LR and len(metrics["history"]) == 2
+    assert result.results["config"]["acnn_channels"] == 5
+    dataset = load_dataset("samples-cifar10")
+    rows, labels = pixel_dataset(dataset, dataset.test).numpy(), dataset.labels(dataset.test)
+    assert result.model.score(rows, labels) == metrics["accuracy"]
+    with pytest.raises(ConfigError, match="acnn_clip"):  # only the network's options apply to FedAvg
+        RunConfig(algorithm="fedavg-cnn", cnn="acnn", acnn_clip=2.0).validate()
+    with pytest.raises(ConfigError, match="acnn-slope"):
+        algorithm("fedavg-cnn").configure(RunConfig(algorithm="fedavg-cnn", cnn="acnn", acnn_slope=0.0))

@@ -29,7 +29,7 @@ from torch import nn
 from attacks.base import ServerView
 from attacks.statistics.rounds import round_key
 from protocols.transcript import TranscriptRound
-from secure_afl.algorithms import convnet  # noqa: F401  (registers the CNNs a layout may name in fedavg.MODELS)
+from secure_afl.algorithms import convnet, fedacnnl  # noqa: F401  (register the CNNs a layout may name)
 from secure_afl.algorithms.fedavg import FedAvgConfig, build_head, load_vector
 
 
@@ -76,7 +76,8 @@ def parameter_rounds(view: ServerView, rounds: dict[str, str], first_only: bool 
 
 def broadcast_model(local: dict, parameters: np.ndarray) -> nn.Module:
     """The model a round started from: the public architecture loaded with the broadcast parameters."""
-    config = FedAvgConfig(head=local["model"], hidden=int(local["hidden"]), width=int(local["width"]))
+    config = FedAvgConfig(head=local["model"], hidden=int(local["hidden"]), width=int(local["width"]),
+                          architecture=local.get("architecture", {}))
     model = build_head(config, int(local["dim"]), int(local["classes"]))
     return load_vector(model, parameters).eval()
 

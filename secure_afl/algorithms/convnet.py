@@ -20,7 +20,9 @@ Gradients) are about a CNN trained end to end on pixels. This module holds that 
 
 Both train through FedAvg's client and server (algorithms/fedavg.py, where this module registers them
 in ``MODELS``) as two algorithms: ``fedsgd-cnn`` (one full-batch step per round) and ``fedavg-cnn``
-(local epochs of minibatches), with ``inputs="pixels"`` so the runner feeds them pixel rows.
+(local epochs of minibatches), with ``inputs="pixels"`` so the runner feeds them pixel rows. A third
+choice, ``--cnn acnn``, is FedACnnL's own network (registered by algorithms/fedacnnl.py, which defines it,
+with its architecture from the --acnn-* options): the gradient-FL baseline on the same CNN.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from torch.nn import functional as F
 
 from secure_afl.algorithms import fedavg
 
-CNNS = ("convnet", "lenet")  # the models --cnn chooses
+CNNS = ("convnet", "lenet", "acnn")  # the models --cnn chooses (acnn: FedACnnL's network, algorithms/fedacnnl.py)
 IMAGE_SIZE = 32
 CONVNET_LR = 0.01  # default local learning rate of fedsgd-cnn / fedavg-cnn (best of 0.01, 0.05, 0.2 on mnist5k)
 READ_CHUNK = 512  # images decoded at a time
@@ -131,31 +133,38 @@ def build_lenet(num_classes: int, seed: int) -> LeNet:
     return model
 
 
+def he_uniform_(weight: torch.Tensor, bias: torch.Tensor, fan_in: int, generator: torch.Generator) -> None:
+    """He-uniform weights U(±√(6/fan_in)) (PyTorch's default shrinks the signal through stacked ReLU layers until
+    nothing trains) and PyTorch's default biases U(±1/√fan_in), in place, from ``generator``."""
+    with torch.no_grad():
+        nn.init.uniform_(weight, -math.sqrt(6.0 / fan_in), math.sqrt(6.0 / fan_in), generator=generator)
+        nn.init.uniform_(bias, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in), generator=generator)
+
+
 def build_convnet(num_classes: int, width: int, seed: int) -> ConvNet:
-    """A ConvNet initialised identically everywhere from the public seed, from a private generator rather
-    than the global one: He-uniform weights U(±√(6/fan_in)) (PyTorch's default shrinks the signal through
-    eight ReLU layers until nothing trains) and PyTorch's default biases U(±1/√fan_in)."""
+    """A ConvNet initialised identically everywhere from the public seed (``he_uniform_``), from a private
+    generator rather than the global one."""
     model = ConvNet(num_classes, width)
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                fan_in = layer.weight[0].numel()
-                nn.init.uniform_(layer.weight, -math.sqrt(6.0 / fan_in), math.sqrt(6.0 / fan_in), generator=generator)
-                nn.init.uniform_(layer.bias, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in), generator=generator)
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            he_uniform_(layer.weight, layer.bias, layer.weight[0].numel(), generator)
     return model
 
 
 def configure(config, full_batch: bool) -> fedavg.FedAvgConfig:
-    """FedAvg's job with the chosen CNN in place of the head; without --lr, the CNN's CONVNET_LR."""
+    """FedAvg's job with the chosen CNN in place of the head (and its own options, if it registered any);
+    without --lr, the CNN's default rate."""
+    options = fedavg.MODEL_OPTIONS.get(config.cnn)
     return replace(fedavg.configure(config), head=config.cnn, width=config.cnn_width, full_batch=full_batch,
-                   lr=config.lr)
+                   lr=config.lr, architecture=options(config) if options else {})
 
 
 fedavg.MODELS.update(convnet=lambda job, classes: build_convnet(classes, job.width, job.seed),
                      lenet=lambda job, classes: build_lenet(classes, job.seed))
-fedavg.DEFAULT_LR.update(dict.fromkeys(CNNS, CONVNET_LR))
-CNN_OPTIONS = ("rounds", "lr", "client_fraction", "param_bound", "cnn", "cnn_width")
+fedavg.DEFAULT_LR.update(convnet=CONVNET_LR, lenet=CONVNET_LR)
+CNN_OPTIONS = ("rounds", "lr", "client_fraction", "param_bound", "cnn", "cnn_width", "acnn_layers", "acnn_channels",
+               "acnn_slope")
 # no model type: a saved model predicts from backbone features (secure_afl/model.py), which these do not take
 FEDSGD_CNN = replace(fedavg.FEDAVG, name="fedsgd-cnn", configure=lambda config: configure(config, full_batch=True),
                      options=CNN_OPTIONS, inputs="pixels", model_type=None)

@@ -26,6 +26,9 @@ issue 17, with every assumption a public parameter (``FedACnnLConfig``).
 - Clients accumulate their statistics over mini-batches of ``batch`` images; each image is processed on its
   own, so the batch size changes only the order of float64 sums. With shared seeds every W_l equals the
   one trained centrally on the pooled data, whatever the partition.
+- The same network as a torch module (``ACnnNetwork``, registered as ``fedavg-cnn --cnn acnn``): the gradient-FL
+  baseline the paper's "less training time than gradient FL" is measured against must train THIS network end to
+  end. Its parameters are the matrices above and its forward is patches.scores, the one FedACnnLModel predicts by.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from secure_afl.algorithms import patches
+from secure_afl.algorithms import fedavg, patches
 from secure_afl.algorithms.afl import AFLConfig, ridge_solve, statistics_bound
 from secure_afl.algorithms.base import Algorithm, AlgorithmClient, AlgorithmServer, RoundSpec
-from secure_afl.algorithms.convnet import CHANNELS, IMAGE_SIZE, box
+from secure_afl.algorithms.convnet import CHANNELS, IMAGE_SIZE, box, he_uniform_
 from secure_afl.errors import ConfigError, FeatureError
 from secure_afl.linalg import solve_spd
 from secure_afl.statistics import Statistics, StatisticsLayout, validate_features
@@ -86,6 +90,11 @@ class FedACnnLConfig:
     @property
     def head_dim(self) -> int:
         return self.channels * self.size(self.layers + 1) ** 2 + 1
+
+    @property
+    def architecture(self) -> dict:
+        """The options that fix the network (the rest fix how FedACnnL trains it): ``ACnnNetwork``'s."""
+        return {"layers": self.layers, "channels": self.channels, "slope": self.slope}
 
 
 def encoding_matrix(config: FedACnnLConfig, layer: int, num_classes: int) -> np.ndarray:
@@ -159,6 +168,44 @@ class FedACnnLModel:
     def from_state(cls, meta: dict, arrays) -> FedACnnLModel:
         layers = [np.asarray(arrays[f"layer_{l}"], dtype=np.float64) for l in range(1, int(meta["layers"]) + 1)]
         return cls(float(meta["slope"]), layers, np.asarray(arrays["head"], dtype=np.float64))
+
+
+class ACnnNetwork(nn.Module):
+    """FedACnnL's network as a torch module, for FedAvg to train end to end: parameters W_1 … W_L and the head in
+    the layouts FedACnnL solves for (so ``load`` takes a FedACnnL model as it is), forward ``patches.scores`` in the
+    parameters' dtype. Takes flat pixel rows (N, PIXELS) or images (N, 3, 32, 32)."""
+
+    def __init__(self, config: FedACnnLConfig, num_classes: int):
+        super().__init__()
+        self.slope = config.slope
+        self.layers = nn.ParameterList(
+            nn.Parameter(torch.empty(patches.patch_dim(config.in_channels(l)), config.channels))
+            for l in range(1, config.layers + 1))
+        self.head = nn.Parameter(torch.empty(config.head_dim, num_classes))
+
+    def matrices(self) -> list[nn.Parameter]:
+        """W_1 … W_L, then the head (``parameters()`` lists the head first)."""
+        return [*self.layers, self.head]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return patches.scores(x, list(self.layers), self.head, self.slope, self.head.dtype)
+
+    def load(self, model: FedACnnLModel) -> ACnnNetwork:
+        """Take a FedACnnL model's weights (in this module's dtype)."""
+        with torch.no_grad():
+            for parameter, weights in zip(self.matrices(), [*model.layers, model.head]):
+                parameter.copy_(torch.as_tensor(weights))
+        return self
+
+
+def build_network(architecture: dict, num_classes: int, seed: int) -> ACnnNetwork:
+    """The network of ``architecture`` (``FedACnnLConfig.architecture``) initialised identically everywhere from the
+    public seed: every matrix's weight rows He-uniform and its bias row PyTorch's default (convnet.he_uniform_)."""
+    network = ACnnNetwork(FedACnnLConfig(**architecture), num_classes)
+    generator = torch.Generator().manual_seed(seed)
+    for matrix in network.matrices():
+        he_uniform_(matrix[:-1], matrix[-1], matrix.shape[0] - 1, generator)
+    return network
 
 
 class FedACnnLClient(AlgorithmClient):
@@ -325,6 +372,10 @@ def sample_rows(config: dict, broadcast, layout: dict, pixels) -> np.ndarray:
     return np.concatenate(chunks) if chunks else np.zeros((0, int(layout["dim"])))
 
 
+ACNN_LR = 0.05  # default rate of fedavg-cnn --cnn acnn: best of 0.01, 0.05, 0.2 on mnist5k (0.2 diverges)
+fedavg.MODELS["acnn"] = lambda job, classes: build_network(job.architecture, classes, job.seed)
+fedavg.MODEL_OPTIONS["acnn"] = lambda config: configure(config).architecture
+fedavg.DEFAULT_LR["acnn"] = ACNN_LR
 ACNN_OPTIONS = ("acnn_layers", "acnn_channels", "acnn_slope", "acnn_clip", "acnn_encoding", "acnn_seed",
                 "acnn_gamma", "acnn_batch")
 ALGORITHM = Algorithm("fedacnnl", configure, build, options=ACNN_OPTIONS, rounds=lambda config: config.acnn_layers + 1,

@@ -83,6 +83,7 @@ class FedAvgConfig:
     seed: int = 0
     dp: DPConfig | None = None
     width: int = 4  # the width of a registered CNN (algorithms/convnet.py)
+    architecture: dict = field(default_factory=dict)  # a registered model's own public options (MODEL_OPTIONS)
     full_batch: bool = False  # FedSGD: each local epoch is one step on all of a client's data
 
     def __post_init__(self) -> None:
@@ -106,6 +107,9 @@ class FedAvgConfig:
 # model name → (job, classes) → the initialised module, for models other than the heads that train through this
 # client and server; registered by their own module (algorithms/convnet.py), so this one names none of them
 MODELS: dict[str, Callable[[FedAvgConfig, int], nn.Module]] = {}
+# model name → RunConfig → the model's own public options (JSON values), for a registered model whose architecture
+# is set by options of its own (algorithms/fedacnnl.py: the --acnn-* network); recorded with every round
+MODEL_OPTIONS: dict[str, Callable[[object], dict]] = {}
 
 
 def build_head(config: FedAvgConfig, dim: int, num_classes: int) -> nn.Module:
@@ -296,7 +300,8 @@ class FedAvgServer(AlgorithmServer):
         """How every client trains locally (public: the job's configuration), recorded with each round."""
         c = self.config
         return {"model": c.head, "dim": self.dim, "classes": self.num_classes, "hidden": c.hidden, "width": c.width,
-                "lr": c.lr, "epochs": c.local_epochs, "batch": c.batch_size, "full_batch": c.full_batch, "mu": c.mu,
+                "architecture": c.architecture, "lr": c.lr, "epochs": c.local_epochs, "batch": c.batch_size,
+                "full_batch": c.full_batch, "mu": c.mu,
                 "dp": c.dp is not None}
 
     def receive(self, spec: RoundSpec, total: np.ndarray) -> None:

@@ -5,8 +5,10 @@ row per output position holding the 9c values under the kernel, a bias column of
 layer's pre-activations are those rows times a (9c + 1) × c_out weight matrix. That makes every layer's
 training a least-squares problem on patch rows, whose Gram and cross term are sums over clients.
 
-Everything here runs in float64 and treats each image on its own, so what a client computes for a batch of
-images does not depend on the batch it was computed in (only the order of the float64 sums does).
+FedACnnL runs everything here in float64 and treats each image on its own, so what a client computes for a batch
+of images does not depend on the batch it was computed in (only the order of the float64 sums does). The same
+functions, in float32 and with weights that are torch parameters, are the forward of the network FedAvg trains end
+to end (``fedacnnl.ACnnNetwork``): one definition of the architecture for both.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ def patch_dim(channels: int) -> int:
     return KERNEL * KERNEL * channels + 1
 
 
-def images(rows: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Flat pixel rows (N, 3·32·32) as float64 maps (N, 3, 32, 32)."""
-    return torch.as_tensor(rows).to(torch.float64).reshape(-1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+def images(rows: torch.Tensor | np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Flat pixel rows (N, 3·32·32) as ``dtype`` maps (N, 3, 32, 32)."""
+    return torch.as_tensor(rows).to(dtype).reshape(-1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
 
 
 def windows(maps: torch.Tensor) -> torch.Tensor:
@@ -42,9 +44,10 @@ def patch_rows(maps: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows, torch.ones(*rows.shape[:2], 1, dtype=rows.dtype)], dim=2)
 
 
-def affine(rows: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
-    """Rows without their bias column times W (the last row of W is the bias)."""
-    w = torch.as_tensor(weights, dtype=torch.float64)
+def affine(rows: torch.Tensor, weights: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Rows without their bias column times W (the last row of W is the bias), in the rows' dtype (a torch
+    parameter of that dtype stays differentiable)."""
+    w = torch.as_tensor(weights, dtype=rows.dtype)
     return rows @ w[:-1] + w[-1]
 
 
@@ -57,7 +60,7 @@ def leaky_relu_inverse(a: np.ndarray, slope: float) -> np.ndarray:
     return np.where(a >= 0, a, a / slope)
 
 
-def conv_layer(maps: torch.Tensor, weights: np.ndarray, slope: float) -> torch.Tensor:
+def conv_layer(maps: torch.Tensor, weights: np.ndarray | torch.Tensor, slope: float) -> torch.Tensor:
     """One layer: 3×3 convolution (the patch rows times W), leaky ReLU, 2×2 mean pooling."""
     n, _, size, _ = maps.shape
     z = affine(windows(maps), weights)
@@ -65,9 +68,10 @@ def conv_layer(maps: torch.Tensor, weights: np.ndarray, slope: float) -> torch.T
     return F.avg_pool2d(activated, 2)
 
 
-def forward(rows: torch.Tensor | np.ndarray, layers: list[np.ndarray], slope: float) -> torch.Tensor:
-    """The maps after ``layers`` (each a (9c + 1) × c_out matrix) applied to pixel rows."""
-    maps = images(rows)
+def forward(rows: torch.Tensor | np.ndarray, layers: list, slope: float, dtype: torch.dtype = torch.float64
+            ) -> torch.Tensor:
+    """The maps after ``layers`` (each a (9c + 1) × c_out matrix, numpy or torch) applied to pixel rows."""
+    maps = images(rows, dtype)
     for weights in layers:
         maps = conv_layer(maps, weights, slope)
     return maps
@@ -76,6 +80,12 @@ def forward(rows: torch.Tensor | np.ndarray, layers: list[np.ndarray], slope: fl
 def head_rows(maps: torch.Tensor) -> torch.Tensor:
     """The head's input rows without their bias column: the last maps flattened (one row per image)."""
     return maps.flatten(1)
+
+
+def scores(rows: torch.Tensor | np.ndarray, layers: list, head, slope: float, dtype: torch.dtype = torch.float64
+           ) -> torch.Tensor:
+    """The network's class scores of pixel rows: the convolutions, then the linear head on the flattened maps."""
+    return affine(head_rows(forward(rows, layers, slope, dtype)), head)
 
 
 class RowSums:
