@@ -120,8 +120,8 @@ class MatchStatistics(Attack):
         self.decoder: Decoder | None = None
 
     def reconstruct(self, view: ServerView, rounds: dict[str, str]) -> Iterator[Reconstruction]:
-        """One image per sample of every attacked client: the start (``pixels/decoder`` when decoded) and the
-        matched image (``pixels/matching``)."""
+        """One image per sample of every attacked client: the start when decoded (``pixels/closed-form`` or
+        ``pixels/decoder``) and the matched image (``pixels/matching``)."""
         if self.knowledge is None:
             raise NotApplicable("no public backbone and images were given to optimise through")
         targets = self.client_targets(view, rounds)
