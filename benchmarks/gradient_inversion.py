@@ -22,6 +22,7 @@ what the attacks reach with thousands; the JSON records the seconds per image).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from pathlib import Path
@@ -67,6 +68,7 @@ def setting(dataset: str, model: str, algorithm: str, batch: int, targets: int, 
                      **{k: metrics[k] for k in ("targets", "matched", "psnr_mean", "psnr_quantiles", "ssim_mean",
                                                 "identified_fraction", "label_accuracy", "recovered_fraction",
                                                 "seconds_per_image", "baselines")},
+                     "load_average_1min": round(os.getloadavg()[0], 2),
                      "threshold_db": report["threshold"], "threat_model": report["threat_model"]})
         if images:
             pictures[name] = inversion_picture(report, images, ran.truth)
@@ -109,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore", PlaintextAggregationWarning)
     warnings.simplefilter("ignore", SmallTestSplitWarning)
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     steps = args.steps * args.scale
     rows, grids = [], []
     for dataset in args.datasets:
@@ -123,12 +125,14 @@ def main() -> None:
                     if batch == PICTURED_BATCH and algorithm == args.algorithms[0]:
                         for name, picture in done["pictures"].items():
                             stem = f"gradient_inversion-{dataset}-{model}-{algorithm}-{name}.png"
-                            grids.append(str(save_grid(RESULTS / stem, picture)))
+                            grids.append(save_grid(RESULTS / stem, picture).name)
                     document = {"benchmark": "gradient_inversion", "scale": args.scale, "steps": steps, "rows": rows,
                                 "grids": grids, "total_seconds": time.perf_counter() - started,
                                 "options": {"datasets": args.datasets, "models": args.models,
                                             "algorithms": args.algorithms, "batches": args.batches,
                                             "cnn_width": RunConfig.cnn_width},
+                                "load_average_at_start": load_at_start,
+                                "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
                                 "environment": environment(resolve_device("auto"), None)}
                     write_results(Path(args.out), document, overwrite=True)
                     plot(rows, Path(args.out).with_suffix(".png"))

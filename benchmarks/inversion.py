@@ -5,8 +5,8 @@ leaves public images to train on), plaintext AFL (α = 0.1, seed 0): the ``inver
 singleton features, on the ``gram`` rows and on the true features (the ORACLE: the image stage
 alone), with the learned decoder and, on the singletons, the decoder refined by optimisation
 through the backbone. Statistics matching (``match-statistics``: dummy images fitted to a small
-client's G_k, H_k, started from the decoder) attacks the clients of the same job that hold at most 8
-samples (``MATCHED_CLIENTS`` of them at most; on mnist5k's default job one client of 5), beside the
+client's G_k, H_k, started from the decoded Gram rows) attacks the clients of the same job that hold
+at most 8 samples (``--matched-clients`` of them at most; on mnist5k's default job one client of 5), beside the
 closed-form route (the ``gram`` rows decoded) scored on the same targets. Per setting: targets, PSNR
 and SSIM against the class-mean and random same-class baselines, pixel- and feature-space
 identifiability, top-5, feature cosine, seconds per image. Writes benchmarks/results/inversion.json
@@ -14,13 +14,16 @@ identifiability, top-5, feature cosine, seconds per image. Writes benchmarks/res
 the target's class size on its client).
 
     python benchmarks/inversion.py [--datasets mnist5k samples-cifar10 ...] [--optimise-steps 60] [--match-steps 60]
+                                    [--matched-clients 8] [--settings singleton:decoder gram:decoder ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -61,7 +64,7 @@ def row(config: RunConfig, attack: str, options: InversionOptions, grid: Path) -
             "decoder": document["decoder"], "metrics": {k: metrics[k] for k in KEEP if k in metrics},
             "attack_seconds": document["seconds"],
             "seconds_per_image": document["seconds"] / targets if targets else None,
-            "wall_seconds": time.perf_counter() - started, "grid": grid.name if attack in pictures else None,
+            "wall_seconds": time.perf_counter() - started, "load_average_1min": round(os.getloadavg()[0], 2), "grid": grid.name if attack in pictures else None,
             "environment": document["environment"]}, document.get("per_target") or []
 
 
@@ -93,17 +96,25 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(CLIENTS))
     parser.add_argument("--optimise-steps", type=int, default=60)
     parser.add_argument("--match-steps", type=int, default=60)
+    parser.add_argument("--matched-clients", type=int, default=MATCHED_CLIENTS,
+                        help="small clients statistics matching attacks per data set")
+    parser.add_argument("--settings", nargs="+", default=[f"{source}:{method}" for source, method in SETTINGS],
+                        help="the invert settings to run, as source:method (the CPU budget)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)
     rows = []
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     optimise = OptimiseSettings(steps=args.optimise_steps)
-    matching = MatchSettings(steps=args.match_steps, clients=MATCHED_CLIENTS)
+    matching = MatchSettings(steps=args.match_steps, clients=args.matched_clients)
+    settings = [tuple(setting.split(":", 1)) for setting in args.settings]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown settings {unknown}; choose from {[f'{s}:{m}' for s, m in SETTINGS]}")
     for dataset in args.datasets:
         closed: list[dict] = []
         config = RunConfig(protocol="plaintext", dataset=dataset, clients=CLIENTS.get(dataset, 20), device=args.device)
-        for source, method in SETTINGS:
+        for source, method in settings:
             grid = RESULTS / f"inversion-{dataset}-{source}-{method.replace('+', '-')}.png"
             done, per_target = row(config, "invert", InversionOptions(source, method, optimise=optimise), grid)
             closed = per_target if source == "gram" else closed
@@ -117,8 +128,11 @@ def main() -> None:
         report(matched)
         document = {"schema_version": 1, "benchmark": "inversion", "rows": rows,
                     "settings": {"optimise_steps": args.optimise_steps, "match_steps": args.match_steps,
-                                 "matched_clients": MATCHED_CLIENTS, "datasets": args.datasets},
-                    "total_seconds": time.perf_counter() - started, "environment": rows[-1]["environment"]}
+                                 "matched_clients": args.matched_clients, "datasets": args.datasets,
+                                 "invert_settings": args.settings, "matching": asdict(matching)},
+                    "total_seconds": time.perf_counter() - started, "load_average_at_start": load_at_start,
+                    "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+                    "environment": rows[-1]["environment"]}
         RESULTS.mkdir(exist_ok=True)
         write_results(RESULTS / "inversion.json", document, overwrite=True)
         plot(rows, RESULTS / "inversion.png")

@@ -14,6 +14,7 @@ from attacks.inversion.attack import InvertAttack
 from attacks.inversion.augment import Augmentation
 from attacks.inversion.decoder import DecoderSettings, trained_decoder
 from attacks.inversion.decoder_cache import DecoderCacheWarning
+from attacks.inversion.evaluation import _ImageScorer
 from attacks.inversion.knowledge import Knowledge
 from attacks.inversion.optimise import OptimiseSettings, optimise_images
 from attacks.inversion.statistics_matching import MatchSettings, MatchStatistics, public_map, statistics_loss
@@ -146,11 +147,33 @@ def test_inversion_options_only_apply_to_invert(tmp_path, capsys, monkeypatch):
 SMALL_JOB = replace(DIGITS_JOB, clients=6, seed=3, protocol="plaintext")
 
 
-def test_the_true_images_of_a_small_client_reproduce_its_transmitted_statistics(digits, tmp_path):
-    """The space matching works in is the one the statistics are in: backbone, then the job's public map."""
+@pytest.fixture(scope="module")
+def small_run(digits, tmp_path_factory):
+    """The six-client plaintext digits job run once: its transcript and ground truth."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ran = Case(replace(SMALL_JOB, cache_dir=str(digits["cache"]))).run(tmp_path / "t")
+        return Case(replace(SMALL_JOB, cache_dir=str(digits["cache"]))).run(tmp_path_factory.mktemp("small") / "t")
+
+
+def test_the_evaluator_re_encodes_the_true_images_onto_their_own_features(digits, small_run):
+    """Feature-space identification compares like with like (same resize, normalisation and backbone as the cached
+    features): the true images come back at cosine 1 and are all identified, while blurring them (what a decoder's
+    output looks like) moves them far in feature space. Measured on mnist5k at 96 px: a 3 × 3 box blur gives cosine
+    0.82, 5 × 5 gives 0.60 (the class-mean image 0.43), which is why blurry reconstructions score low there."""
+    truth = small_run.truth
+    scorer = _ImageScorer(truth, digits["knowledge"])
+    samples = np.arange(0, len(truth.labels), 50)
+    images = scorer.train[samples].float().numpy() / 255
+    exact = scorer.figures(images, samples)
+    np.testing.assert_allclose(exact["feature_cosine"], 1.0, atol=1e-5)
+    assert exact["feature_identified"].all() and exact["identified"].all()
+    blurred = torch.nn.functional.avg_pool2d(torch.from_numpy(images), 3, 1, 1, count_include_pad=False).numpy()
+    assert scorer.figures(blurred, samples)["feature_cosine"].mean() < 0.95
+
+
+def test_the_true_images_of_a_small_client_reproduce_its_transmitted_statistics(digits, small_run):
+    """The space matching works in is the one the statistics are in: backbone, then the job's public map."""
+    ran = small_run
     view = ServerView(ran.transcript)
     attack = MatchStatistics(digits["knowledge"], MatchSettings(clients=None))
     targets = attack.client_targets(view, {})
@@ -166,6 +189,27 @@ def test_the_true_images_of_a_small_client_reproduce_its_transmitted_statistics(
         assert statistics_loss(rows, onehot, target.gram, target.cross) < 1e-8
         shuffled = rows[torch.arange(len(rows) - 1, -1, -1)]  # the same images under the wrong labels
         assert len(set(target.labels)) == 1 or statistics_loss(shuffled, onehot, target.gram, target.cross) > 1e-3
+
+
+def test_statistics_matching_from_the_closed_form_start_identifies_what_the_class_mean_cannot(digits):
+    """Started from the decoded Gram rows and held near them, 20 steps bring the images' statistics toward the
+    client's while the image the closed-form route identified stays identified (measured: 1 of the 4 digits by
+    pixel nearest neighbour among all 1437 training images, and 1 by feature; the class-mean image none; PSNR
+    12.7 dB against the class mean's 13.8 on 8 × 8 digits)."""
+    job = replace(SMALL_JOB, cache_dir=str(digits["cache"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        document, pictures = attack_run(["match-statistics"], job, inversion=InversionOptions(
+            decoder=SMALL, matching=MatchSettings(steps=20, clients=None)))
+    metrics = document["metrics"]
+    assert document["applicable"] and document["method"] == "closed-form+matching" and metrics["method"] == "matching"
+    assert metrics["targets"] == metrics["matched"] == 4
+    start, matched, baseline = metrics["by_method"]["closed-form"], metrics, metrics["baselines"]["class_mean"]
+    assert matched["identified_fraction"] > baseline["identified_fraction"]
+    assert matched["feature_identified_fraction"] > baseline["feature_identified_fraction"]
+    assert matched["identified_fraction"] >= start["identified_fraction"]  # the fit does not lose what the start had
+    assert matched["feature_cosine_mean"] > start["feature_cosine_mean"] + 0.1  # and moves toward the statistics
+    assert set(pictures["match-statistics"]["images"]) == {"closed-form", "matching"}
 
 
 def test_statistics_matching_under_masking_is_not_applicable(digits):
