@@ -277,10 +277,10 @@ def _simulate_parser(where) -> None:
     simulate.add_argument("--nodes", type=int, required=True, help="virtual SuperNodes, one per client (sets --clients)")
     _run_options(simulate)
     engine = simulate.add_argument_group("simulation")
-    engine.add_argument("--stage-timeout", type=float, default=600.0,
+    engine.add_argument("--stage-timeout", type=float, default=3600.0,
                         help="seconds a protocol stage waits for replies; the virtual nodes' messages queue for the "
                              "Ray workers, so a stage lasts about --nodes times one message")
-    engine.add_argument("--connect-timeout", type=float, default=600.0,
+    engine.add_argument("--connect-timeout", type=float, default=3600.0,
                         help="seconds the nodes' first message (each loads its rows) may take")
     engine.add_argument("--client-cpus", type=int, default=1,
                         help="CPUs Ray gives each ClientApp worker: cores / this many messages are answered at once")

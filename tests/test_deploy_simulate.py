@@ -22,7 +22,8 @@ pytest.importorskip("ray")
 from secure_afl.cli import main  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.deploy.site import NODE_CONFIG_FILE, SIMULATED_SITES, Site  # noqa: E402
-from secure_afl.deploy.simulate import Simulation, marked, run_simulation  # noqa: E402
+from secure_afl.deploy.local import Processes  # noqa: E402
+from secure_afl.deploy.simulate import Simulation, Usage, marked, run_simulation  # noqa: E402
 from secure_afl.errors import ConfigError  # noqa: E402
 from secure_afl.runner import Timer, load_features, plan_run, train  # noqa: E402
 
@@ -52,7 +53,7 @@ def test_simulated_masked_afl_equals_the_in_process_run_and_stops_every_process(
     assert deployment["engine"] == "flower simulation (ray)" and deployment["nodes"] == 3
     assert [s["stage"] for s in deployment["stages"]] == ["advertise", "share", "input", "consistency", "unmask"]
     assert all(s["answered"] == [0, 1, 2] for s in deployment["stages"])
-    assert deployment["peak_memory_mib"] > 0
+    assert deployment["peak_memory_mib"] > 0 and deployment["sampled_cpu_s"] > 0
     assert results["transcript"]["rounds"] == 1 and (tmp_path / "transcript").is_dir()
     # every virtual node read its own files: the ledger of each site holds its contribution
     assert all(any((work / "sites" / str(k) / "ledger").iterdir()) for k in range(3))
@@ -108,3 +109,14 @@ def test_a_virtual_node_reads_its_own_node_config_from_the_operators_sites_direc
     monkeypatch.delenv(SIMULATED_SITES)
     with pytest.raises(ConfigError, match="lacks"):
         Site.from_node_config({"partition-id": 1, "num-partitions": 3})
+
+
+def test_the_usage_sampler_sees_the_memory_and_cpu_of_a_started_process_and_its_child(tmp_path):
+    """A process that spins for a second and holds 200 MiB in a child it starts: both are counted."""
+    child = "import time; b = bytearray(200 * 2**20); t = time.time()\nwhile time.time() - t < 1.5: pass"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    processes = Processes(dict(os.environ), tmp_path)
+    usage = Usage(processes)
+    processes.start("spinner", [sys.executable, "-c", parent]).wait(timeout=60)
+    usage.stop()
+    assert usage.peak_mib >= 200 and usage.cpu_s >= 0.3

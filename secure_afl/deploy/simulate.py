@@ -45,8 +45,10 @@ SAMPLE_SECONDS = 0.5  # how often the simulation's memory is sampled
 @dataclass(frozen=True)
 class Simulation:
     nodes: int
-    stage_timeout: float = 600.0  # a stage's messages queue for the few Ray actors: it lasts ~ nodes × one message
-    connect_timeout: float = 600.0
+    # A stage's messages queue for the few Ray actors, so it lasts about nodes × one message (1,000 nodes on 2 loaded
+    # cores: up to ~9 min); a virtual node never dies, so the deadline only guards against a run that hangs.
+    stage_timeout: float = 3600.0
+    connect_timeout: float = 3600.0
     run_timeout: float = 3600.0  # the whole `flwr run`
     client_cpus: int = 1  # Ray CPUs per ClientApp actor (whole CPUs in flwr 1.41): cores / client_cpus answer at once
     workdir: str | None = None  # kept when given; a temporary directory (removed afterwards) otherwise
@@ -98,7 +100,7 @@ def _launch(processes: Processes, work: Path, files: dict[str, str], rows: dict[
         entries = node_entries(k, simulation.nodes, files, dataset_path=rows[k])
         (sites / str(k) / NODE_CONFIG_FILE).write_text(json.dumps(entries))
     processes.env[SIMULATED_SITES] = str(sites)
-    memory = PeakMemory(processes)
+    usage = Usage(processes)
     try:
         start_superlink(processes, work, LocalDeployment(simulation.nodes, connect_timeout=simulation.connect_timeout),
                         flags=("--simulation", "--isolation", "subprocess"))
@@ -106,12 +108,12 @@ def _launch(processes: Processes, work: Path, files: dict[str, str], rows: dict[
         report, seconds = submit(processes, work, files, simulation.stage_timeout, simulation.connect_timeout,
                                  simulation.run_timeout, flags=("--federation-config", federation))
     finally:
-        memory.stop()
+        usage.stop()
         stop_marked(processes, sites)
     return report, seconds, {
         "engine": "flower simulation (ray)", "ray": _ray_version(), "client_cpus": simulation.client_cpus,
-        "cores": os.cpu_count(), "peak_memory_mib": memory.peak_mib,
-        "peak_memory_per_client_mib": memory.peak_mib / simulation.nodes}
+        "cores": os.cpu_count(), "peak_memory_mib": usage.peak_mib,
+        "peak_memory_per_client_mib": usage.peak_mib / simulation.nodes, "sampled_cpu_s": usage.cpu_s}
 
 
 def stop_marked(processes: Processes, sites: Path) -> None:
@@ -142,24 +144,42 @@ def marked(marker: bytes) -> list[int]:
     return [pid for pid in found if _alive(pid)]
 
 
-class PeakMemory:
-    """The largest total proportional set size (PSS: shared pages split among their processes, so Ray's shared
-    object store counts once) of the processes the run started, sampled every ``SAMPLE_SECONDS``."""
+class Usage:
+    """What the run's processes use, sampled every ``SAMPLE_SECONDS``: the largest total proportional set size (PSS:
+    shared pages split among their processes, so Ray's shared object store counts once), and the CPU seconds of
+    every process last seen (Ray's processes are not reaped by the run's tree, so RUSAGE_CHILDREN misses them)."""
 
     def __init__(self, processes: Processes):
         self.processes = processes
         self.peak_mib = 0.0
+        self._cpu: dict[int, float] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu.values())
+
     def _sample(self) -> None:
         while not self._done.wait(SAMPLE_SECONDS):
-            self.peak_mib = max(self.peak_mib, sum(_pss_kib(pid) for pid in self.processes.pids()) / 1024)
+            pids = self.processes.pids()
+            self.peak_mib = max(self.peak_mib, sum(_pss_kib(pid) for pid in pids) / 1024)
+            for pid in pids:
+                self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_seconds(pid))
 
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system seconds of a live process (/proc/PID/stat, fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _pss_kib(pid: int) -> int:
