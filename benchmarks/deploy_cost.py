@@ -152,6 +152,8 @@ def write(measured: list[dict]) -> list[dict]:
     """Merge ``measured`` into the results file (replacing rows of the same engine, K and protocol); all its rows."""
     path = RESULTS / "deploy_cost.json"
     kept = json.loads(path.read_text())["rows"] if path.exists() else []
+    for row in kept:
+        row.setdefault("engine", "deployed")  # rows of schema 1 were all deployed
     new = {_key(r) for r in measured}
     rows = sorted([r for r in kept if _key(r) not in new] + measured, key=_key)
     ratios = {}
