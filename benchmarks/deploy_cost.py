@@ -184,6 +184,13 @@ def write(measured: list[dict]) -> list[dict]:
                       "message; peak memory is the PSS of every process of the run (Ray's own processes included), "
                       "sampled every 0.5 s; timings are loaded (load average recorded per row)",
             "marginal": marginal,
+            "by_clients": {str(r["clients"]): {
+                "flwr_run_s": r["simulated"]["flwr_run_s"], "protocol_s": r["simulated"]["protocol_s"],
+                "unmask_s": r["simulated"]["stages"]["unmask"]["seconds"], "in_process_s": r["in_process"]["wall_s"],
+                "peak_memory_mib": r["simulated"]["peak_memory_mib"], "neighbours": r["simulated"]["graph"]["neighbours"],
+                "threshold": r["simulated"]["graph"]["threshold"], "load_before": r["load_before"],
+                "download_per_client_max": r["simulated"]["bytes"]["per_client_download_max"]}
+                for r in simulated_rows},
         },
         "rows": rows,
         "environment": environment(torch.device("cpu"), seed=0) | {"load_average_at_end": load()},

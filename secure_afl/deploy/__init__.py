@@ -6,5 +6,7 @@ for us is our own versioned wire format (protocols/wire.py), never pickle. The S
 one push / pull of Flower messages per protocol stage under its own deadline, and records the same
 transcript; the ClientApp (``client_app``) answers each stage in a fresh process with the client role
 state machine restored from the node's ``Context.state``. ``local`` starts a whole federation on
-loopback (``secure-afl deploy local``). Flower is an optional dependency (``pip install secure-afl[deploy]``).
+loopback (``secure-afl deploy local``); ``simulate`` runs the same apps on Flower's
+simulation engine (Ray), thousands of virtual nodes on one machine (``secure-afl deploy simulate``).
+Flower (with Ray) is an optional dependency (``pip install secure-afl[deploy]``).
 """
