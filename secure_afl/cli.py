@@ -263,6 +263,35 @@ def _deploy_parser(sub) -> None:
     out.add_argument("--out", default=None, help="results JSON path")
     out.add_argument("--transcript", default=None, metavar="DIR", help="write the deployed server's view of every round here")
     _output_flags(out, "an existing results file (and transcript)")
+    _simulate_parser(where)
+
+
+def _simulate_parser(where) -> None:
+    simulate = where.add_parser("simulate", help="the same Flower app on Flower's simulation engine (Ray): --nodes "
+                                "virtual SuperNodes on this machine", formatter_class=_HelpFormatter,
+                                description="Runs the ServerApp and ClientApp of `deploy local` unchanged on Flower's "
+                                            "simulation engine (needs `pip install 'secure-afl[deploy]'`, which "
+                                            "brings Ray): a SuperLink in simulation mode and --nodes virtual "
+                                            "SuperNodes whose messages a few Ray workers answer, so thousands of "
+                                            "clients fit one machine. Writes the same results JSON as `deploy local` "
+                                            "(with the simulation's peak memory) and stops every process it started.")
+    simulate.add_argument("--nodes", type=int, required=True, help="virtual SuperNodes, one per client (sets --clients)")
+    _run_options(simulate)
+    engine = simulate.add_argument_group("simulation")
+    engine.add_argument("--stage-timeout", type=float, default=3600.0,
+                        help="seconds a protocol stage waits for replies; the virtual nodes' messages queue for the "
+                             "Ray workers, so a stage lasts about --nodes times one message")
+    engine.add_argument("--connect-timeout", type=float, default=3600.0,
+                        help="seconds the nodes' first message (each loads its rows) may take")
+    engine.add_argument("--client-cpus", type=int, default=1,
+                        help="CPUs Ray gives each ClientApp worker: cores / this many messages are answered at once")
+    engine.add_argument("--workdir", default=None,
+                        help="an empty directory for the job's files and every process's log, kept afterwards "
+                             "(default: a temporary one, removed)")
+    out = simulate.add_argument_group("output")
+    out.add_argument("--out", default=None, help="results JSON path")
+    out.add_argument("--transcript", default=None, metavar="DIR", help="write the server's view of every round here")
+    _output_flags(out, "an existing results file (and transcript)")
 
 
 def _predict_parser(sub) -> None:
@@ -514,26 +543,34 @@ def _attack(args, config: RunConfig) -> str:
 
 
 def _deploy(args, config: RunConfig) -> str:
-    """``secure-afl deploy local`` / ``issue``: outputs and the job are checked before any process starts or any
-    file is written."""
+    """``secure-afl deploy local`` / ``simulate`` / ``issue``: outputs and the job are checked before any process
+    starts or any file is written."""
     from secure_afl.results import check_output_path, format_summary, write_results
 
     if args.where == "issue":
         return _issue(args, config)
     try:
         from secure_afl.deploy.local import LocalDeployment, run_local
+        from secure_afl.deploy.simulate import Simulation, run_simulation
     except ImportError as exc:
         raise ConfigError(f"deploying needs Flower: pip install 'secure-afl[deploy]' ({exc})") from exc
     _refuse_silent_run(args, args.out, args.transcript)
     check_output_path(args.out, args.overwrite)
-    deployment = LocalDeployment(args.nodes, args.stage_timeout, args.connect_timeout, crash=dict(args.crash),
-                                 tls=args.tls, auth=args.auth, workdir=args.workdir)
-    results = run_local(config, deployment, args.transcript, args.overwrite)
+    if args.where == "simulate":
+        simulation = Simulation(args.nodes, args.stage_timeout, args.connect_timeout, client_cpus=args.client_cpus,
+                                workdir=args.workdir)
+        results = run_simulation(config, simulation, args.transcript, args.overwrite)
+        how = f"simulated {args.nodes} SuperNodes (peak memory {results['deployment']['peak_memory_mib']:.0f} MiB)"
+    else:
+        deployment = LocalDeployment(args.nodes, args.stage_timeout, args.connect_timeout, crash=dict(args.crash),
+                                     tls=args.tls, auth=args.auth, workdir=args.workdir)
+        results = run_local(config, deployment, args.transcript, args.overwrite)
+        how = f"deployed over {args.nodes} SuperNodes"
     if args.out:
         write_results(args.out, results, overwrite=args.overwrite)
     stages = results["deployment"]["stages"]
     latency = ", ".join(f"{s['stage']} {s['seconds']:.2f} s" for s in stages)
-    return "\n".join([format_summary(results), f"deployed over {args.nodes} SuperNodes; stages: {latency}"]
+    return "\n".join([format_summary(results), f"{how}; stages: {latency}"]
                      + ([f"results written to {args.out}"] if args.out else []))
 
 

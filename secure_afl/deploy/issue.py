@@ -42,6 +42,13 @@ def node_config(k: int, clients: int, files: dict[str, str], crash: str | None =
                 dataset_path: str | None = None) -> str:
     """Site ``k``'s ``--node-config`` (of ``clients``): its partition and its files (paths as this machine sees them);
     ``dataset_path``: the site's own rows file (``site.write_site_rows``) instead of the shipped data set's partition."""
+    entries = node_entries(k, clients, files, crash, dataset_path)
+    return " ".join(f"{key}={toml_value(value)}" for key, value in entries.items())
+
+
+def node_entries(k: int, clients: int, files: dict[str, str], crash: str | None = None,
+                 dataset_path: str | None = None) -> dict[str, str | int]:
+    """The entries of ``node_config``, as a dict (a simulated node reads them from a file: ``site.simulated_site``)."""
     entries = {"partition-id": k, "num-partitions": clients, "job": files["job"]}
     if dataset_path is not None:
         entries["dataset-path"] = dataset_path
@@ -51,4 +58,4 @@ def node_config(k: int, clients: int, files: dict[str, str], crash: str | None =
                         "ledger-dir": str(site / "ledger")})
     if crash is not None:
         entries["crash-at"] = crash
-    return " ".join(f"{key}={toml_value(value)}" for key, value in entries.items())
+    return entries

@@ -206,13 +206,30 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
     plus a ``deployment`` block (per-stage bytes and latencies, the processes' exit). Every check that can
     refuse the job runs before any process starts."""
     deployment.check()
-    config = replace(config, clients=deployment.nodes)
+
+    def launch(processes: Processes, work: Path, files: dict[str, str], rows: dict[int, str]):
+        report, seconds = _run_processes(processes, work, files, rows, deployment)
+        return report, seconds, {
+            "engine": "flower", "transport": f"{'https' if deployment.tls else 'http'} (loopback)",
+            "node_authentication": deployment.auth, "crash": {str(k): v for k, v in deployment.crash.items()}}
+
+    return run_deployed(config, deployment.nodes, deployment.stage_timeout, deployment.workdir, launch, transcript,
+                        overwrite)
+
+
+def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: str | None, launch,
+                 transcript: str | None = None, overwrite: bool = False, env: dict[str, str] | None = None) -> dict:
+    """The operator's side of a job run by Flower processes on this machine (``run_local``, ``simulate``): the job's
+    files and each site's rows are issued, ``launch(processes, work, files, rows)`` runs the federation and returns
+    (the server's report, the ``flwr run`` seconds, the engine's own entries of the ``deployment`` block), every
+    process is stopped, and the model the server wrote is evaluated here. ``env``: added to every Flower process's."""
+    config = replace(config, clients=nodes)
     check_deployable(config)
     plan = plan_run(config)  # the operator's roster is drawn here, for exactly this job
     if transcript is not None:
         check_destination(transcript, overwrite)
     timer = Timer()
-    with _workdir(deployment.workdir) as work, timer.phase("total"):
+    with _workdir(workdir) as work, timer.phase("total"):
         for sub in ("logs", "flwr", "out", "app"):
             (work / sub).mkdir()
         files = issue_files(plan, work)
@@ -222,11 +239,11 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
             rows[k] = str(write_site_rows(work / "sites" / str(k) / "rows.npz", features.train_raw[indices],
                                           plan.train_y[indices]))
         shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
-        processes = Processes(flower_env(work), work / "logs")
+        processes = Processes(flower_env(work) | (env or {}), work / "logs")
         cpu = _children_cpu_seconds()
         try:
             with timer.phase("deployment"):
-                server_report, flwr_seconds = _run_processes(processes, work, files, rows, deployment)
+                server_report, flwr_seconds, engine = launch(processes, work, files, rows)
         finally:
             processes.stop()
             leftover = [pid for pid in processes.pids() if _alive(pid)]
@@ -238,9 +255,7 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
             if "history" in server_report:
                 metrics["history"] = evaluated_history(server_report["history"], work / "out" / HISTORY, features)
         extra = {"deployment": {
-            "engine": "flower", "flower": _flower_version(), "nodes": deployment.nodes,
-            "transport": f"{'https' if deployment.tls else 'http'} (loopback)", "node_authentication": deployment.auth,
-            "stage_timeout_s": deployment.stage_timeout, "crash": {str(k): v for k, v in deployment.crash.items()},
+            **engine, "flower": _flower_version(), "nodes": nodes, "stage_timeout_s": stage_timeout,
             "flwr_run_s": flwr_seconds, "processes_cpu_s": cpu, "server_timings_s": server_report.get("timings_s", {}),
             "stages": server_report["stages"], "hello": server_report["hello"],
             "processes_left_running": leftover,
@@ -282,16 +297,18 @@ class Federation:
             raise DeploymentError(f"registering {public_key.name} failed: {done.stdout.decode(errors='replace')[-500:]}")
 
 
-def start_superlink(processes: Processes, work: Path, deployment: LocalDeployment) -> Federation:
+def start_superlink(processes: Processes, work: Path, deployment: LocalDeployment, flags: tuple[str, ...] = ()
+                    ) -> Federation:
     """The SuperLink on a free loopback port (HTTPS with a throw-away CA under ``--tls``, node authentication under
-    ``--auth``), and the ``flwr`` CLI's connection to it in ``work/flwr/config.toml``."""
+    ``--auth``; ``flags``: more of its options), and the ``flwr`` CLI's connection to it in
+    ``work/flwr/config.toml``."""
     port = free_port()
     certificates = make_certificates(work / "certs") if deployment.tls else None
     security = ["--insecure"] if certificates is None else certificates.superlink_flags()
     if deployment.auth:
         security.append("--enable-supernode-auth")
     superlink = processes.start("superlink", [_tool("flower-superlink"), *security,
-                                              "--disable-runtime-dependency-installation",
+                                              "--disable-runtime-dependency-installation", *flags,
                                               "--host", "127.0.0.1", "--port", str(port)])
     trust = "insecure = true" if certificates is None else f"root-certificates = {toml_value(str(certificates.ca))}"
     (work / "flwr" / "config.toml").write_text(
@@ -327,17 +344,25 @@ def _run_processes(processes: Processes, work: Path, files: dict[str, str], rows
         processes.start(f"supernode-{k}", [
             _tool("flower-supernode"), *federation.supernode_flags(), *identity, "--port", str(free_port()),
             "--node-config", node_config(k, deployment.nodes, files, deployment.crash.get(k), rows[k])])
+    return submit(processes, work, files, deployment.stage_timeout, deployment.connect_timeout,
+                  deployment.run_timeout)
+
+
+def submit(processes: Processes, work: Path, files: dict[str, str], stage_timeout: float, connect_timeout: float,
+           run_timeout: float, flags: tuple[str, ...] = ()):
+    """``flwr run`` of the app in ``work/app`` on the federation of ``work/flwr/config.toml`` (``flags``: more of its
+    options), until the run ends; the server's report (refused unless the run is done) and the run's wall time."""
     settings = {"job": files["job"], "out": str(work / "out"), "roster": files.get("roster", ""),
-                "stage-timeout": float(deployment.stage_timeout), "connect-timeout": float(deployment.connect_timeout)}
+                "stage-timeout": float(stage_timeout), "connect-timeout": float(connect_timeout)}
     run_config = " ".join(f"{key}={toml_value(v)}" for key, v in settings.items())
     start = time.monotonic()
     with open(work / "logs" / "flwr-run.log", "wb") as log:
         try:
-            subprocess.run([_tool("flwr"), "run", str(work / "app"), CONNECTION, "--stream", "--run-config", run_config],
-                           env=processes.env, stdout=log, stderr=subprocess.STDOUT, timeout=deployment.run_timeout,
+            subprocess.run([_tool("flwr"), "run", str(work / "app"), CONNECTION, "--stream", "--run-config", run_config,
+                            *flags], env=processes.env, stdout=log, stderr=subprocess.STDOUT, timeout=run_timeout,
                            check=False, start_new_session=True)
         except subprocess.TimeoutExpired as exc:
-            raise DeploymentError(f"the deployed run did not finish within {deployment.run_timeout:.0f} s "
+            raise DeploymentError(f"the deployed run did not finish within {run_timeout:.0f} s "
                                   f"(logs: {work / 'logs'})") from exc
     seconds = time.monotonic() - start
     report_path = work / "out" / REPORT

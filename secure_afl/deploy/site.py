@@ -12,6 +12,7 @@ map, and the algorithm's client (``secure_afl.runner.site_algorithm``).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -125,6 +126,7 @@ class Site:
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, object]) -> Site:
+        node_config = simulated_site(node_config)
         missing = {"job", "partition-id", "num-partitions"} - set(node_config)
         if missing:
             raise ConfigError(f"the SuperNode's --node-config lacks {sorted(missing)}")
@@ -199,6 +201,31 @@ class Site:
             raise ConfigError(f"client {self.client}: --min-class-count {config.min_class_count} withheld every row "
                               "of this site, so it has nothing to send")
         return server, client
+
+
+SIMULATED_SITES = "SECURE_AFL_SIMULATED_SITES"  # environment: the directory of a simulation's node configs
+NODE_CONFIG_FILE = "node-config.json"
+
+
+def simulated_site(node_config: Mapping[str, object]) -> Mapping[str, object]:
+    """A simulated node's whole node config. Flower's simulation engine gives each virtual node only
+    ``partition-id`` and ``num-partitions``; the operator of a simulation (``secure-afl deploy simulate``) writes
+    the rest of each site's entries (its files, as ``--node-config`` gives them to a SuperNode) to
+    ``DIR/K/node-config.json`` and names DIR in the environment of the simulation's processes: out of band, never
+    through the server. A node config that names its job (a real SuperNode's) is taken as it is."""
+    directory = os.environ.get(SIMULATED_SITES)
+    if directory is None or "job" in node_config or "partition-id" not in node_config:
+        return node_config
+    path = Path(directory) / str(node_config["partition-id"]) / NODE_CONFIG_FILE
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"simulated node {node_config['partition-id']}: cannot read its node config {str(path)!r}: "
+                          f"{exc}") from exc
+    given = {key: node_config.get(key) for key in ("partition-id", "num-partitions")}
+    if not isinstance(entries, dict) or {key: entries.get(key) for key in given} != given:
+        raise ConfigError(f"{str(path)!r} is not the node config of simulated node {given}")
+    return entries
 
 
 SITE_ROWS_FORMAT = "secure-afl/site-rows"
