@@ -28,7 +28,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
 from protocols.transcript import check_destination, size_on_disk
 from secure_afl.algorithms.registry import algorithm
 from secure_afl.config import RunConfig
