@@ -1,8 +1,11 @@
 """The deployment's parts that need no running federation: wire messages, job files, refusals, process cleanup."""
 
+import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -307,3 +310,13 @@ def test_a_throw_away_ca_signs_the_superlink_certificate_for_loopback(tmp_path):
     private, public = make_node_key(tmp_path / "keys", "node0")
     assert private.stat().st_mode & 0o777 == 0o600 and public.read_text().startswith("ecdsa-sha2-nistp384 ")
     assert isinstance(load_ssh_private_key(private.read_bytes(), None), ec.EllipticCurvePrivateKey)
+
+
+def test_a_site_process_loads_torch_only_for_a_stage_that_computes_its_vector():
+    """A SuperNode starts a process for every message: the ClientApp's module and a site's cheap facts must not
+    import torch (about 2 CPU s a message), which only the hello and the stages that compute a vector need."""
+    code = ("import sys, secure_afl.deploy.client_app, secure_afl.deploy.site; "
+            "print('torch' in sys.modules, 'secure_afl.algorithms.registry' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}).stdout
+    assert out.split() == ["False", "False"]

@@ -33,7 +33,6 @@ from protocols.masking.client import MaskingClient
 from protocols.plaintext import PlaintextInput
 from protocols.terms import broadcast_digest
 from secure_afl.algorithms.base import RoundSpec
-from secure_afl.algorithms.registry import algorithm
 from secure_afl.deploy.messages import NodeHello, RoundCall, round_terms
 from secure_afl.deploy.site import Site, SiteData
 from secure_afl.deploy.transport import content, parts
@@ -134,8 +133,7 @@ def _check_call(site: Site, first: RoundSpec | None, call: RoundCall, earlier: l
             raise ProtocolAbort(f"client {site.client}: the server called round {call.name!r} ({call.length} values, "
                                 f"bound {call.bound!r}), not the round this site derives from the job")
         return
-    job = site.job()
-    rounds = algorithm(job.algorithm).rounds(job)
+    rounds = site.rounds()
     if call.name in earlier or len(earlier) >= rounds:
         raise ProtocolAbort(f"client {site.client}: the server called round {call.name!r} after rounds {earlier}; the "
                             f"job has {rounds} rounds and this site answers each once")

@@ -187,6 +187,14 @@ class Site:
         x, _ = feature_map.apply(torch.from_numpy(np.ascontiguousarray(raw[kept])).to(device))
         return SiteData(x.cpu().numpy(), labels[kept], task.num_classes, task.train_size, backbone_dim)
 
+    def rounds(self) -> int:
+        """How many rounds the job asks of this site (the algorithm registry's count). It imports the algorithms,
+        and with them torch, so only a stage that computes the site's vector asks."""
+        from secure_afl.algorithms.registry import algorithm
+
+        job = self.job()
+        return algorithm(job.algorithm).rounds(job)
+
     def algorithm(self, data: SiteData) -> tuple[AlgorithmServer, AlgorithmClient]:
         """The algorithm's server as this site derives it from the job (its rounds and public bounds, to check the
         server's calls against) and the site's client on its rows (``secure_afl.runner.site_algorithm``)."""
