@@ -7,7 +7,6 @@ Flower is not installed (`make test` installs it with the test extra).
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from secure_afl.algorithms.afl import AFLConfig, reference  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.deploy.credentials import make_node_key  # noqa: E402
 from secure_afl.deploy.local import (DeploymentError, LocalDeployment, Processes, _alive, _tool, flower_env,  # noqa: E402
-                                     free_port, run_local, start_superlink)
+                                     free_port, marked, run_local, start_superlink)
 from secure_afl.model import Model  # noqa: E402
 from secure_afl.results import format_summary  # noqa: E402
 from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, train  # noqa: E402
@@ -50,15 +49,7 @@ def in_process(clients: int, **options):
 
 def left_running(tmp_path) -> list[int]:
     """Live processes of the deployment under ``tmp_path`` (each carries its FLWR_HOME in its environment)."""
-    marker = f"FLWR_HOME={tmp_path / 'work' / 'flwr'}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return [pid for pid in found if _alive(pid)]
+    return marked(f"FLWR_HOME={tmp_path / 'work' / 'flwr'}".encode())
 
 
 def telling(vector: np.ndarray) -> slice:

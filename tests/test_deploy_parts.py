@@ -103,6 +103,23 @@ def test_stopping_a_deployment_ends_its_processes_and_theirs_by_pid(tmp_path):
     assert not any(_alive(pid) for pid in pids)
 
 
+def test_stopping_a_deployment_also_ends_a_process_that_left_its_tree(tmp_path):
+    """A child whose parent died is re-parented out of the deployment's tree (a crashed node's ClientApp, Ray's
+    daemons): ``stop`` still finds it, by the marker every process of the deployment inherits."""
+    pytest.importorskip("flwr")
+    from secure_afl.deploy.local import Processes, _alive
+
+    processes = Processes({}, tmp_path)
+    orphan_pid = tmp_path / "orphan.pid"
+    script = ("import subprocess, sys; child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+              f" open({str(orphan_pid)!r}, 'w').write(str(child.pid))")  # the parent exits at once
+    processes.start("parent", [sys.executable, "-c", script]).wait(timeout=30)
+    orphan = int(orphan_pid.read_text())
+    assert _alive(orphan) and orphan not in processes.pids() and processes.strays() == [orphan]
+    processes.stop(grace=2.0)
+    assert not _alive(orphan)
+
+
 def test_a_flower_message_carries_our_wire_messages_unchanged():
     pytest.importorskip("flwr")
     from flwr.app import RecordDict

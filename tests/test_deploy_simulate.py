@@ -22,8 +22,8 @@ pytest.importorskip("ray")
 from secure_afl.cli import main  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.deploy.site import NODE_CONFIG_FILE, SIMULATED_SITES, Site  # noqa: E402
-from secure_afl.deploy.local import Processes  # noqa: E402
-from secure_afl.deploy.simulate import Simulation, Usage, marked, run_simulation  # noqa: E402
+from secure_afl.deploy.local import Processes, marked  # noqa: E402
+from secure_afl.deploy.simulate import Simulation, Usage, run_simulation  # noqa: E402
 from secure_afl.errors import ConfigError  # noqa: E402
 from secure_afl.runner import Timer, load_features, plan_run, train  # noqa: E402
 

@@ -18,6 +18,7 @@ import json
 import os
 import resource
 import shutil
+import secrets
 import signal
 import socket
 import subprocess
@@ -40,6 +41,7 @@ from secure_afl.model import Model
 from secure_afl.runner import Timer, Training, job_metrics, load_features, plan_run, results_document
 
 APP = Path(__file__).with_name("app")
+MARKER = "SECURE_AFL_DEPLOYMENT"  # in the environment of every process a deployment starts (``Processes.stop``)
 CONNECTION = "secure-afl-local"
 OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
@@ -83,7 +85,7 @@ class Processes:
     process they started (SuperExec, ServerApp and ClientApp processes), by pid."""
 
     def __init__(self, env: dict[str, str], logs: Path):
-        self.env = env
+        self.env = env | {MARKER: secrets.token_hex(8)}
         self.logs = logs
         self.started: list[tuple[str, subprocess.Popen]] = []
 
@@ -98,17 +100,38 @@ class Processes:
         return descendants([process.pid for _, process in self.started])
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM to every process of the deployment, SIGKILL to those still alive after ``grace`` seconds."""
-        pids = self.pids()
-        for pid in pids:
-            _signal(pid, signal.SIGTERM)
-        _wait_gone(pids, grace)
-        for pid in pids:
-            if _alive(pid):
-                _signal(pid, signal.SIGKILL)
-        _wait_gone(pids, grace)
+        """SIGTERM to every process of the deployment, SIGKILL to those still alive after ``grace`` seconds: first its
+        process tree, then any process that left the tree (a child whose parent died is re-parented: the ClientApp
+        of a node that crashed, Ray's daemons), found by this deployment's marker in its environment."""
+        for find in (self.pids, self.strays):
+            pids = find()
+            for pid in pids:
+                _signal(pid, signal.SIGTERM)
+            _wait_gone(pids, grace)
+            for pid in pids:
+                if _alive(pid):
+                    _signal(pid, signal.SIGKILL)
+            _wait_gone(pids, grace)
         for _, process in self.started:
             process.wait()
+
+    def strays(self) -> list[int]:
+        """Live processes that carry this deployment's marker, in its tree or not."""
+        return [pid for pid in marked(f"{MARKER}={self.env[MARKER]}".encode()) if pid != os.getpid()]
+
+
+def marked(marker: bytes) -> list[int]:
+    """Live processes whose environment holds ``marker`` (``NAME=value``); another user's are not readable: skipped."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return [pid for pid in found if _alive(pid)]
 
 
 def _wait_gone(pids: list[int], seconds: float) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -31,8 +30,7 @@ from pathlib import Path
 
 from secure_afl.config import RunConfig
 from secure_afl.deploy.issue import node_entries
-from secure_afl.deploy.local import (LocalDeployment, Processes, _alive, _signal, _wait_gone, run_deployed, start_superlink,
-                                     submit)
+from secure_afl.deploy.local import LocalDeployment, Processes, run_deployed, start_superlink, submit
 from secure_afl.deploy.site import NODE_CONFIG_FILE, SIMULATED_SITES
 from secure_afl.errors import ConfigError
 
@@ -109,39 +107,11 @@ def _launch(processes: Processes, work: Path, files: dict[str, str], rows: dict[
                                  simulation.run_timeout, flags=("--federation-config", federation))
     finally:
         usage.stop()
-        stop_marked(processes, sites)
+        processes.stop()  # Ray's daemons leave the tree: Processes.stop finds them by their environment
     return report, seconds, {
         "engine": "flower simulation (ray)", "ray": _ray_version(), "client_cpus": simulation.client_cpus,
         "cores": os.cpu_count(), "peak_memory_mib": usage.peak_mib,
         "peak_memory_per_client_mib": usage.peak_mib / simulation.nodes, "sampled_cpu_s": usage.cpu_s}
-
-
-def stop_marked(processes: Processes, sites: Path) -> None:
-    """Stop every process this simulation started: its process tree, then whatever left the tree (a daemon Ray
-    re-parents): each process of the user whose environment names this run's sites directory, by pid."""
-    processes.stop()
-    marker = f"{SIMULATED_SITES}={sites}".encode()
-    pids = [pid for pid in marked(marker) if pid != os.getpid()]
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    _wait_gone(pids, 5.0)
-    for pid in pids:
-        if _alive(pid):
-            _signal(pid, signal.SIGKILL)
-
-
-def marked(marker: bytes) -> list[int]:
-    """Live processes whose environment holds ``marker`` (``NAME=value``); another user's are not readable: skipped."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return [pid for pid in found if _alive(pid)]
 
 
 class Usage:
