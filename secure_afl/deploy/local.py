@@ -68,16 +68,23 @@ class LocalDeployment:
     workdir: str | None = None  # kept when given; a temporary directory (removed afterwards) otherwise
 
     def check(self) -> None:
-        if self.nodes < 2:
-            raise ConfigError(f"--nodes must be at least 2, got {self.nodes}")
+        check_federation(self)
         for node, stage in self.crash.items():
             if not 0 <= node < self.nodes or stage not in STAGES:
                 raise ConfigError(f"--crash {node}={stage}: nodes are 0..{self.nodes - 1}, stages {', '.join(STAGES)}")
         if self.auth and not self.tls:
             raise ConfigError("--auth (SuperNode authentication) needs --tls: Flower refuses it over plain HTTP")
-        for name in ("stage_timeout", "connect_timeout", "run_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+
+
+def check_federation(settings) -> None:
+    """What every way of running a federation (``LocalDeployment``, ``simulate.Simulation``) refuses alike: fewer
+    than two nodes, a deadline that is not a positive number of seconds."""
+    if settings.nodes < 2:
+        raise ConfigError(f"--nodes must be at least 2, got {settings.nodes}")
+    for name in ("stage_timeout", "connect_timeout", "run_timeout"):
+        if not getattr(settings, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds, got "
+                              f"{getattr(settings, name)}")
 
 
 class Processes:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from secure_afl.config import RunConfig
 from secure_afl.deploy.issue import node_entries
-from secure_afl.deploy.local import LocalDeployment, Processes, run_deployed, start_superlink, submit
+from secure_afl.deploy.local import LocalDeployment, Processes, check_federation, run_deployed, start_superlink, submit
 from secure_afl.deploy.site import NODE_CONFIG_FILE, SIMULATED_SITES
 from secure_afl.errors import ConfigError
 
@@ -52,13 +52,9 @@ class Simulation:
     workdir: str | None = None  # kept when given; a temporary directory (removed afterwards) otherwise
 
     def check(self) -> None:
-        if self.nodes < 2:
-            raise ConfigError(f"--nodes must be at least 2, got {self.nodes}")
+        check_federation(self)
         if not isinstance(self.client_cpus, int) or self.client_cpus < 1:
             raise ConfigError(f"--client-cpus must be a whole number of CPUs (at least 1), got {self.client_cpus}")
-        for name in ("stage_timeout", "connect_timeout", "run_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(self, name)}")
         if self.client_cpus > (os.cpu_count() or 1):
             raise ConfigError(f"--client-cpus {self.client_cpus} is more than this machine's {os.cpu_count()} cores: "
                               "Ray could never place a ClientApp")
