@@ -256,14 +256,19 @@ def _deploy_parser(sub) -> None:
                      help="HTTPS between every process and the SuperLink, with a certificate authority made for this run")
     net.add_argument("--auth", action="store_true",
                      help="SuperNode authentication (needs --tls): each node gets a key pair, registered before it starts")
-    net.add_argument("--workdir", default=None,
-                     help="an empty directory for the job's files and every process's log, kept afterwards "
-                          "(default: a temporary one, removed)")
-    out = local.add_argument_group("output")
-    out.add_argument("--out", default=None, help="results JSON path")
-    out.add_argument("--transcript", default=None, metavar="DIR", help="write the deployed server's view of every round here")
-    _output_flags(out, "an existing results file (and transcript)")
+    _federation_output(local, net)
     _simulate_parser(where)
+
+
+def _federation_output(parser, group) -> None:
+    """The work directory and outputs every way of running a federation (``deploy local``, ``simulate``) takes."""
+    group.add_argument("--workdir", default=None,
+                       help="an empty directory for the job's files and every process's log, kept afterwards "
+                            "(default: a temporary one, removed)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default=None, help="results JSON path")
+    out.add_argument("--transcript", default=None, metavar="DIR", help="write the server's view of every round here")
+    _output_flags(out, "an existing results file (and transcript)")
 
 
 def _simulate_parser(where) -> None:
@@ -285,13 +290,7 @@ def _simulate_parser(where) -> None:
                         help="seconds the nodes' first message (each loads its rows) may take")
     engine.add_argument("--client-cpus", type=int, default=1,
                         help="CPUs Ray gives each ClientApp worker: cores / this many messages are answered at once")
-    engine.add_argument("--workdir", default=None,
-                        help="an empty directory for the job's files and every process's log, kept afterwards "
-                             "(default: a temporary one, removed)")
-    out = simulate.add_argument_group("output")
-    out.add_argument("--out", default=None, help="results JSON path")
-    out.add_argument("--transcript", default=None, metavar="DIR", help="write the server's view of every round here")
-    _output_flags(out, "an existing results file (and transcript)")
+    _federation_output(simulate, engine)
 
 
 def _predict_parser(sub) -> None:
