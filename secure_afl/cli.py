@@ -258,6 +258,7 @@ def _deploy_parser(sub) -> None:
                      help="SuperNode authentication (needs --tls): each node gets a key pair, registered before it starts")
     _federation_output(local, net)
     _simulate_parser(where)
+    _rows_parser(where)
 
 
 def _federation_output(parser, group) -> None:
@@ -291,6 +292,31 @@ def _simulate_parser(where) -> None:
     engine.add_argument("--client-cpus", type=int, default=1,
                         help="CPUs Ray gives each ClientApp worker: cores / this many messages are answered at once")
     _federation_output(simulate, engine)
+
+
+def _rows_parser(where) -> None:
+    rows = where.add_parser("rows", help="a site's rows file (its SuperNode's dataset-path) from its own labelled images",
+                            formatter_class=_HelpFormatter,
+                            description="Run on a site's machine: turns DIR/<class index>/<image files> into the "
+                                        "backbone features and labels its SuperNode reads (--node-config "
+                                        "dataset-path=ROWS), with the job's backbone, weights, resolution and "
+                                        "preprocessing, exactly as the in-process run extracts them, through the "
+                                        "local feature cache. Weights come only from local files (never downloaded).")
+    rows.add_argument("--job", required=True, help="the job file from `secure-afl deploy issue` (job.json)")
+    rows.add_argument("--images", required=True, metavar="DIR",
+                      help="one folder per class, named by its index 0 … C-1, holding only image files")
+    site = rows.add_argument_group("this machine (replaces the job's settings)")
+    site.add_argument("--device", default="auto", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N")
+    site.add_argument("--batch-size", type=int, default=None, help="images per backbone batch (default: the job's)")
+    site.add_argument("--weights", default=None, metavar="FILE",
+                      help="where this site keeps the job's backbone weights file (default: the job's path, or the "
+                           "shipped / cached weights its backbone names)")
+    site.add_argument("--cache-dir", default=None, help="feature cache (default $SECURE_AFL_CACHE or ~/.cache/secure_afl)")
+    site.add_argument("--no-cache", dest="use_cache", action="store_false",
+                      help="always extract features; neither read nor write the cache")
+    out = rows.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="ROWS", help="the rows file to write (npz)")
+    _output_flags(out, "an existing rows file")
 
 
 def _predict_parser(sub) -> None:
@@ -384,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     _plot_parser(sub)
     args = parser.parse_args(argv)
     config = None
-    if args.command in ("run", "attack", "deploy"):
+    if args.command in ("run", "attack", "deploy") and getattr(args, "where", None) != "rows":  # rows: a job file
         names = {f.name for f in fields(RunConfig)}
         options = vars(args)
         options["dropout"] = dict(options["dropout"])
@@ -548,6 +574,8 @@ def _deploy(args, config: RunConfig) -> str:
 
     if args.where == "issue":
         return _issue(args, config)
+    if args.where == "rows":
+        return _rows(args)
     try:
         from secure_afl.deploy.local import LocalDeployment, run_local
         from secure_afl.deploy.simulate import Simulation, run_simulation
@@ -586,6 +614,23 @@ def _issue(args, config: RunConfig) -> str:
     lines = [f"job {files['job']}"] + ([f"roster {files['roster']}"] if "roster" in files else [])
     return "\n".join(lines + [f"site {k}: --node-config '{node_config(k, config.clients, files)}'"
                                for k in range(config.clients)])
+
+
+def _rows(args) -> str:
+    """``secure-afl deploy rows``: the job, the output and every image are checked before the backbone is loaded."""
+    from secure_afl.deploy.rows import write_rows
+
+    written = write_rows(args.job, args.images, args.out, overwrite=args.overwrite, progress=not args.quiet,
+                         device=args.device, batch_size=args.batch_size, weights=args.weights,
+                         cache_dir=args.cache_dir, use_cache=args.use_cache)
+    counts = ", ".join(f"{k}: {n}" for k, n in written.class_counts.items())
+    lines = [f"rows written to {written.path}: {written.rows} images ({counts}), {written.feature_dim} features each, "
+             f"on {written.device}" + (" (from the feature cache)" if written.cache_hit else "")]
+    if written.withheld:
+        lines.append(f"the job's --min-class-count withholds classes {written.withheld} at this site: its node sends "
+                     "none of their rows")
+    hint = f"give the site's SuperNode --node-config '... dataset-path=\"{written.path.resolve()}\"'"
+    return "\n".join([*lines, hint])
 
 
 def _report(args, config: None) -> str:

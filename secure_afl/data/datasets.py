@@ -31,7 +31,7 @@ SAMPLE_SETS = {
 BUILTIN = ("digits", "mnist5k", *SAMPLE_SETS)
 ON_DISK = ("cifar10", "cifar100", "imagefolder")
 DATASETS = BUILTIN + ON_DISK
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _image_folder(root: Path) -> Dataset:
 def _folder_source(folder: Path, classes: list[str]) -> FileSource:
     paths, labels = [], []
     for label, cls in enumerate(classes):
-        files = sorted(p for p in (folder / cls).glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = sorted(p for p in (folder / cls).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         paths.extend(files)
         labels.extend([label] * len(files))
     unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
