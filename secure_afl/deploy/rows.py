@@ -46,9 +46,8 @@ class SiteRows:
 def site_images(directory: str | Path, num_classes: int) -> FileSource:
     """The labelled images under ``directory``: ``directory/<k>/<image>`` for class k in 0 … ``num_classes`` − 1,
     class by class in index order, each class's files sorted by name (as ``--dataset imagefolder`` reads a folder's
-    files). Hidden entries are
-    skipped; anything else that is not a class folder holding only image files Pillow can open is refused,
-    because an image left out silently would change the site's statistics without a word."""
+    files). Hidden entries are skipped; anything else that is not a class folder holding only image files Pillow
+    can open is refused, because an image left out silently would change the site's statistics without a word."""
     root = Path(directory)
     if not root.is_dir():
         raise DataError(f"--images {str(root)!r} is not a directory; expected DIR/<class index>/<image files>")
