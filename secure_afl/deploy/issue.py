@@ -41,7 +41,8 @@ def issue_files(plan, directory: Path) -> dict[str, str]:
 def node_config(k: int, clients: int, files: dict[str, str], crash: str | None = None,
                 dataset_path: str | None = None) -> str:
     """Site ``k``'s ``--node-config`` (of ``clients``): its partition and its files (paths as this machine sees them);
-    ``dataset_path``: the site's own rows file (``site.write_site_rows``) instead of the shipped data set's partition."""
+    ``dataset_path``: the site's own rows file (``secure-afl deploy rows``) instead of the shipped data set's
+    partition."""
     entries = node_entries(k, clients, files, crash, dataset_path)
     return " ".join(f"{key}={toml_value(value)}" for key, value in entries.items())
 
