@@ -17,8 +17,9 @@ was measured, and redraws an image grid per attack, data set and model (B = 4, f
 the plot of identifiability and PSNR versus batch size (one line per model × attack, the class-mean
 image beside them).
 
-Not run: the shipped CIFAR-100 samples (20 images in 18 classes) and ImageNet samples (20 images,
-1,000 classes) leave no test split, so the runner refuses them (``NOT_RUN``, written to the JSON).
+A data set the runner refuses is recorded with the runner's reason under ``not_run`` in the JSON: the
+shipped CIFAR-100 samples (20 images in 18 classes) and ImageNet samples (20 images in 19 classes)
+leave no test split (no class has 3 images), and the runner needs one.
 
     python benchmarks/gradient_inversion.py [--steps 300] [--images 8] [--batches 1 4 16 64] [--models lenet convnet]
 
@@ -39,6 +40,7 @@ import os
 import tempfile
 import warnings
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -53,17 +55,15 @@ from attacks.grid import save_grid  # noqa: E402
 from attacks.gradient.evaluation import evaluate_inversion, inversion_picture  # noqa: E402
 from attacks.gradient.inversion import DLG, IDLG, InvertingGradients  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
+from secure_afl.data.datasets import load_dataset  # noqa: E402
 from secure_afl.device import resolve_device  # noqa: E402
+from secure_afl.errors import ConfigError  # noqa: E402
 from secure_afl.results import environment, write_results  # noqa: E402
 from secure_afl.runner import PlaintextAggregationWarning, SmallTestSplitWarning  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ATTACKS = {"dlg": DLG, "idlg": IDLG, "inverting-gradients": InvertingGradients}
-TRAIN_SIZES = {"mnist5k": 4000, "samples-cifar10": 18}
-NOT_RUN = {name: f"the shipped {what} leave no test split (the runner needs one for the model's accuracy and the "
-                 "class-mean baseline needs public images), so the runner refuses the data set"
-           for name, what in (("samples-cifar100", "CIFAR-100 samples (20 images in 18 classes)"),
-                              ("samples-imagenet", "ImageNet samples (20 images, 1,000 classes)"))}
+DATASETS = ("mnist5k", "samples-cifar10", "samples-cifar100", "samples-imagenet")
 STEPS = 300  # per attack at --scale 1
 IMAGES = 8  # target images per setting at --scale 1 (clients of B images: at least one)
 PICTURED_BATCH = 4
@@ -73,7 +73,7 @@ METRICS = ("targets", "matched", "psnr_mean", "psnr_quantiles", "ssim_mean", "id
 
 
 def setting(dataset: str, model: str, algorithm: str, batch: int, images: int, steps: int, scratch: Path) -> dict:
-    clients = TRAIN_SIZES[dataset] // batch
+    clients = train_size(dataset) // batch
     attacked = min(clients, math.ceil(images / batch))
     config = RunConfig(algorithm=algorithm, protocol="plaintext", dataset=dataset, clients=clients, partition="iid",
                        rounds=1, cnn=model, client_fraction=min(1.0, attacked / clients),
@@ -102,6 +102,11 @@ def setting(dataset: str, model: str, algorithm: str, batch: int, images: int, s
     return {"rows": rows, "pictures": pictures}
 
 
+@cache
+def train_size(dataset: str) -> int:
+    return len(load_dataset(dataset).train.indices)
+
+
 @contextmanager
 def locked(path: Path):
     """An exclusive lock for the read-merge-write of ``path`` (another run of this benchmark may be writing it)."""
@@ -113,9 +118,10 @@ def locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def merge(path: Path, measured: list[dict], grids: list[str]) -> list[dict]:
-    """Merge ``measured`` into the results file at ``path`` (a row replaces the one with the same KEY); all its
-    rows, sorted by KEY. Call it under ``locked(path)``."""
+def merge(path: Path, measured: list[dict], grids: list[str], refused: dict[str, str]) -> list[dict]:
+    """Merge ``measured`` into the results file at ``path`` (a row replaces the one with the same KEY), and the
+    data sets the runner ``refused`` (data set → its reason); all its rows, sorted by KEY. Call it under
+    ``locked(path)``."""
     kept = json.loads(path.read_text()) if path.exists() else {"rows": [], "grids": []}
     new = {tuple(row[k] for k in KEY) for row in measured}
     rows = sorted([r for r in kept["rows"] if tuple(r[k] for k in KEY) not in new] + measured,
@@ -124,7 +130,9 @@ def merge(path: Path, measured: list[dict], grids: list[str]) -> list[dict]:
                 "rows_note": "one row per (dataset, model, algorithm, batch, attack), each from the latest run "
                              "of that setting; every row records its steps, clients attacked, torch threads "
                              "and 1-minute load average (timings are loaded)",
-                "not_run": NOT_RUN, "rows": rows, "grids": sorted(set(kept["grids"]) | set(grids)),
+                "not_run": {name: reason for name, reason in {**kept.get("not_run", {}), **refused}.items()
+                            if name not in {r["dataset"] for r in rows}},
+                "rows": rows, "grids": sorted(set(kept["grids"]) | set(grids)),
                 "environment": environment(resolve_device("auto"), None)}
     write_results(path, document, overwrite=True)
     return rows
@@ -167,7 +175,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=1, help="multiplies the target images and the steps")
-    parser.add_argument("--datasets", nargs="+", default=list(TRAIN_SIZES), choices=list(TRAIN_SIZES))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--models", nargs="+", default=["lenet", "convnet"])
     parser.add_argument("--algorithms", nargs="+", default=["fedsgd-cnn"])
     parser.add_argument("--steps", type=int, default=STEPS)
@@ -183,19 +191,28 @@ def main() -> None:
     warnings.simplefilter("ignore", SmallTestSplitWarning)
     out, steps, images = Path(args.out), args.steps * args.scale, args.images * args.scale
     for dataset in args.datasets:
-        for model in args.models:
-            for algorithm in args.algorithms:
-                for batch in args.batches:
-                    if batch > TRAIN_SIZES[dataset]:
-                        continue
-                    done = setting(dataset, model, algorithm, batch, images, steps, Path(args.scratch))
-                    grids = []
-                    if batch == PICTURED_BATCH and algorithm == args.algorithms[0]:
-                        for name, picture in done["pictures"].items():
-                            stem = f"gradient_inversion-{dataset}-{model}-{algorithm}-{name}.png"
-                            grids.append(save_grid(out.parent / stem, picture).name)
-                    with locked(out):
-                        plot(merge(out, done["rows"], grids), out.with_suffix(".png"))
+        try:
+            run_dataset(dataset, args, images, steps, out)
+        except ConfigError as error:  # the runner refuses the data set (e.g. no test split): say so in the JSON
+            print(f"{dataset}: not run: {error}", flush=True)
+            with locked(out):
+                plot(merge(out, [], [], {dataset: str(error)}), out.with_suffix(".png"))
+
+
+def run_dataset(dataset: str, args: argparse.Namespace, images: int, steps: int, out: Path) -> None:
+    for model in args.models:
+        for algorithm in args.algorithms:
+            for batch in args.batches:
+                if batch > train_size(dataset):
+                    continue
+                done = setting(dataset, model, algorithm, batch, images, steps, Path(args.scratch))
+                grids = []
+                if batch == PICTURED_BATCH and algorithm == args.algorithms[0]:
+                    for name, picture in done["pictures"].items():
+                        stem = f"gradient_inversion-{dataset}-{model}-{algorithm}-{name}.png"
+                        grids.append(save_grid(out.parent / stem, picture).name)
+                with locked(out):
+                    plot(merge(out, done["rows"], grids, {}), out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
