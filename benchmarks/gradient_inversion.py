@@ -162,6 +162,7 @@ def plot(rows: list[dict], path: Path) -> None:
             axis.plot(batches, [baseline[b][key] for b in batches], color="grey", linestyle=":", marker="x",
                       label="class-mean image")
             axis.set_xscale("log", base=2)
+            axis.set_xticks(batches, [str(b) for b in batches])
             axis.set_xlabel("batch size B (images per client update)")
         axes_row[0].set_title(f"{dataset}: identified (pixel nearest neighbour among the training images)", fontsize=9)
         axes_row[1].set_title(f"{dataset}: PSNR (dB)", fontsize=9)
