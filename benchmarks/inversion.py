@@ -1,7 +1,10 @@
 """Feature inversion on AFL transcripts: recovered features back to images, against two baselines.
 
 For each data set (mnist5k; the shipped CIFAR-10 / CIFAR-100 / ImageNet samples, where a split
-leaves public images to train on), plaintext AFL (α = 0.1, seed 0): the ``invert`` attack on the
+leaves public images to train on; a data set the runner refuses is listed under ``not_run`` with the
+runner's reason: the CIFAR-100 and ImageNet samples, 20 images in 18 and 19 classes, leave no test
+split, so there is no AFL job to attack, no public image to train a decoder on and no class-mean
+image to compare with, and even the ORACLE source has no run to take true features from), plaintext AFL (α = 0.1, seed 0): the ``invert`` attack on the
 singleton features, on the ``gram`` rows and on the true features (the ORACLE: the image stage
 alone), with the learned decoder and, on the singletons, the decoder refined by optimisation
 through the backbone. Statistics matching (``match-statistics``: dummy images fitted to a small
@@ -37,6 +40,7 @@ from attacks.inversion.optimise import OptimiseSettings  # noqa: E402
 from attacks.inversion.statistics_matching import MatchSettings  # noqa: E402
 from attacks.suite import InversionOptions, attack_run  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
+from secure_afl.errors import ConfigError  # noqa: E402
 from secure_afl.results import write_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -103,7 +107,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)
-    rows = []
+    rows, not_run = [], {}
     started, load_at_start = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
     optimise = OptimiseSettings(steps=args.optimise_steps)
     matching = MatchSettings(steps=args.match_steps, clients=args.matched_clients)
@@ -112,30 +116,41 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown settings {unknown}; choose from {[f'{s}:{m}' for s, m in SETTINGS]}")
     for dataset in args.datasets:
-        closed: list[dict] = []
-        config = RunConfig(protocol="plaintext", dataset=dataset, clients=CLIENTS.get(dataset, 20), device=args.device)
-        for source, method in settings:
-            grid = RESULTS / f"inversion-{dataset}-{source}-{method.replace('+', '-')}.png"
-            done, per_target = row(config, "invert", InversionOptions(source, method, optimise=optimise), grid)
-            closed = per_target if source == "gram" else closed
-            rows.append(done)
-            report(done)
-        matched, per_target = row(config, "match-statistics", InversionOptions(matching=matching),
-                                  RESULTS / f"inversion-{dataset}-statistics-matching.png")
-        matched["closed_form_on_same_targets"] = {"route": "gram rows → decoder (the row above)",
-                                                  **on_targets(closed, {r["sample"] for r in per_target})}
-        rows.append(matched)
-        report(matched)
-        document = {"schema_version": 1, "benchmark": "inversion", "rows": rows,
+        try:
+            rows += dataset_rows(dataset, settings, optimise, matching, args.device)
+        except ConfigError as error:  # the runner refuses the data set (e.g. no test split): say so in the JSON
+            not_run[dataset] = str(error)
+            print(f"{dataset}: not run: {error}", flush=True)
+        document = {"schema_version": 1, "benchmark": "inversion", "rows": rows, "not_run": not_run,
                     "settings": {"optimise_steps": args.optimise_steps, "match_steps": args.match_steps,
                                  "matched_clients": args.matched_clients, "datasets": args.datasets,
                                  "invert_settings": args.settings, "matching": asdict(matching)},
                     "total_seconds": time.perf_counter() - started, "load_average_at_start": load_at_start,
                     "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-                    "environment": rows[-1]["environment"]}
+                    "environment": rows[-1]["environment"] if rows else None}
         RESULTS.mkdir(exist_ok=True)
         write_results(RESULTS / "inversion.json", document, overwrite=True)
         plot(rows, RESULTS / "inversion.png")
+
+
+def dataset_rows(dataset: str, settings: list[tuple[str, str]], optimise: OptimiseSettings, matching: MatchSettings,
+                 device: str) -> list[dict]:
+    """The invert settings and statistics matching on one data set's default AFL job."""
+    rows, closed = [], []
+    config = RunConfig(protocol="plaintext", dataset=dataset, clients=CLIENTS.get(dataset, 20), device=device)
+    for source, method in settings:
+        grid = RESULTS / f"inversion-{dataset}-{source}-{method.replace('+', '-')}.png"
+        done, per_target = row(config, "invert", InversionOptions(source, method, optimise=optimise), grid)
+        closed = per_target if source == "gram" else closed
+        rows.append(done)
+        report(done)
+    matched, per_target = row(config, "match-statistics", InversionOptions(matching=matching),
+                              RESULTS / f"inversion-{dataset}-statistics-matching.png")
+    matched["closed_form_on_same_targets"] = {"route": "gram rows → decoder (the row above)",
+                                              **on_targets(closed, {r["sample"] for r in per_target})}
+    rows.append(matched)
+    report(matched)
+    return rows
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -110,6 +110,33 @@ def test_idlg_reads_every_label_exactly(convnet_case):
     assert "honest-but-curious" in report["threat_model"]
 
 
+def test_a_batchs_labels_are_also_scored_as_counts_whatever_images_they_sit_beside(tmp_path):
+    """Hungarian matching pairs labels with images by pixels, arbitrary when the images are noise; the count score
+    only asks whether the batch's labels are the true ones as a multiset."""
+    ran = Case(replace(ONE_EACH, clients=4)).run(tmp_path / "t")  # 4 clients of 4 or 5 images
+    view = ServerView(ran.transcript)
+    attack = IDLG(steps=1, clients=None)
+    output = attack.run(view)
+    truth = {k: ran.truth.labels[rows] for k, rows in enumerate(ran.truth.client_indices)}
+
+    def relabelled(pick):
+        by_client = {}
+        for item in output.items:
+            by_client.setdefault(item.client, []).append(item)
+        items = [replace(item, label=int(label)) for client, group in by_client.items()
+                 for item, label in zip(group, pick(truth[client]))]
+        return evaluate_inversion(attack, replace(output, items=items), view, ran.truth)[0]["metrics"]
+
+    exact = relabelled(lambda true: true[::-1])  # the true labels, in an order unrelated to the images
+    assert exact["label_count_accuracy"] == 1.0
+    absent = relabelled(lambda true: [next(c for c in range(10) if c not in set(true))] * len(true))
+    assert absent["label_count_accuracy"] == 0.0 and absent["label_accuracy"] == 0.0
+    one_right = relabelled(lambda true: [true[0]] + [next(c for c in range(10) if c not in set(true))] * (len(true) - 1))
+    assert one_right["label_count_accuracy"] == pytest.approx(4 / 18)  # one label per client, 18 targets
+    measured = _score(attack, ran)["metrics"]
+    assert measured["label_accuracy"] <= measured["label_count_accuracy"] <= 1.0
+
+
 @pytest.mark.slow  # 1000 L-BFGS iterations: one to three minutes on two busy cores
 def test_dlg_rebuilds_one_image_from_the_fedsgd_update(lenet_case):
     """On the DLG paper's LeNet. The issue asks for ≥ 25 dB through the ConvNet; at the CPU width (w = 4) DLG does

@@ -9,7 +9,10 @@ A client's reconstructions are an unordered batch: they are matched to its true 
 Hungarian assignment on pixel MSE (attacks/images.py), then scored on [0, 1] 32 px images (what the
 model saw): PSNR, SSIM (torchmetrics' Gaussian window, not breaching's complex-wavelet SSIM), label
 accuracy (the label the attack returned against the true one) and pixel identifiability (the
-target is the reconstruction's nearest neighbour, Euclidean, among all training images).
+target is the reconstruction's nearest neighbour, Euclidean, among all training images). For a batch the
+pairing of labels with images rests on the pixel matching, which is arbitrary when the images are noise;
+the batch's labels as a multiset do not depend on it, so ``label_count_accuracy`` (true labels whose class
+count the attack's labels cover, over all targets) scores label inference on its own.
 
 Baselines guess without the transcript, given the true label: the mean image of the class over
 public images (the test split), and a random training image of the same class (another one than
@@ -64,7 +67,7 @@ def evaluate_inversion(attack: GradientInversion, output: AttackOutput, view: Se
     by_client = defaultdict(list)
     for item in output.items:
         by_client[item.client].append(item)
-    rows = []
+    rows, labels_counted = [], 0
     for client in clients:
         truth_rows = used[client]
         items = by_client.get(client, [])
@@ -75,6 +78,7 @@ def evaluate_inversion(attack: GradientInversion, output: AttackOutput, view: Se
         order = match(guesses, train[truth_rows])
         guesses = guesses[order]
         labels = np.array([items[i].label for i in order])
+        labels_counted += count_overlap(labels, truth.labels[truth_rows], truth.num_classes)
         found = identify(pixels(guesses), pixels(train), truth_rows)
         for i, sample in enumerate(truth_rows):
             rows.append(_row(attack, client, int(sample), int(truth.labels[sample]),
@@ -83,6 +87,7 @@ def evaluate_inversion(attack: GradientInversion, output: AttackOutput, view: Se
                              guesses[i]))
     report["scored"] = True
     report["metrics"] = _summary(rows, attack.threshold)
+    report["metrics"]["label_count_accuracy"] = labels_counted / len(rows) if rows else 0.0
     report["metrics"]["seconds_per_image"] = output.seconds / len(output.items) if output.items else None
     report["metrics"]["baselines"] = _baselines(truth, train, samples, dataset)
     report["identification"] = {"rule": f"nearest neighbour (Euclidean, [0, 1] pixels at 32 px) among all {len(train)} "
@@ -101,6 +106,11 @@ def inversion_picture(report: dict, images: dict, truth: GroundTruth) -> dict:
         rows.append({**row, "inversion": pixels8})
     return {"truth": truth, "rows": rows, "title": f"{report['attack']}: {report['targets']}",
             "score_format": "PSNR {:.1f} dB"}
+
+
+def count_overlap(guessed: np.ndarray, true: np.ndarray, classes: int) -> int:
+    """How many of ``true``'s labels ``guessed`` covers as a multiset (Σ_c min of the two class counts)."""
+    return int(np.minimum(np.bincount(guessed, minlength=classes), np.bincount(true, minlength=classes)).sum())
 
 
 def _row(attack: GradientInversion, client: int, sample: int, label: int, score=None, similarity=None, identified=None, nearest=None,
