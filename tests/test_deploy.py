@@ -288,18 +288,26 @@ def test_each_site_adds_its_own_calibrated_dp_noise_before_its_vector_leaves(tmp
     assert abs(np.mean(everything)) < 5 * privacy.share_sigma / np.sqrt(everything.size)
     assert all(abs(np.corrcoef(noise[a], noise[b])[0, 1]) < 5 / np.sqrt(sent) for a, b in ((0, 1), (0, 2), (1, 2)))
     assert results["bytes"]["included_clients"] == [0, 1, 2]
+    assert "(counted at the sites) entries clipped" in format_summary(results)  # what `deploy local` prints
     assert results["deployment"]["processes_left_running"] == [] and left_running(tmp_path) == []
 
 
-def test_a_masked_job_with_distributed_dp_noise_sums_exactly_the_calibrated_noise(tmp_path):
+def test_masked_apfl_with_distributed_dp_noise_sums_the_calibrated_noise_and_sites_withhold_their_evaluations(tmp_path):
     """Distributed placement under masking: each site adds σ/√t, so the unmasked sum minus the true releases' sum
-    carries exactly σ; the deployed results state the in-process guarantee."""
-    options = {"dp_epsilon": 2.0, "dp_placement": "distributed"}
+    carries exactly σ; the deployed results state the in-process guarantee. APFL's sites build their personalized
+    models but withhold their accuracies and counts: no noise covers those."""
+    options = {"algorithm": "apfl", "refine_width": 256, "dp_epsilon": 2.0, "dp_placement": "distributed"}
     results = deploy(tmp_path, 3, transcript=str(tmp_path / "transcript"), **options)
     training, _, spec, features = in_process(3, **options)
     privacy = training.server.config.privacy
-    same_guarantee(results["metrics"]["dp"], training.metrics["dp"])
-    assert results["bytes"]["included_clients"] == [0, 1, 2] and results["metrics"]["accuracy"] is not None
+    metrics = results["metrics"]
+    same_guarantee(metrics["dp"], training.metrics["dp"])
+    assert set(metrics) == set(training.metrics) and metrics["accuracy"] is not None
+    assert metrics["per_client_accuracy"] == [None] * 3 and metrics["personalized_accuracy"] is None
+    assert results["deployment"]["personalized"] == {str(k): {"withheld": True, "held_out": 0, "accuracy": None}
+                                                     for k in range(3)}
+    assert results["deployment"]["stages"][-1]["upload_bytes"]["max"] == PERSONAL_EVALUATION_BYTES
+    assert results["bytes"]["included_clients"] == [0, 1, 2]
     (round_,) = Transcript.load(tmp_path / "transcript").rounds
     assert round_.view().secure and round_.spec["layout"] == json.loads(json.dumps(spec.public()["layout"]))
     truth = sum(true_releases(features, privacy).values())

@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from protocols import ProtocolError, Roster, RoundResult
+from protocols import MalformedMessageError, ProtocolError, Roster, RoundResult
 from protocols.files import write_atomically
 from protocols.transcript import TranscriptWriter
 from secure_afl.algorithms.base import RoundSpec
@@ -117,15 +117,21 @@ def personalize(stages: Stages, model, clients: list[int]) -> dict[str, dict]:
     """The personalization stage of an algorithm whose clients keep a model of their own (APFL): the global model to
     every client of the job (in one process every client personalizes, also one that dropped out of a round), and
     back from each only what the in-process results hold per client: its held-out accuracy and row count, or that it
-    withholds them (under DP). A site that does not answer has no personalized accuracy in the results."""
+    withholds them (under DP). A site that does not answer, or answers with anything but its own evaluation, has no
+    personalized accuracy in the results; the job (its model is final) does not fail for it."""
     meta, arrays = model.state()
     broadcast = ModelBroadcast(meta, arrays).to_bytes()
     replies = stages.exchange("personalize", dict.fromkeys(clients, (broadcast,)), "personalize")
     evaluations = {}
     for c, data in sorted(replies.items()):
-        evaluation = PersonalEvaluation.from_bytes(data)
+        try:
+            evaluation = PersonalEvaluation.from_bytes(data)
+        except MalformedMessageError as exc:
+            log.warning("personalize: client %d's evaluation is refused: %s", c, exc)
+            continue
         if evaluation.client != c:
-            raise ProtocolError(f"client {c} answered the personalization as client {evaluation.client}")
+            log.warning("personalize: client %d answered as client %d; refused", c, evaluation.client)
+            continue
         evaluations[str(c)] = {"withheld": evaluation.withheld, "held_out": evaluation.held_out,
                                "accuracy": None if np.isnan(evaluation.accuracy) else evaluation.accuracy}
     return evaluations
