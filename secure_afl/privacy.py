@@ -12,6 +12,11 @@ and a noise-free count beside noisy sums would be a release no ε accounts for.
 
 Noise on the packed upper triangle is symmetric Gaussian noise on G (the server mirrors it). It is
 drawn from a numpy Generator seeded by ``secrets.randbits(128)`` per client, never from the public seed.
+A deployed site answers every message in a fresh process and rebuilds its client each time, so a fresh
+draw per process would make a repeated call a second release. There the site draws a 256-bit noise
+key once per job from ``secrets`` and keeps it in its node (``noise_key``, ``with_noise_key``); each
+release's generator is seeded by HMAC-SHA256(key, release name), 128 bits as in one process. The same
+round then re-sends the same release, as the in-process client does, and the key never leaves the site.
 
 Placements: ``local``: each client adds the full σ = z Δ₂, so its vector alone is (ε, δ)-DP, even
 in plaintext. ``distributed``: each client adds σ/√t, t the protocol's minimum aggregation size
@@ -46,10 +51,12 @@ AdaSSP's ridge 0.665), so it is the default (benchmarks/results/dp_statistics.js
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import secrets
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -112,6 +119,7 @@ class StatisticsPrivacy:
     releases: int = 1
     solve: str = "eig-clip"
     noise: float | None = None  # z, when given instead of ε
+    noise_key: bytes | None = field(default=None, repr=False, compare=False)  # a deployed site's secret (docstring)
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
@@ -175,18 +183,27 @@ class StatisticsPrivacy:
         released[sent:] = 0.0
         return released
 
-    def privatize(self, vector: np.ndarray, layout, bound: float) -> tuple[np.ndarray, int]:
-        """(noisy vector, entries clipped to ``bound``) of one client's packed statistics: ``release`` plus
-        Gaussian noise of std ``share_sigma`` on G's triangle and H."""
+    def privatize(self, vector: np.ndarray, layout, bound: float, release: str) -> tuple[np.ndarray, int]:
+        """(noisy vector, entries clipped to ``bound``) of one client's packed statistics for the round named
+        ``release``: ``release`` plus Gaussian noise of std ``share_sigma`` on G's triangle and H."""
         noisy = self.release(vector, layout)
         sent = layout.triangle + layout.dim * layout.num_classes
-        noisy[:sent] += np.random.default_rng(secrets.randbits(128)).normal(0.0, self.share_sigma, sent)
+        noisy[:sent] += self._noise_generator(release).normal(0.0, self.share_sigma, sent)
         clipped = int(np.count_nonzero(np.abs(noisy) > bound))
         np.clip(noisy, -bound, bound, out=noisy)
         return noisy, clipped
 
-    def report(self, rows_clipped: int, entries: int, entries_clipped: int) -> dict:
-        """The ``dp`` block of the results: the guarantee and how it was met."""
+    def _noise_generator(self, release: str) -> np.random.Generator:
+        """A fresh secret seed per release in one process; under a site's ``noise_key``, the seed that key gives
+        this release, so every process of the site draws the same noise for it."""
+        if self.noise_key is None:
+            return np.random.default_rng(secrets.randbits(128))
+        seed = hmac.new(self.noise_key, release.encode(), hashlib.sha256).digest()[:16]
+        return np.random.default_rng(int.from_bytes(seed, "big"))
+
+    def report(self, rows_clipped: int, entries: int, entries_clipped: int | None) -> dict:
+        """The ``dp`` block of the results: the guarantee and how it was met (``entries_clipped`` None: the count
+        stays with the sites of a deployed job)."""
         z = self.noise_multiplier
         return {"scope": "statistics", "epsilon": epsilon_of(z, self.delta, self.releases),
                 "target_epsilon": self.epsilon, "delta": self.delta, "noise_multiplier": z, "sigma": self.sigma,
@@ -196,6 +213,18 @@ class StatisticsPrivacy:
                 "clip_probability": self.clip_probability(entries), "solve": self.solve,
                 "noise_rng": "numpy PCG64 seeded from secrets.randbits(128) per client",
                 "reference": "max_rel_diff_to_centralized compares with the noise-free centralized model: the DP error"}
+
+
+def with_noise_key(job, key: bytes):
+    """An algorithm's configuration (``Algorithm.configure``'s, nested dataclasses) with every ``StatisticsPrivacy``
+    in it drawing its noise under a deployed site's ``key`` (module docstring); unchanged without DP."""
+    if isinstance(job, StatisticsPrivacy):
+        return replace(job, noise_key=key)
+    if not is_dataclass(job) or isinstance(job, type):
+        return job
+    changed = {f.name: with_noise_key(getattr(job, f.name), key) for f in fields(job) if f.init}
+    changed = {name: value for name, value in changed.items() if value is not getattr(job, name)}
+    return replace(job, **changed) if changed else job
 
 
 def clip_rows(rows: torch.Tensor, norm: float) -> tuple[torch.Tensor, int]:

@@ -133,7 +133,12 @@ def _dp_line(metrics: dict) -> str:
                        f"{metrics['parameter_values_sent']} parameter values clamped (DP-SGD)")
     return (line + f", σ {dp['sigma']:.3g}, C {dp['clip']:g}, {dp['placement']} (share σ {dp['share_sigma']:.3g}), "
             f"{dp['releases']} release(s), {dp['rows_clipped']} rows clipped, "
-            f"{dp['entries_clipped_to_bound']} entries clipped, solve {dp['solve']}" + _layer_clips(dp))
+            f"{_at_sites(dp['entries_clipped_to_bound'])} entries clipped, solve {dp['solve']}" + _layer_clips(dp))
+
+
+def _at_sites(count: int | None) -> str:
+    """A count the clients keep: None in a deployed job's results (each site keeps its own)."""
+    return "(counted at the sites)" if count is None else str(count)
 
 
 def _upload_line(sent: dict) -> str:
@@ -163,4 +168,5 @@ def _layer_clips(dp: dict) -> str:
     if "layer_clips" not in dp:
         return ""
     rows = dp["rows_clipped_by_layer_clips"]
-    return "; layer clips " + ", ".join(f"{name} {norm:.3g} ({rows[name]} rows)" for name, norm in dp["layer_clips"].items())
+    return "; layer clips " + ", ".join(f"{name} {norm:.3g} ({_at_sites(rows[name])} rows)"
+                                        for name, norm in dp["layer_clips"].items())

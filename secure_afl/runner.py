@@ -36,6 +36,7 @@ from secure_afl.features.buffer import RandomBuffer
 from secure_afl.features.cache import FeatureCache
 from secure_afl.features.extract import cached_features
 from secure_afl.features.feature_map import FeatureMap
+from secure_afl.privacy import with_noise_key
 from secure_afl.results import SCHEMA_VERSION, environment
 
 
@@ -365,21 +366,28 @@ def build_algorithm(plan: RunPlan, features: Features):
 
 
 def site_algorithm(config: RunConfig, clients: int, dim: int, num_classes: int, max_samples: int,
-                   client: int | None = None, x: torch.Tensor | None = None,
-                   y: np.ndarray | None = None) -> tuple[AlgorithmServer, AlgorithmClient | None]:
+                   client: int | None = None, x: torch.Tensor | None = None, y: np.ndarray | None = None,
+                   refine_x: torch.Tensor | None = None, noise_key: bytes | None = None
+                   ) -> tuple[AlgorithmServer, AlgorithmClient | None]:
     """The algorithm's server and one site's client as a deployment's processes build them: the registry's
-    ``build`` on the federation as that process sees it, the site's own rows ``x``, ``y`` under its index
-    ``client`` and every other client without rows (the deployed server holds none, ``client`` None). The
-    client is None for the server, and for a site the minimum-count rule left with nothing to send."""
+    ``build`` on the federation as that process sees it, the site's own rows ``x``, ``y`` (and their local-map
+    features ``refine_x``, APFL's) under its index ``client`` and every other client without rows (the deployed
+    server holds none, ``client`` None). ``noise_key``: the site's secret key for DP noise (privacy.py), so each of
+    its processes draws the same release. The client is None for the server, and for a site the minimum-count rule
+    left with nothing to send."""
     x = torch.empty((0, dim)) if x is None else x
     y = np.empty(0, dtype=np.int64) if y is None else y
     none = np.empty(0, dtype=np.int64)
     indices = [none] * clients
     if client is not None:
         indices[client] = np.arange(len(y))
-    view = FederatedData(x, y, x[:0], y[:0], indices, [none] * clients, num_classes)
+    refine = None if refine_x is None else (refine_x, refine_x[:0])
+    view = FederatedData(x, y, x[:0], y[:0], indices, [none] * clients, num_classes, *(refine or ()))
     entry = algorithm(config.algorithm)
-    server, built = entry.build(entry.configure(config), view, max_samples, config.max_norm)
+    job = entry.configure(config)
+    if noise_key is not None:
+        job = with_noise_key(job, noise_key)
+    server, built = entry.build(job, view, max_samples, config.max_norm)
     return server, built.get(client)
 
 
@@ -410,10 +418,12 @@ def train(plan: RunPlan, features: Features, timer: Timer, transcript: Transcrip
 
 
 def job_metrics(plan: RunPlan, features: Features, job, model, included: list[int],
-                personal: dict | None = None) -> dict:
+                personal: dict | None = None, personal_accuracy: dict[int, float] | None = None) -> dict:
     """The model's evaluation against the centralized reference on the included clients (warning when it is at
     chance), and what the feature map and the minimum-count rule changed: the metrics of an in-process run and of
-    a deployed one alike. ``job`` is the algorithm's configuration (``Algorithm.configure``)."""
+    a deployed one alike. ``job`` is the algorithm's configuration (``Algorithm.configure``); ``personal`` the
+    clients' personalized models (in one process) or ``personal_accuracy`` their own evaluations (a deployed job's
+    sites: ``evaluate``)."""
     config, data = plan.config, features.data
     entry = algorithm(config.algorithm)
     log.info("evaluation: %d test images", len(data.test_y))
@@ -421,7 +431,7 @@ def job_metrics(plan: RunPlan, features: Features, job, model, included: list[in
     if entry.reference is not None and config.centralized_reference:
         pooled = np.concatenate([data.client_indices[k] for k in included])
         central = entry.reference(job, data.train_x[pooled], data.train_y[pooled], data.num_classes, config.max_norm)
-    metrics = evaluate(model, central, data, included, personal)
+    metrics = evaluate(model, central, data, included, personal, personal_accuracy)
     metrics["centralized_reference"] = ("computed" if central is not None else "none: the algorithm has no "
                                         "closed-form centralized solution" if entry.reference is None
                                         else "skipped (--no-centralized-reference)")
@@ -539,13 +549,16 @@ def warn_if_chance(metrics: dict, data: FederatedData, config: RunConfig, job) -
                   f"frequent test class, n = {len(labels)}); the likely cause is {cause}", TrainingWarning, stacklevel=2)
 
 
-def evaluate(model, central, data: FederatedData, included: list[int], personal: dict | None = None) -> dict:
+def evaluate(model, central, data: FederatedData, included: list[int], personal: dict | None = None,
+             personal_accuracy: dict[int, float] | None = None) -> dict:
     """Global accuracy, the centralized reference on the included clients' pooled data, and the paper's
     personalized metric: the mean over clients of the accuracy, on each client's held-out split, of
     the model that client uses (the global model, or its own under APFL; a client with nothing to send
-    uses the global one). Algorithms without a closed-form centralized reference, and runs that skip it
-    (``central`` None), have those two metrics null. Each split goes through the model once (a layered model
-    predicts every layer in that pass); the per-client figures are read off the test split's predictions."""
+    uses the global one). A deployed job's personalized models stay at their sites, which report their
+    accuracies instead (``personal_accuracy``: NaN where a site withheld it or did not answer). Algorithms
+    without a closed-form centralized reference, and runs that skip it (``central`` None), have those two
+    metrics null. Each split goes through the model once (a layered model predicts every layer in that
+    pass); the per-client figures are read off the test split's predictions."""
     train_x = data.train_x.cpu().numpy()
     test_x = data.test_x.cpu().numpy()
     test_layers, train_layers = _layer_predictions(model, test_x), _layer_predictions(model, train_x)
@@ -558,8 +571,10 @@ def evaluate(model, central, data: FederatedData, included: list[int], personal:
         def inputs(idx):  # what a personalized model predicts from: the features, and APFL's refinement features
             return (test_x[idx],) if refine_x is None else (test_x[idx], refine_x[idx])
 
-        per_client = [personal[k].accuracy(*inputs(idx), data.test_y[idx]) if k in personal
-                      else global_per_client[k] for k, idx in enumerate(data.held_out_indices)]
+        personal_accuracy = {k: personal[k].accuracy(*inputs(data.held_out_indices[k]),
+                                                     data.test_y[data.held_out_indices[k]]) for k in personal}
+    if personal_accuracy is not None:
+        per_client = [personal_accuracy.get(k, global_per_client[k]) for k in range(len(data.held_out_indices))]
     evaluated = [acc for acc in per_client if not np.isnan(acc)]
     global_evaluated = [acc for acc in global_per_client if not np.isnan(acc)]
     return {

@@ -19,11 +19,14 @@ from protocols.transcript import size_on_disk  # noqa: E402
 from secure_afl.algorithms.afl import AFLConfig, reference  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.deploy.credentials import make_node_key  # noqa: E402
+from secure_afl.deploy.messages import PersonalEvaluation  # noqa: E402
 from secure_afl.deploy.local import (DeploymentError, LocalDeployment, Processes, _alive, _tool, flower_env,  # noqa: E402
                                      free_port, marked, run_local, start_superlink)
 from secure_afl.model import Model  # noqa: E402
+from secure_afl.privacy import clip_rows  # noqa: E402
 from secure_afl.results import format_summary  # noqa: E402
 from secure_afl.runner import Timer, build_algorithm, load_features, plan_run, train  # noqa: E402
+from secure_afl.statistics import StatisticsLayout, packed_statistics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 JOB = {"dataset": "digits", "resolution": 32, "partition": "iid", "protocol": "mask"}
@@ -237,3 +240,135 @@ def test_over_tls_with_node_authentication_the_job_runs_and_an_unregistered_node
     finally:
         processes.stop()
     assert not any(_alive(pid) for pid in processes.pids())
+
+
+def true_releases(features, privacy) -> dict[int, np.ndarray]:
+    """The evaluator's side: what each site's DP release is before its noise, from the same partition (rows clipped
+    to C in float64, labels scaled by C, n and the counts zeroed: secure_afl/privacy.py)."""
+    data = features.data
+    layout = StatisticsLayout(data.train_x.shape[1], data.num_classes)
+    releases = {}
+    for k, idx in enumerate(data.client_indices):
+        x, _ = clip_rows(data.train_x[idx], privacy.clip)
+        releases[k] = privacy.release(packed_statistics(x, data.train_y[idx], data.num_classes), layout)
+    return releases
+
+
+def same_guarantee(deployed: dict, in_process: dict) -> None:
+    """The deployed results' ``dp`` block states the in-process run's guarantee; the sites keep their clip counts."""
+    for key in ("scope", "epsilon", "target_epsilon", "delta", "noise_multiplier", "sigma", "share_sigma",
+                "sensitivity", "clip", "placement", "min_clients", "releases", "accountant", "clip_probability",
+                "solve", "rows_clipped"):
+        assert deployed[key] == in_process[key], key
+    assert deployed["entries_clipped_to_bound"] is None and deployed["rows_reclipped_float64"] is None
+
+
+def test_each_site_adds_its_own_calibrated_dp_noise_before_its_vector_leaves(tmp_path):
+    """Plaintext, so the transcript holds every site's vector: each one minus the site's true release (the evaluator
+    computes it from the same partition) is the calibrated Gaussian noise, drawn independently at each site."""
+    options = {"protocol": "plaintext", "dp_epsilon": 2.0}
+    results = deploy(tmp_path, 3, transcript=str(tmp_path / "transcript"), **options)
+    training, _, spec, features = in_process(3, **options)
+    privacy = training.server.config.privacy
+    same_guarantee(results["metrics"]["dp"], training.metrics["dp"])
+    (round_,) = Transcript.load(tmp_path / "transcript").rounds
+    assert round_.spec["layout"] == json.loads(json.dumps(spec.public()["layout"]))  # the same noise and scaling
+    assert round_.spec["layout"]["noise_sigma"] == privacy.share_sigma
+    sent = features.data.train_x.shape[1] * (features.data.train_x.shape[1] + 1) // 2 \
+        + features.data.train_x.shape[1] * features.data.num_classes
+    truth, inputs = true_releases(features, privacy), round_.view().inputs()
+    noise = {k: inputs[k][:sent] - truth[k][:sent] for k in range(3)}
+    assert all(np.all(inputs[k][sent:] == 0) for k in range(3))  # n and the counts are not sent under DP
+    everything = np.concatenate(list(noise.values()))
+    # N ≥ 3 × 100k entries: the sample standard deviation's relative standard error is 1/√(2N) < 0.0013, so 2 % is
+    # over 15 standard errors, while a miscalibration the code could make (σ/√t for σ, t = 3: 42 %; noise missing:
+    # 100 %) is far outside; the mean and the cross-site correlations are within 5 standard errors (σ/√N, 1/√N).
+    assert everything.size >= 300_000
+    assert np.std(everything) == pytest.approx(privacy.share_sigma, rel=0.02)
+    assert abs(np.mean(everything)) < 5 * privacy.share_sigma / np.sqrt(everything.size)
+    assert all(abs(np.corrcoef(noise[a], noise[b])[0, 1]) < 5 / np.sqrt(sent) for a, b in ((0, 1), (0, 2), (1, 2)))
+    assert results["bytes"]["included_clients"] == [0, 1, 2]
+    assert "(counted at the sites) entries clipped" in format_summary(results)  # what `deploy local` prints
+    assert results["deployment"]["processes_left_running"] == [] and left_running(tmp_path) == []
+
+
+def test_masked_apfl_with_distributed_dp_noise_sums_the_calibrated_noise_and_sites_withhold_their_evaluations(tmp_path):
+    """Distributed placement under masking: each site adds σ/√t, so the unmasked sum minus the true releases' sum
+    carries exactly σ; the deployed results state the in-process guarantee. APFL's sites build their personalized
+    models but withhold their accuracies and counts: no noise covers those."""
+    options = {"algorithm": "apfl", "refine_width": 256, "dp_epsilon": 2.0, "dp_placement": "distributed"}
+    results = deploy(tmp_path, 3, transcript=str(tmp_path / "transcript"), **options)
+    training, _, spec, features = in_process(3, **options)
+    privacy = training.server.config.privacy
+    metrics = results["metrics"]
+    same_guarantee(metrics["dp"], training.metrics["dp"])
+    assert set(metrics) == set(training.metrics) and metrics["accuracy"] is not None
+    assert metrics["per_client_accuracy"] == [None] * 3 and metrics["personalized_accuracy"] is None
+    assert results["deployment"]["personalized"] == {str(k): {"withheld": True, "held_out": 0, "accuracy": None}
+                                                     for k in range(3)}
+    assert results["deployment"]["stages"][-1]["upload_bytes"]["max"] == PERSONAL_EVALUATION_BYTES
+    assert results["bytes"]["included_clients"] == [0, 1, 2]
+    (round_,) = Transcript.load(tmp_path / "transcript").rounds
+    assert round_.view().secure and round_.spec["layout"] == json.loads(json.dumps(spec.public()["layout"]))
+    truth = sum(true_releases(features, privacy).values())
+    dim, classes = features.data.train_x.shape[1], features.data.num_classes
+    sent = dim * (dim + 1) // 2 + dim * classes
+    noise = round_.view().total[:sent] - truth[:sent]
+    # one sum of N ≥ 100k entries: relative standard error of the std < 0.0023, 3 % is over 13 of them; a share of σ
+    # instead of σ/√t would give √3 σ
+    assert noise.size >= 100_000 and np.std(noise) == pytest.approx(privacy.sigma, rel=0.03)
+    assert results["deployment"]["processes_left_running"] == [] and left_running(tmp_path) == []
+
+
+def test_he_ckks_afl_over_three_supernodes_gives_the_in_process_fixed_point_sum_exactly(tmp_path):
+    """Integer CKKS is exact (README: limb sums held to 2^45, a decryption further than 0.25 from an integer
+    refused), so its documented tolerance is none: the deployed sum is the in-process run's fixed-point sum, bit for
+    bit, through the same three stages as he-bfv."""
+    results = deploy(tmp_path, 3, transcript=str(tmp_path / "transcript"), protocol="he-ckks")
+    training, vectors, spec, _ = in_process(3, protocol="he-ckks")
+    weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
+    assert relative(weights, training.server.model().weights) <= 1e-9
+    assert results["metrics"]["accuracy"] == training.metrics["accuracy"]
+    deployment = results["deployment"]
+    assert [(s["stage"], s["answered"]) for s in deployment["stages"]] == [("open", [0]), ("encrypt", [0, 1, 2]),
+                                                                             ("decrypt", [0])]
+    (round_,) = Transcript.load(tmp_path / "transcript").rounds
+    view = round_.view()
+    assert view.secure and view.protocol == "he-ckks" and view.report["exact"] and view.included == (0, 1, 2)
+    encoding = FixedPoint.for_round(3, spec.bound, view.report["fraction_bits"])
+    exact = sum((encoding.encode(v) for v in vectors.values()), np.zeros(spec.length, dtype=np.uint64))
+    assert np.array_equal(view.total, encoding.decode(exact))
+    assert deployment["processes_left_running"] == [] and left_running(tmp_path) == []
+
+
+PERSONAL_EVALUATION_BYTES = len(PersonalEvaluation(0, False, 1, 1.0).to_bytes())  # all a site sends after the rounds
+
+
+def test_masked_apfl_over_three_supernodes_equals_the_in_process_run_and_each_site_keeps_its_personal_model(tmp_path):
+    """The primary stream is one masked round; then each site builds its refinement stream on its own local-map
+    features, evaluates its personalized model on its own held-out rows and sends back only that accuracy and count:
+    the global model and every per-client metric equal the in-process run's."""
+    options = {"algorithm": "apfl", "refine_width": 512}
+    results = deploy(tmp_path, 3, transcript=str(tmp_path / "transcript"), **options)
+    training, _, _, _ = in_process(3, **options)
+    weights = np.load(tmp_path / "work" / "out" / "model.npz", allow_pickle=False)["weights"]
+    assert relative(weights, training.server.model().weights) <= 1e-9
+    deployed, expected = results["metrics"], training.metrics
+    assert set(deployed) == set(expected)
+    assert expected["personalized_accuracy"] != expected["global_model_personalized_accuracy"]  # personal models count
+    for name in ("accuracy", "train_accuracy", "centralized_accuracy", "personalized_accuracy",
+                 "global_model_personalized_accuracy", "per_client_accuracy", "clients_included",
+                 "rows_changed_by_norm_bound"):
+        assert deployed[name] == pytest.approx(expected[name], rel=0, abs=1e-9), name
+    assert deployed["max_rel_diff_to_centralized"] <= 1e-9
+    deployment = results["deployment"]
+    assert [s["stage"] for s in deployment["stages"]] == ["advertise", "share", "input", "consistency", "unmask",
+                                                          "personalize"]
+    personalize = deployment["stages"][-1]
+    assert personalize["answered"] == [0, 1, 2] and personalize["upload_bytes"]["max"] == PERSONAL_EVALUATION_BYTES
+    assert deployment["personalized"] == {
+        str(k): {"withheld": False, "held_out": results["clients"]["held_out_sizes"][k],
+                 "accuracy": deployed["per_client_accuracy"][k]} for k in range(3)}
+    (round_,) = Transcript.load(tmp_path / "transcript").rounds
+    assert round_.name == "afl/statistics" and round_.view().secure and round_.view().included == (0, 1, 2)
+    assert deployment["processes_left_running"] == [] and left_running(tmp_path) == []

@@ -55,20 +55,40 @@ def test_a_job_file_round_trips_and_a_foreign_or_unknown_one_is_refused(tmp_path
 
 
 @pytest.mark.parametrize("options, refused", [
-    ({"algorithm": "apfl"}, "apfl is not deployed yet: its clients keep a local model"),
+    ({"algorithm": "pfedacnnl"}, "pfedacnnl is not deployed yet: its clients train on pixels"),
     ({"algorithm": "fedavg-cnn"}, "fedavg-cnn is not deployed yet: its clients train on pixels"),
-    ({"protocol": "he-ckks"}, "--protocol plaintext, mask, he-bfv"),
+    ({"protocol": "he-ckks-approx"}, "--protocol plaintext, mask, he-bfv, he-ckks"),
     ({"dropout": {"input": 0.1}}, "--crash"),
-    ({"protocol": "plaintext", "dp_epsilon": 1.0}, "DP"),
+    ({"algorithm": "fedavg", "protocol": "plaintext", "dp_epsilon": 1.0}, "DP-SGD"),
 ])
 def test_jobs_the_deployment_cannot_run_yet_are_refused_before_anything_starts(options, refused):
     with pytest.raises(ConfigError, match=refused):
         check_deployable(RunConfig(**options))
 
 
-@pytest.mark.parametrize("name", ["afl", "deepafl", "fedavg", "fedprox"])
-def test_every_algorithm_on_features_without_a_local_model_deploys_whatever_its_rounds(name):
+@pytest.mark.parametrize("name", ["afl", "apfl", "deepafl", "fedavg", "fedprox"])
+def test_every_algorithm_on_features_deploys_whatever_its_rounds_and_apfl_with_its_personal_models(name):
     check_deployable(RunConfig(algorithm=name, protocol="mask"))
+
+
+def test_an_algorithm_that_personalizes_from_more_than_the_global_model_is_refused():
+    from dataclasses import replace as change
+
+    from secure_afl.algorithms import registry
+    from secure_afl.deploy.site import undeployable
+
+    apfl = registry.algorithm("apfl")
+    registry.ALGORITHMS["apfl-server-state"] = change(apfl, name="apfl-server-state", personalize_client=None)
+    try:
+        assert "beyond the global model" in undeployable(RunConfig(algorithm="apfl-server-state"))
+    finally:
+        del registry.ALGORITHMS["apfl-server-state"]
+
+
+@pytest.mark.parametrize("name", ["afl", "apfl", "deepafl"])
+@pytest.mark.parametrize("protocol", ["plaintext", "mask", "he-ckks"])
+def test_dp_on_the_statistics_deploys_with_every_protocol(name, protocol):
+    check_deployable(RunConfig(algorithm=name, protocol=protocol, dp_epsilon=2.0))
 
 
 def test_a_protocol_adopts_only_the_roster_of_its_own_job():
@@ -228,6 +248,31 @@ def test_a_deepafl_site_rebuilt_for_every_round_answers_exactly_as_its_in_proces
         _vector(site, skipping, calls[2])
 
 
+def test_a_dp_site_rebuilt_for_every_round_repeats_each_release_and_draws_its_own_noise(tmp_path):
+    """Under DP every message rebuilds the site's client, which draws its noise under the node's secret key: every
+    round of DeepAFL's 2T + 1 (replayed before each later one) and a repeated call get the same release, never a
+    second one; another site's key draws other noise, and no key ever appears in what the site sends."""
+    pytest.importorskip("flwr")
+    from secure_afl.deploy.client_app import NOISE_KEY, ROUNDS, _vector
+
+    config = RunConfig(clients=3, protocol="plaintext", dataset="digits", algorithm="deepafl", depth=1, deep_width=16,
+                       residual_width=12, dp_epsilon=4.0)
+    write_job(tmp_path / "job.json", config)
+    site = Site.from_node_config({"job": str(tmp_path / "job.json"), "partition-id": 0, "num-partitions": 3})
+    x, y = site_rows(1)
+    server, _ = site.algorithm(SiteData(x, y, 10, 100, 8))
+    ctx, other = site_context(x, y), site_context(x, y)
+    while (spec := server.next_round()) is not None:
+        call = RoundCall.of(spec).to_bytes()
+        _, vector = _vector(site, ctx, call)
+        assert np.array_equal(_vector(site, ctx, call)[1], vector)  # a repeat: the same release
+        assert not np.allclose(_vector(site, other, call)[1], vector)  # another key: other noise
+        key = bytes(ctx.state.config_records[NOISE_KEY]["key"])
+        assert len(key) == 32 and key not in vector.tobytes()
+        server.receive(spec, 3.0 * vector)
+    assert len(ctx.state.array_records[ROUNDS]) == 3  # every round answered, each replayed before the next
+
+
 def test_the_deployed_server_and_a_site_derive_the_same_round_and_a_site_without_rows_refuses(tmp_path):
     """Both build through the registry (runner.site_algorithm); a site the minimum-count rule emptied sends nothing."""
     from secure_afl.runner import site_algorithm
@@ -271,8 +316,84 @@ def test_a_key_holder_restored_from_its_snapshot_decrypts_the_round_it_opened_ex
         HEKeyHolder.restore(job.holder.snapshot()[:-3], job.members[0])
 
 
+def test_personalization_messages_round_trip_and_refuse_what_is_not_an_evaluation():
+    from secure_afl.deploy.messages import ModelBroadcast, PersonalEvaluation
+
+    weights = np.arange(12, dtype=np.float64).reshape(4, 3) / 7
+    back = ModelBroadcast.from_bytes(ModelBroadcast({"kind": "linear"}, {"weights": weights}).to_bytes())
+    assert back.meta == {"kind": "linear"} and np.array_equal(back.arrays["weights"], weights)
+    for evaluation in (PersonalEvaluation(2, False, 40, 0.875), PersonalEvaluation(1, True, 0, float("nan"))):
+        again = PersonalEvaluation.from_bytes(evaluation.to_bytes())
+        assert (again.client, again.withheld, again.held_out) == (evaluation.client, evaluation.withheld,
+                                                                  evaluation.held_out)
+        assert again.accuracy == evaluation.accuracy or np.isnan(again.accuracy) and np.isnan(evaluation.accuracy)
+    for wrong in (PersonalEvaluation(0, False, 5, 1.5), PersonalEvaluation(0, False, 0, 0.5),
+                  PersonalEvaluation(0, False, 5, float("nan"))):
+        with pytest.raises(MalformedMessageError, match="not an evaluation"):
+            PersonalEvaluation.from_bytes(wrong.to_bytes())
+    with pytest.raises(MalformedMessageError, match="kind"):
+        PersonalEvaluation.from_bytes(ModelBroadcast({}, {}).to_bytes())
+
+
+def test_an_apfl_site_evaluates_its_own_personal_model_once_after_its_round_and_sends_only_two_numbers(tmp_path):
+    """The site's rows file carries its held-out rows; it maps both through the public and the local (refinement)
+    map, answers the round, then evaluates exactly the in-process client's personalized model on its held-out rows.
+    A second request, one before the round, or a model of another shape is refused; under DP both numbers are
+    withheld."""
+    pytest.importorskip("flwr")
+    import torch
+    from flwr.app import Context, RecordDict
+
+    from protocols import ProtocolAbort
+    from secure_afl.algorithms.apfl import APFLClient, configure
+    from secure_afl.deploy.client_app import _personal_evaluation, _vector
+    from secure_afl.deploy.messages import ModelBroadcast
+    from secure_afl.deploy.site import Task, write_site_rows
+    from secure_afl.runner import build_feature_map, build_local_map
+
+    rng = np.random.default_rng(3)
+    raw, held = rng.normal(size=(30, 8)).astype(np.float32), rng.normal(size=(9, 8)).astype(np.float32)
+    y, held_y = rng.integers(0, 10, size=30), rng.integers(0, 10, size=9)
+    weights = rng.normal(size=(8, 10))
+    broadcast = ModelBroadcast({}, {"weights": weights})
+
+    def site_for(name: str, **options) -> tuple[Site, Context]:
+        config = RunConfig(clients=3, protocol="plaintext", dataset="digits", algorithm="apfl", refine_width=16,
+                           **options)
+        write_job(tmp_path / f"{name}.json", config, Task(10, 100))
+        rows = write_site_rows(tmp_path / f"{name}.npz", raw, y, held, held_y)
+        site = Site.from_node_config({"job": str(tmp_path / f"{name}.json"), "partition-id": 1, "num-partitions": 3,
+                                      "dataset-path": str(rows)})
+        return site, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+    site, ctx = site_for("job")
+    with pytest.raises(ProtocolAbort, match="after all its rounds"):
+        _personal_evaluation(site, ctx, broadcast)  # before the round: refused, and the one chance is spent
+    site, ctx = site_for("again")
+    server, _ = site.algorithm(site.features())
+    _vector(site, ctx, RoundCall.of(server.next_round()).to_bytes())
+    with pytest.raises(ProtocolAbort, match="not a finite 8 × 10 model"):
+        _personal_evaluation(site, ctx, ModelBroadcast({}, {"weights": weights[:5]}))
+    site, ctx = site_for("ok")
+    _vector(site, ctx, RoundCall.of(server.next_round()).to_bytes())
+    evaluation = _personal_evaluation(site, ctx, broadcast)
+    config = site.job()
+    mapped = [build_feature_map(config).apply(torch.from_numpy(r))[0] for r in (raw, held)]
+    local = [build_local_map(config).apply(torch.from_numpy(r))[0] for r in (raw, held)]
+    personal = APFLClient(mapped[0], local[0], y, 10).personalize(weights, configure(config))
+    assert not evaluation.withheld and evaluation.held_out == 9
+    assert evaluation.accuracy == personal.accuracy(mapped[1].numpy(), local[1].numpy(), held_y)
+    with pytest.raises(ProtocolAbort, match="answers once"):
+        _personal_evaluation(site, ctx, broadcast)
+    site, ctx = site_for("dp", dp_epsilon=2.0)
+    server, _ = site.algorithm(site.features())
+    _vector(site, ctx, RoundCall.of(server.next_round()).to_bytes())
+    withheld = _personal_evaluation(site, ctx, broadcast)
+    assert withheld.withheld and withheld.held_out == 0 and np.isnan(withheld.accuracy)
+
+
 def test_site_rows_round_trip_and_anything_else_is_refused(tmp_path):
-    from secure_afl.deploy.site import Task, read_site_rows, read_task, write_site_rows
+    from secure_afl.deploy.site import Task, read_held_out_rows, read_site_rows, read_task, write_site_rows
 
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     y = np.array([0, 2, 2, 1])
@@ -286,6 +407,13 @@ def test_site_rows_round_trip_and_anything_else_is_refused(tmp_path):
     np.savez(tmp_path / "plain.npz", features=x, labels=y)
     with pytest.raises(ConfigError, match="not a site rows file"):
         read_site_rows(tmp_path / "plain.npz", num_classes=3)
+    held, held_labels = read_held_out_rows(tmp_path / "rows.npz", 3, dim=3)  # none written: none read
+    assert held.shape == (0, 3) and held_labels.shape == (0,)
+    path = write_site_rows(tmp_path / "held.npz", x, y, x[:2] + 1, y[:2])
+    held, held_labels = read_held_out_rows(path, 3, dim=3)
+    assert np.array_equal(held, x[:2] + 1) and np.array_equal(held_labels, y[:2])
+    with pytest.raises(ConfigError, match=r"held-out features \(rows, 4\)"):
+        read_held_out_rows(path, 3, dim=4)
     config = RunConfig(clients=3, dataset="digits")
     assert read_task(write_job(tmp_path / "job.json", config, Task(10, 1437))) == Task(10, 1437)
     assert read_job(tmp_path / "job.json") == config

@@ -14,7 +14,7 @@ from secure_afl.config import RunConfig
 from secure_afl.data.partition import partition
 from secure_afl.errors import ConfigError
 from secure_afl.privacy import (StatisticsPrivacy, epsilon_of, noise_multiplier_for, noisy_ridge_solve,
-                                statistics_sensitivity)
+                                statistics_sensitivity, with_noise_key)
 from secure_afl.algorithms.registry import algorithm
 from secure_afl.runner import Timer, federate
 from secure_afl.statistics import StatisticsLayout, compute_statistics, packed_statistics
@@ -81,6 +81,30 @@ def test_noise_is_fresh_per_client_and_never_from_the_public_seed(synthetic):
     assert np.all(first[sent:] == 0)  # n and the class counts are not sent
 
 
+def test_a_site_key_draws_the_same_release_in_every_process_and_other_keys_or_rounds_draw_fresh_noise(synthetic):
+    """A deployed site rebuilds its client for every message: under its secret key every rebuild re-sends one
+    release (no second draw a server could average), another key or round name is independent noise."""
+    x, labels, classes = unit_rows(synthetic)
+    key, other = b"k" * 32, b"o" * 32
+    job = with_noise_key(APFLConfig(primary=AFLConfig(privacy=privacy(epsilon=4.0))), key)
+    mechanism = job.primary.privacy
+    assert mechanism.noise_key == key and "noise_key" not in repr(job) and key.hex() not in repr(job)
+    assert with_noise_key(APFLConfig(), key) == APFLConfig()  # without DP nothing changes
+    bound = mechanism.bound(statistics_bound(len(labels), 1.0))
+    spec = _spec(x.shape[1], classes, mechanism)
+    again = [APFLClient(x, x, labels, classes, mechanism, bound).contribute(spec) for _ in range(2)]
+    assert np.array_equal(*again)
+    layout = StatisticsLayout(x.shape[1], classes)
+    sent = layout.triangle + x.shape[1] * classes
+    clean = mechanism.release(packed_statistics(x, labels, classes), layout)[:sent]
+    fresh = [(m.privatize(packed_statistics(x, labels, classes), layout, bound, name)[0][:sent] - clean)
+             for m, name in ((mechanism, "afl/statistics"), (mechanism, "other"),
+                             (with_noise_key(mechanism, other), "afl/statistics"))]
+    assert np.allclose(fresh[0], again[0][:sent] - clean, rtol=0, atol=1e-9)  # the client clips rows in float64
+    assert all(np.std(n) == pytest.approx(mechanism.share_sigma, rel=0.15) for n in fresh)
+    assert all(abs(np.corrcoef(fresh[0], n)[0, 1]) < 0.2 for n in fresh[1:])  # 324 entries: independent draws
+
+
 def _spec(dim, classes, mechanism):
     server = AFLServer(dim, classes, AFLConfig(privacy=mechanism), statistics_bound(600, 1.0))
     return server.next_round()
@@ -97,7 +121,7 @@ def test_round_declares_the_noisy_layout_and_a_bound_with_a_tail_margin():
 def test_entries_beyond_the_bound_are_clipped_and_counted():
     mechanism = privacy(epsilon=1.0)
     layout = StatisticsLayout(8, 3)
-    noisy, clipped = mechanism.privatize(np.zeros(layout.length), layout, bound=mechanism.share_sigma)
+    noisy, clipped = mechanism.privatize(np.zeros(layout.length), layout, bound=mechanism.share_sigma, release="r")
     assert clipped > 0 and np.abs(noisy).max() <= mechanism.share_sigma
     assert clipped == pytest.approx(0.317 * (layout.triangle + 24), abs=12)  # P(|N| > σ) ≈ 0.317
 
@@ -108,7 +132,7 @@ def test_any_admissible_sum_carries_at_least_sigma(placement, t):
     mechanism = privacy(epsilon=2.0, placement=placement, min_clients=t, clients=10)
     layout = StatisticsLayout(10, 4)
     sent = layout.triangle + 40
-    sums = np.array([sum(mechanism.privatize(np.zeros(layout.length), layout, 1e9)[0][:sent] for _ in range(t))
+    sums = np.array([sum(mechanism.privatize(np.zeros(layout.length), layout, 1e9, "r")[0][:sent] for _ in range(t))
                      for _ in range(40)])
     assert mechanism.share_sigma == pytest.approx(mechanism.sigma / math.sqrt(t))
     assert np.std(sums) == pytest.approx(mechanism.sigma, rel=0.05)  # 3800 samples: ±5 % is > 4 standard errors

@@ -68,7 +68,8 @@ class AFLClient(AlgorithmClient):
             raise ConfigError("a client under DP needs the round's public bound to clip its noisy vector to")
         x, self.rows_clipped = clip_rows(torch.as_tensor(features), privacy.clip)
         layout = StatisticsLayout(x.shape[1], num_classes)
-        self._vector, self.entries_clipped = privacy.privatize(packed_statistics(x, labels, num_classes), layout, bound)
+        self._vector, self.entries_clipped = privacy.privatize(packed_statistics(x, labels, num_classes), layout, bound,
+                                                               STATISTICS_ROUND)
 
     def contribute(self, spec: RoundSpec) -> np.ndarray:
         if spec.name != STATISTICS_ROUND or spec.length != len(self._vector):
@@ -102,18 +103,24 @@ class AFLServer(AlgorithmServer):
             self._weights = noisy_ridge_solve(self.total.gram, self.total.cross / privacy.clip, self.config.gamma,
                                               privacy.sum_sigma, privacy.solve)
 
-    def privacy_report(self, clients: dict[int, AFLClient], rows_clipped: int) -> dict:
+    def privacy_report(self, clients: dict[int, AFLClient] | None, rows_clipped: int) -> dict:
         """The results' ``dp`` block (``rows_clipped``: rows the feature map's norm bound changed), with the rows
-        each client re-clipped in float64 and every noisy entry clipped to the public bound."""
+        each client re-clipped in float64 and every noisy entry clipped to the public bound (None when ``clients``
+        is None: a deployed job's sites keep those counts)."""
         privacy = self.config.privacy
-        report = privacy.report(rows_clipped, self.layout.length, sum(c.entries_clipped for c in clients.values()))
-        report["rows_reclipped_float64"] = sum(c.rows_clipped for c in clients.values())
+        report = privacy.report(rows_clipped, self.layout.length, _total(clients, "entries_clipped"))
+        report["rows_reclipped_float64"] = _total(clients, "rows_clipped")
         return report
 
     def model(self) -> LinearModel:
         if self._weights is None:
             raise ConfigError("the AFL server has not received its statistics round yet")
         return LinearModel(self._weights)
+
+
+def _total(clients: dict | None, count: str) -> int | None:
+    """A count summed over the clients, or None when they are not in this process (a deployed job's sites)."""
+    return None if clients is None else sum(getattr(c, count) for c in clients.values())
 
 
 # Options of DP on the statistics (AFL and APFL) and of the minimum-count defence (every analytic algorithm).
@@ -176,9 +183,10 @@ def reference(job: AFLConfig, x, y: np.ndarray, num_classes: int, max_norm: floa
     return LinearModel(ridge_solve(compute_statistics(x, y, num_classes), job))
 
 
-def privacy_block(server, clients: dict, features) -> dict:
+def privacy_block(server, clients: dict | None, features) -> dict:
     """The results' ``dp`` block of an analytic algorithm under DP: the guarantee, and every row and entry the
-    mechanism clipped (the server's ``privacy_report``)."""
+    mechanism clipped (the server's ``privacy_report``; ``clients`` None: a deployed job, whose sites keep their
+    own clipping counts)."""
     rows = round(features.rows_changed * len(features.data.train_y))  # rows the feature map's norm bound changed
     return {"dp": server.privacy_report(clients, rows)}
 

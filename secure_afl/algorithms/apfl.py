@@ -111,8 +111,14 @@ def build(job: APFLConfig, data, max_samples: int, max_norm: float):
     return server, clients
 
 
+def personalize_client(job: APFLConfig, client: APFLClient, model: LinearModel) -> PersonalizedModel:
+    """One client's personalized model from the global (primary) model alone: a deployed site runs exactly this."""
+    return client.personalize(model.weights, job)
+
+
 def personalize(job: APFLConfig, server, clients: dict) -> dict[int, PersonalizedModel]:
-    return {k: client.personalize(server.model().weights, job) for k, client in clients.items()}
+    model = server.model()
+    return {k: personalize_client(job, client, model) for k, client in clients.items()}
 
 
 ALGORITHM = Algorithm(
@@ -121,7 +127,7 @@ ALGORITHM = Algorithm(
              "min_class_count"),
     validate=afl.validate_statistics_dp, local_map=refinement_map,
     reference=lambda job, x, y, classes, max_norm: afl.reference(job.primary, x, y, classes, max_norm),
-    personalize=personalize, report=lambda job, server, clients, features: afl.report(job.primary, server, clients,
+    personalize=personalize, personalize_client=personalize_client, report=lambda job, server, clients, features: afl.report(job.primary, server, clients,
                                                                                        features),
     model_type=LinearModel,  # the global model (the primary stream); personalized ones stay with their clients
 )

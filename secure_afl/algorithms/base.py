@@ -110,7 +110,11 @@ class Algorithm:
     reference: Callable[[Any, Any, np.ndarray, int, float], Any] | None = None
     # (job, pooled features, labels, classes, R) → the same algorithm trained centrally; None: no closed form
     personalize: Callable[[Any, AlgorithmServer, dict], dict] | None = None  # local post-processing, nothing sent
+    personalize_client: Callable[[Any, AlgorithmClient, Any], Any] | None = None
+    # (job, one client, the global model) → that client's personalized model, when it needs nothing else of the
+    # server: what a deployed site runs itself (secure_afl/deploy/client_app.py); None: not deployable
     report: Callable[[Any, AlgorithmServer, dict, Any], dict] | None = None  # (job, server, clients, features)
+    # → extra metrics; a deployed job's operator passes clients None (its sites keep their own counts)
     history: bool = False  # record the global test accuracy after every round (iterative algorithms)
     model_type: type | None = None  # the class of ``server.model()``: its ``state``/``from_state`` save and load it
     sample_rows: Callable[[dict, Mapping[str, np.ndarray], dict, np.ndarray], np.ndarray] | None = None

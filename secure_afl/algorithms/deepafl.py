@@ -373,7 +373,8 @@ class DeepAFLClient(AlgorithmClient):
         kind, _ = _parse(spec.name)
         privacy = self.config.privacy.with_clip(self._clips.phi if kind == CLASSIFIER else self._clips.features)
         dim = len(self._phi[0]) if kind == CLASSIFIER else self.config.residual_width
-        vector, clipped = privacy.privatize(self._statistics(spec), StatisticsLayout(dim, self._num_classes), spec.bound)
+        vector, clipped = privacy.privatize(self._statistics(spec), StatisticsLayout(dim, self._num_classes), spec.bound,
+                                            spec.name)
         self.entries_clipped += clipped
         self._released = (spec.name, vector)
         return vector
@@ -505,15 +506,18 @@ class DeepAFLServer(AlgorithmServer):
         gram = float(feature_diag.max())
         return self._declare(gram, math.sqrt(gram * max(float(energy.max()), 0.0)))
 
-    def privacy_report(self, clients: dict[int, DeepAFLClient], rows_clipped: int) -> dict:
+    def privacy_report(self, clients: dict[int, DeepAFLClient] | None, rows_clipped: int) -> dict:
         """The results' ``dp`` block over all 2T + 1 releases (``rows_clipped``: rows the feature map's norm bound
-        changed), with each layer clip's row count and each release's σ."""
+        changed), with each layer clip's row count and each release's σ (the clients' counts None when ``clients``
+        is None: a deployed job's sites keep them)."""
         layers = self.config.layers
         entries = (layers + 1) * StatisticsLayout(self.phi_dim, self.num_classes).length \
             + layers * StatisticsLayout(self.config.residual_width, self.num_classes).length
-        report = self.config.privacy.report(rows_clipped, entries, sum(c.entries_clipped for c in clients.values()))
+        clipped = None if clients is None else sum(c.entries_clipped for c in clients.values())
+        report = self.config.privacy.report(rows_clipped, entries, clipped)
         report["layer_clips"] = self.clips.as_dict()
-        report["rows_clipped_by_layer_clips"] = {name: sum(c.rows_clipped[name] for c in clients.values())
+        report["rows_clipped_by_layer_clips"] = {name: None if clients is None else
+                                                 sum(c.rows_clipped[name] for c in clients.values())
                                                  for name in report["layer_clips"]}
         report["release_sigma"] = {"classifier": self._private[CLASSIFIER].sigma,
                                    "residual": self._private[RESIDUAL].sigma}
@@ -556,9 +560,10 @@ def build(job: DeepAFLConfig, data, max_samples: int, max_norm: float):
 
 def report(job: DeepAFLConfig, server: DeepAFLServer, clients: dict, features) -> dict:
     """Entries clipped to a declared bound (nonzero only when a bound was false, see the module's docstring), and
-    the DP block under DP."""
+    the DP block under DP; ``clients`` None: a deployed job, whose sites keep their counts (None here)."""
     dp = {} if job.privacy is None else afl.privacy_block(server, clients, features)
-    return {**dp, "values_clipped_to_bound": sum(client.clipped for client in clients.values())}
+    clipped = None if clients is None else sum(client.clipped for client in clients.values())
+    return {**dp, "values_clipped_to_bound": clipped}
 
 
 def reference(job: DeepAFLConfig, x, y: np.ndarray, num_classes: int, max_norm: float) -> DeepAFLModel:

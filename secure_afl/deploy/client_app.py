@@ -1,8 +1,9 @@
 """The ClientApp: a site's side of every stage, each run by its SuperNode in a fresh process.
 
 Message types: ``query.hello`` (which client is this node), ``query.plaintext`` (the vector in the
-clear), one per masking stage, ``query.<stage>``, and homomorphic aggregation's ``query.open`` and
-``query.decrypt`` (the key holder) and ``query.encrypt`` (every client). The masking client's state
+clear), one per masking stage, ``query.<stage>``, homomorphic aggregation's ``query.open`` and
+``query.decrypt`` (the key holder) and ``query.encrypt`` (every client), and a personalizing algorithm's
+last stage, ``query.personalize`` (``_personal_evaluation``: APFL's personalized model stays at the site). The masking client's state
 machine lives in the node's ``Context.state`` between stages as its own snapshot
 (``MaskingClient.snapshot``, our wire format; it never leaves the node), and so does the key holder's
 secret context and open rounds (``HEKeyHolder.snapshot``). A multi-round algorithm's client is rebuilt
@@ -19,6 +20,7 @@ then killed. The server sees the node leave the federation and counts it out of 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 
@@ -33,7 +35,7 @@ from protocols.masking.client import MaskingClient
 from protocols.plaintext import PlaintextInput
 from protocols.terms import broadcast_digest
 from secure_afl.algorithms.base import RoundSpec
-from secure_afl.deploy.messages import NodeHello, RoundCall, round_terms
+from secure_afl.deploy.messages import ModelBroadcast, NodeHello, PersonalEvaluation, RoundCall, round_terms
 from secure_afl.deploy.site import Site, SiteData
 from secure_afl.deploy.transport import content, parts
 
@@ -42,6 +44,9 @@ MASKING = "masking"
 KEY_HOLDER = "secure_afl_key_holder"  # the key holder's snapshot (its secret key): an array record, it is large
 DATA, FACTS = "secure_afl_rows", "secure_afl_facts"  # the site's mapped rows, and its public facts
 ROUNDS = "secure_afl_rounds"  # the call of every round this node answered, in order (``_vector``)
+NOISE_KEY = "secure_afl_noise_key"  # the site's secret key for DP noise (``_noise_key``), 256 bits
+NOISE_KEY_BYTES = 32
+PERSONALIZED = "secure_afl_personalized"  # set once the site answered the personalization (once per job)
 CRASH_GRACE_SECONDS = 3.0  # the drill's SuperNode signs off within this, then the rest of its group is killed
 
 app = ClientApp()
@@ -73,13 +78,14 @@ def _rows(site: Site, ctx: Context) -> SiteData:
     """The site's rows from the node's state, loaded (``Site.features``) and kept there the first time."""
     if DATA not in ctx.state:
         data = site.features()
-        ctx.state[DATA] = ArrayRecord({"x": Array(data.x), "y": Array(data.y)})
+        local = {} if data.refine_x is None else {"refine_x": Array(data.refine_x)}
+        ctx.state[DATA] = ArrayRecord({"x": Array(data.x), "y": Array(data.y), **local})
         ctx.state[FACTS] = ConfigRecord({"num_classes": data.num_classes, "train_size": data.train_size,
                                          "backbone_dim": data.backbone_dim})
         return data
     rows, facts = ctx.state.array_records[DATA], ctx.state.config_records[FACTS]
     return SiteData(rows["x"].numpy(), rows["y"].numpy(), int(facts["num_classes"]), int(facts["train_size"]),
-                    int(facts["backbone_dim"]))
+                    int(facts["backbone_dim"]), rows["refine_x"].numpy() if "refine_x" in rows else None)
 
 
 def _vector(site: Site, ctx: Context, data: bytes) -> tuple[RoundSpec, np.ndarray]:
@@ -103,7 +109,7 @@ def _vector(site: Site, ctx: Context, data: bytes) -> tuple[RoundSpec, np.ndarra
     answered = _answered(ctx)
     repeat = bool(answered) and answered[-1] == data
     earlier = answered[:-1] if repeat else answered
-    server, client = site.algorithm(_rows(site, ctx))
+    server, client = site.algorithm(_rows(site, ctx), _noise_key(ctx))
     if not repeat:
         _check_call(site, server.next_round(), call, [RoundCall.from_bytes(d).name for d in earlier])
     for previous in earlier:
@@ -117,6 +123,16 @@ def _vector(site: Site, ctx: Context, data: bytes) -> tuple[RoundSpec, np.ndarra
         ctx.state[ROUNDS] = ArrayRecord({str(i): Array(np.frombuffer(d, dtype=np.uint8))
                                          for i, d in enumerate([*earlier, data])})
     return spec, vector
+
+
+def _noise_key(ctx: Context) -> bytes:
+    """The site's secret key for DP noise (secure_afl/privacy.py): drawn from ``secrets`` on first use and kept in the
+    node for the job, never sent. Every process of the site then draws the same noise for a round, so a repeated call
+    gets the same release, not a second one, as from the in-process client. Drawn for every job, used only under DP."""
+    record = ctx.state.config_records.get(NOISE_KEY)
+    if record is None:
+        ctx.state[NOISE_KEY] = record = ConfigRecord({"key": secrets.token_bytes(NOISE_KEY_BYTES)})
+    return bytes(record["key"])
 
 
 def _answered(ctx: Context) -> list[bytes]:
@@ -226,6 +242,53 @@ def decrypt(msg: Message, ctx: Context) -> Message:
         return _reply(msg, holder.finish())
     finally:
         _keep_key_holder(ctx, holder)
+
+
+@app.query("personalize")
+def personalize(msg: Message, ctx: Context) -> Message:
+    site = _site(msg, ctx)
+    (data,) = parts(msg)
+    return _reply(msg, _personal_evaluation(site, ctx, ModelBroadcast.from_bytes(data)).to_bytes())
+
+
+def _personal_evaluation(site: Site, ctx: Context, broadcast: ModelBroadcast) -> PersonalEvaluation:
+    """After the job's rounds: the site builds its personalized model from the global model and its own rows (APFL:
+    the refinement stream on its local-map features, ``Algorithm.personalize_client``), evaluates it on its own
+    held-out rows, and answers with that accuracy and the number of rows, exactly what the in-process results hold
+    per client. The personalized model, its weights and the site's statistics never leave the site.
+
+    What the site reveals, and the limits it keeps: two numbers that depend on its data, so it answers once per job
+    (a server that sent crafted "global" models again and again could otherwise read its held-out rows through the
+    accuracies), only after it answered every round of the job (the server cannot skip the protocol to probe) and
+    only for a model of the job's shape. The accuracy still depends on whatever model the server sent: one number
+    per job, not covered by secure aggregation. Under DP on the statistics the noise covers the rounds, not these
+    numbers: the site then withholds both (``PersonalEvaluation.withheld``)."""
+    from secure_afl.algorithms.registry import algorithm
+    from secure_afl.deploy.site import statistics_dp
+
+    if ctx.state.config_records.get(PERSONALIZED) is not None:
+        raise ProtocolAbort(f"client {site.client}: the server asked for a second personalization; a site answers once")
+    ctx.state[PERSONALIZED] = ConfigRecord({"done": True})
+    config = site.job()
+    entry = algorithm(config.algorithm)
+    answered = [RoundCall.from_bytes(d).name for d in _answered(ctx)]
+    if entry.personalize_client is None or len(answered) != entry.rounds(config):
+        raise ProtocolAbort(f"client {site.client}: asked to personalize after rounds {answered} of a {config.algorithm} "
+                            "job; a site personalizes once, after all its rounds, and only for an algorithm that does")
+    if statistics_dp(config):
+        return PersonalEvaluation(site.client, True, 0, float("nan"))
+    data = _rows(site, ctx)
+    _, client = site.algorithm(data, _noise_key(ctx))
+    model = entry.model_type.from_state(broadcast.meta, broadcast.arrays)
+    weights = getattr(model, "weights", None)
+    if weights is None or weights.shape != (data.x.shape[1], data.num_classes) or not np.all(np.isfinite(weights)):
+        raise ProtocolAbort(f"client {site.client}: the server's global model is not a finite "
+                            f"{data.x.shape[1]} × {data.num_classes} model of this job")
+    personal = entry.personalize_client(entry.configure(config), client, model)
+    x, refine_x, labels = site.held_out()
+    inputs = (x,) if refine_x is None else (x, refine_x)
+    accuracy = personal.accuracy(*inputs, labels) if len(labels) else float("nan")
+    return PersonalEvaluation(site.client, False, len(labels), accuracy)
 
 
 def _keep_key_holder(ctx: Context, holder: HEKeyHolder) -> None:

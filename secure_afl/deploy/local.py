@@ -35,10 +35,11 @@ from secure_afl.config import RunConfig
 from secure_afl.deploy.credentials import Certificates, make_certificates, make_node_key
 from secure_afl.deploy.issue import issue_files, node_config, toml_value
 from secure_afl.deploy.server_app import HISTORY, MODEL, REPORT, TRANSCRIPT
-from secure_afl.deploy.site import check_deployable, write_site_rows
+from secure_afl.deploy.site import check_deployable, statistics_dp, write_site_rows
 from secure_afl.errors import ConfigError, SecureAFLError
 from secure_afl.model import Model
-from secure_afl.runner import Timer, Training, job_metrics, load_features, plan_run, results_document
+from secure_afl.runner import (Timer, Training, job_metrics, load_features, plan_run, results_document,
+                               site_algorithm)
 
 APP = Path(__file__).with_name("app")
 MARKER = "SECURE_AFL_DEPLOYMENT"  # in the environment of every process a deployment starts (``Processes.stop``)
@@ -49,7 +50,8 @@ OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
 # waits for that poll on every node, so a loopback federation polls every 0.2 s (each poll is an HTTP request to
 # its SuperNode: faster polling costs CPU on every node of a small machine while it waits).
 POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
-STAGES = ("hello", "plaintext", "advertise", "share", "input", "consistency", "unmask", "open", "encrypt", "decrypt")
+STAGES = ("hello", "plaintext", "advertise", "share", "input", "consistency", "unmask", "open", "encrypt", "decrypt",
+          "personalize")
 
 
 class DeploymentError(SecureAFLError):
@@ -265,8 +267,9 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
         features = load_features(plan, timer)  # the operator's evaluation data; here also each site's own rows
         rows = {}
         for k, indices in enumerate(plan.client_indices):
+            held = plan.held_out[k]  # a personalizing algorithm's site evaluates its own model on these
             rows[k] = str(write_site_rows(work / "sites" / str(k) / "rows.npz", features.train_raw[indices],
-                                          plan.train_y[indices]))
+                                          plan.train_y[indices], features.test_raw[held], plan.test_y[held]))
         shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
         processes = Processes(flower_env(work) | (env or {}), work / "logs")
         cpu = _children_cpu_seconds()
@@ -278,16 +281,21 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
             leftover = [pid for pid in processes.pids() if _alive(pid)]
         cpu = _children_cpu_seconds() - cpu
         model = Model.load(work / "out" / MODEL).predictor
+        entry = algorithm(config.algorithm)
+        job = entry.configure(config)
         with timer.phase("evaluation"):
-            metrics = job_metrics(plan, features, algorithm(config.algorithm).configure(config), model,
-                                  server_report["bytes"]["included_clients"])
+            metrics = job_metrics(plan, features, job, model, server_report["bytes"]["included_clients"],
+                                  personal_accuracy=site_evaluations(server_report, nodes))
             if "history" in server_report:
                 metrics["history"] = evaluated_history(server_report["history"], work / "out" / HISTORY, features)
+            if statistics_dp(config):
+                metrics.update(deployed_privacy(config, entry, job, plan, features))
         extra = {"deployment": {
             **engine, "flower": _flower_version(), "nodes": nodes, "stage_timeout_s": stage_timeout,
             "flwr_run_s": flwr_seconds, "processes_cpu_s": cpu, "server_timings_s": server_report.get("timings_s", {}),
             "stages": server_report["stages"], "hello": server_report["hello"],
             "processes_left_running": leftover,
+            **({"personalized": server_report["personalized"]} if "personalized" in server_report else {}),
         }}
         if transcript is not None:
             if Path(transcript).exists():
@@ -296,6 +304,27 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
             extra["transcript"] = {"path": str(transcript), "rounds": len(server_report["bytes"]["per_round"]),
                                    "bytes": size_on_disk(transcript)}
     return results_document(plan, features, Training(None, {}, metrics, server_report["bytes"]), timer, **extra)
+
+
+def site_evaluations(server_report: dict, nodes: int) -> dict[int, float] | None:
+    """The personalized accuracy each site reported (server_app.personalize), NaN where it withheld it or did not
+    answer; None for an algorithm without personalization."""
+    if "personalized" not in server_report:
+        return None
+    reported = {int(c): e["accuracy"] for c, e in server_report["personalized"].items()}
+    return {k: float("nan") if reported.get(k) is None else reported[k] for k in range(nodes)}
+
+
+def deployed_privacy(config: RunConfig, entry, job, plan, features) -> dict:
+    """The ``dp`` block of ``secure-afl run`` for a deployed job (``Algorithm.report`` with no clients): the same
+    guarantee from the same public calibration; the counts of rows and entries each site clipped stay at the site
+    (None), and the noise's randomness is the sites' (secure_afl/privacy.py)."""
+    server, _ = site_algorithm(config, config.clients, features.data.train_x.shape[1], plan.dataset.num_classes,
+                               len(plan.train_y))
+    block = entry.report(job, server, None, features)
+    block["dp"]["noise_rng"] = ("numpy PCG64 per release, seeded by HMAC-SHA256(round name) under a 256-bit key "
+                                "each site drew from secrets and kept")
+    return block
 
 
 def evaluated_history(rows: list[dict], directory: Path, features) -> list[dict]:

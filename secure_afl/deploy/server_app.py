@@ -5,7 +5,8 @@ file), ``roster`` (the operator's roster, for a secure protocol), ``out`` (a dir
 ``server.json``, ``model.npz`` (a model file, secure_afl/model.py), ``transcript/`` and, for an iterative
 algorithm, ``history/`` to), ``stage-timeout`` and ``connect-timeout`` in seconds. The server waits for the job's clients to connect, asks each node which roster client it is,
 then runs ``secure_afl.runner.run_rounds`` with an exchange that carries each round over the network
-(``rounds.py``), streaming the same transcript the in-process run writes. It holds no client data: the
+(``rounds.py``), streaming the same transcript the in-process run writes. A personalizing algorithm (APFL)
+ends with one more stage, ``personalize``: the global model out, each site's held-out evaluation back. It holds no client data: the
 feature dimensions come from the nodes (public), the bounds from the job's public configuration.
 """
 
@@ -17,15 +18,16 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from protocols import ProtocolError, Roster, RoundResult
+from protocols import MalformedMessageError, ProtocolError, Roster, RoundResult
 from protocols.files import write_atomically
 from protocols.transcript import TranscriptWriter
 from secure_afl.algorithms.base import RoundSpec
 from secure_afl.algorithms.registry import algorithm
-from secure_afl.deploy.messages import NodeHello
+from secure_afl.deploy.messages import ModelBroadcast, NodeHello, PersonalEvaluation
 from secure_afl.deploy.rounds import Stages, he_round, masked_round, plaintext_round
 from secure_afl.deploy.site import check_deployable, read_job
 from secure_afl.errors import ConfigError
@@ -34,7 +36,7 @@ from secure_afl.runner import Timer, plan_run, public_knowledge, run_rounds, sit
 
 log = logging.getLogger(__name__)
 REPORT, MODEL, TRANSCRIPT, HISTORY = "server.json", "model.npz", "transcript", "history"
-ROUNDS = {"plaintext": plaintext_round, "mask": masked_round, "he-bfv": he_round}
+ROUNDS = {"plaintext": plaintext_round, "mask": masked_round, "he-bfv": he_round, "he-ckks": he_round}
 
 app = ServerApp()
 
@@ -85,6 +87,9 @@ def run_job(grid: Grid, settings, out: Path, report: dict) -> None:
         writer.abort()
         raise
     writer.close()
+    if algorithm(config.algorithm).personalize is not None:
+        with timer.phase("personalization"):
+            report["personalized"] = personalize(stages, server.model(), ids)
     report["stages"] = [r.summary() | {"stage": r.stage} for r in stages.reports]
     model(server.model()).save(out / MODEL)
     if history is not None:
@@ -106,6 +111,30 @@ class History:
         self.model(server.model()).save(self.directory / f"{round_}.npz")
         self.rows.append({"round": round_, "clients": len(spec.participants or ()),
                           "train_seconds": training_seconds(self.timer.seconds)})
+
+
+def personalize(stages: Stages, model, clients: list[int]) -> dict[str, dict]:
+    """The personalization stage of an algorithm whose clients keep a model of their own (APFL): the global model to
+    every client of the job (in one process every client personalizes, also one that dropped out of a round), and
+    back from each only what the in-process results hold per client: its held-out accuracy and row count, or that it
+    withholds them (under DP). A site that does not answer, or answers with anything but its own evaluation, has no
+    personalized accuracy in the results; the job (its model is final) does not fail for it."""
+    meta, arrays = model.state()
+    broadcast = ModelBroadcast(meta, arrays).to_bytes()
+    replies = stages.exchange("personalize", dict.fromkeys(clients, (broadcast,)), "personalize")
+    evaluations = {}
+    for c, data in sorted(replies.items()):
+        try:
+            evaluation = PersonalEvaluation.from_bytes(data)
+        except MalformedMessageError as exc:
+            log.warning("personalize: client %d's evaluation is refused: %s", c, exc)
+            continue
+        if evaluation.client != c:
+            log.warning("personalize: client %d answered as client %d; refused", c, evaluation.client)
+            continue
+        evaluations[str(c)] = {"withheld": evaluation.withheld, "held_out": evaluation.held_out,
+                               "accuracy": None if np.isnan(evaluation.accuracy) else evaluation.accuracy}
+    return evaluations
 
 
 def introductions(grid: Grid, clients: int, connect_timeout: float):

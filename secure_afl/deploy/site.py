@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 JOB_FORMAT = "secure-afl/deploy-job"
 JOB_VERSION = 1
-DEPLOYED_PROTOCOLS = ("plaintext", "mask", "he-bfv")
+DEPLOYED_PROTOCOLS = ("plaintext", "mask", "he-bfv", "he-ckks")
 
 
 def check_deployable(config: RunConfig) -> None:
@@ -46,8 +46,19 @@ def check_deployable(config: RunConfig) -> None:
     if config.dropout:
         raise ConfigError("--dropout simulates dropouts in one process; a deployment's dropouts are real "
                           "(use --crash NODE=STAGE to stop a site's processes at a stage)")
-    if config.dp_epsilon is not None or config.dp_noise is not None:
-        raise ConfigError("DP on the statistics is not deployed yet; run it with `secure-afl run`")
+    if (config.dp_epsilon is not None or config.dp_noise is not None) and not statistics_dp(config):
+        raise ConfigError(f"DP-SGD (--dp-epsilon / --dp-noise with --algorithm {config.algorithm}) is not deployed yet; "
+                          "run it with `secure-afl run` (DP on the statistics of afl, apfl and deepafl is deployed)")
+
+
+def statistics_dp(config: RunConfig) -> bool:
+    """Whether the job asks for DP on the statistics (secure_afl/privacy.py): its algorithm takes those options and
+    DP is on. Each site adds its own noise before its vector is masked or encrypted, as the in-process client does."""
+    from secure_afl.algorithms.afl import STATISTICS_DP_OPTIONS
+    from secure_afl.algorithms.registry import algorithm
+
+    private = config.dp_epsilon is not None or config.dp_noise is not None
+    return private and set(STATISTICS_DP_OPTIONS) <= set(algorithm(config.algorithm).options)
 
 
 @dataclass(frozen=True)
@@ -61,16 +72,17 @@ class Task:
 
 def undeployable(config: RunConfig) -> str | None:
     """Why the job's algorithm (as the registry declares it) cannot run deployed yet, or None. A site answers each
-    message in a fresh process and rebuilds its client from the job, its rows and the calls of the rounds it answered
-    (client_app.py), so any number of rounds on the public features deploys; what a client computes after the rounds
-    (a personalized model on a second, local feature map) no site builds yet."""
+    message in a fresh process and rebuilds its client from the job, its rows (through the public feature map and the
+    algorithm's local one) and the calls of the rounds it answered (client_app.py), so any number of rounds on the
+    public features deploys, and so does a personalized model a client builds from the global model alone
+    (``Algorithm.personalize_client``: APFL); one built from more of the server's state (pFedACnnL's) does not."""
     from secure_afl.algorithms.registry import algorithm
 
     entry = algorithm(config.algorithm)
     if entry.inputs != "features":
         return f"its clients train on {entry.inputs}, a site serves mapped backbone features"
-    if entry.local_map is not None or entry.personalize is not None:
-        return "its clients keep a local model after training, which a site does not build"
+    if entry.personalize is not None and entry.personalize_client is None:
+        return "its clients personalize from the server's state beyond the global model, which a site does not get"
     return None
 
 
@@ -161,31 +173,42 @@ class Site:
         return ContributionLedger.in_directory(self._path("ledger-dir"), self.client)
 
     def features(self) -> SiteData:
-        """This site's rows, mapped by the public feature map. With ``dataset-path`` in the node config: the site's
-        own rows file (``write_site_rows``: its images' backbone features and labels, made where the images are), so
-        the node never loads the backbone; without it, the runner's partition of the shipped data set (the job's seed
-        decides it, as in the in-process run) with backbone features from the on-disk cache (extracted on a miss).
-        Either way the job's ``--min-class-count`` rule withholds the site's rare classes here."""
-        import torch
-
+        """This site's rows, mapped by the public feature map (and by the algorithm's local map: APFL's refinement
+        stream, whose features never leave the site). With ``dataset-path`` in the node config: the site's own rows
+        file (``write_site_rows``: its images' backbone features and labels, made where the images are), so the node
+        never loads the backbone; without it, the runner's partition of the shipped data set (the job's seed decides
+        it, as in the in-process run) with backbone features from the on-disk cache (extracted on a miss). Either way
+        the job's ``--min-class-count`` rule withholds the site's rare classes here."""
         from secure_afl.class_minimum import withhold_rare_classes
-        from secure_afl.device import resolve_device
-        from secure_afl.runner import backbone_features, build_feature_map, plan_run
 
         config = self.job()
+        rows = self._rows(config)
+        (kept,) = withhold_rare_classes([np.arange(len(rows.labels))], rows.labels, config.min_class_count)
+        x, refine_x = _mapped(config, rows.train[kept])
+        return SiteData(x, rows.labels[kept], rows.task.num_classes, rows.task.train_size, rows.train.shape[1],
+                        refine_x)
+
+    def held_out(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """The site's held-out rows (its own test split, never sent), mapped as its training rows: (features, local-map
+        features or None, labels). Only a personalizing algorithm's last stage reads them."""
+        config = self.job()
+        rows = self._rows(config)
+        return (*_mapped(config, rows.held_out), rows.held_out_labels)
+
+    def _rows(self, config: RunConfig) -> _RawRows:
+        from secure_afl.runner import backbone_features, plan_run
+
         if "dataset-path" in self.node_config:  # neither the data set nor the backbone is opened here
             task = read_task(self._path("job"))
-            raw, labels = read_site_rows(self._path("dataset-path"), task.num_classes)
-            feature_map, device, backbone_dim = build_feature_map(config), resolve_device(config.device), raw.shape[1]
-        else:
-            plan = plan_run(config, roster=None if config.protocol == "plaintext" else self.roster())
-            train_raw, _, info = backbone_features(config, plan.dataset, plan.device, progress=False)
-            rows = plan.client_indices[self.client]
-            raw, labels, backbone_dim = train_raw[rows], plan.train_y[rows], int(info["feature_dim"])
-            task, feature_map, device = Task(plan.dataset.num_classes, len(plan.train_y)), plan.feature_map, plan.device
-        (kept,) = withhold_rare_classes([np.arange(len(labels))], labels, config.min_class_count)
-        x, _ = feature_map.apply(torch.from_numpy(np.ascontiguousarray(raw[kept])).to(device))
-        return SiteData(x.cpu().numpy(), labels[kept], task.num_classes, task.train_size, backbone_dim)
+            path = self._path("dataset-path")
+            raw, labels = read_site_rows(path, task.num_classes)
+            held, held_labels = read_held_out_rows(path, task.num_classes, raw.shape[1])
+            return _RawRows(raw, labels, held, held_labels, task)
+        plan = plan_run(config, roster=None if config.protocol == "plaintext" else self.roster())
+        train_raw, test_raw, _ = backbone_features(config, plan.dataset, plan.device, progress=False)
+        rows, held = plan.client_indices[self.client], plan.held_out[self.client]
+        return _RawRows(train_raw[rows], plan.train_y[rows], test_raw[held], plan.test_y[held],
+                        Task(plan.dataset.num_classes, len(plan.train_y)))
 
     def rounds(self) -> int:
         """How many rounds the job asks of this site (the algorithm registry's count). It imports the algorithms,
@@ -195,20 +218,46 @@ class Site:
         job = self.job()
         return algorithm(job.algorithm).rounds(job)
 
-    def algorithm(self, data: SiteData) -> tuple[AlgorithmServer, AlgorithmClient]:
+    def algorithm(self, data: SiteData, noise_key: bytes | None = None) -> tuple[AlgorithmServer, AlgorithmClient]:
         """The algorithm's server as this site derives it from the job (its rounds and public bounds, to check the
-        server's calls against) and the site's client on its rows (``secure_afl.runner.site_algorithm``)."""
+        server's calls against) and the site's client on its rows (``secure_afl.runner.site_algorithm``); under DP
+        the client draws its noise under the site's ``noise_key`` (secure_afl/privacy.py)."""
         import torch
 
         from secure_afl.runner import site_algorithm
 
         config = self.job()
+        refine_x = None if data.refine_x is None else torch.from_numpy(data.refine_x)
         server, client = site_algorithm(config, config.clients, data.x.shape[1], data.num_classes, data.train_size,
-                                        self.client, torch.from_numpy(data.x), data.y)
+                                        self.client, torch.from_numpy(data.x), data.y, refine_x, noise_key)
         if client is None:
             raise ConfigError(f"client {self.client}: --min-class-count {config.min_class_count} withheld every row "
                               "of this site, so it has nothing to send")
         return server, client
+
+
+@dataclass(frozen=True)
+class _RawRows:
+    """A site's backbone features before any map: its training rows and its held-out rows, with their labels."""
+
+    train: np.ndarray
+    labels: np.ndarray
+    held_out: np.ndarray
+    held_out_labels: np.ndarray
+    task: Task
+
+
+def _mapped(config: RunConfig, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows through the job's public feature map and, if the algorithm has one, its local map (float32, numpy)."""
+    import torch
+
+    from secure_afl.device import resolve_device
+    from secure_afl.runner import build_feature_map, build_local_map
+
+    rows = torch.from_numpy(np.ascontiguousarray(raw)).to(resolve_device(config.device))
+    local = build_local_map(config)
+    x, _ = build_feature_map(config).apply(rows)
+    return x.cpu().numpy(), None if local is None else local.apply(rows)[0].cpu().numpy()
 
 
 SIMULATED_SITES = "SECURE_AFL_SIMULATED_SITES"  # environment: the directory of a simulation's node configs
@@ -240,12 +289,18 @@ SITE_ROWS_FORMAT = "secure-afl/site-rows"
 SITE_ROWS_VERSION = 1
 
 
-def write_site_rows(path: str | Path, features: np.ndarray, labels: np.ndarray) -> Path:
+def write_site_rows(path: str | Path, features: np.ndarray, labels: np.ndarray,
+                    held_out_features: np.ndarray | None = None, held_out_labels: np.ndarray | None = None) -> Path:
     """A site's own rows for ``dataset-path``: the backbone features of its training images (float32, one row each)
-    and their labels, in an npz with a format tag (no pickle). The job's backbone and resolution must have made them."""
+    and their labels, in an npz with a format tag (no pickle). The job's backbone and resolution must have made them.
+    Optionally its held-out images' features and labels (``held_out_*``): a personalizing algorithm (APFL) evaluates
+    the site's personalized model on them, at the site."""
     meta = np.frombuffer(json.dumps({"format": SITE_ROWS_FORMAT, "version": SITE_ROWS_VERSION}).encode(), np.uint8)
-    return write_atomically(path, lambda out: np.savez(out, format=meta, features=np.asarray(features, np.float32),
-                                                       labels=np.asarray(labels, np.int64)), binary=True)
+    arrays = {"format": meta, "features": np.asarray(features, np.float32), "labels": np.asarray(labels, np.int64)}
+    if held_out_features is not None:
+        arrays.update(held_out_features=np.asarray(held_out_features, np.float32),
+                      held_out_labels=np.asarray(held_out_labels, np.int64))
+    return write_atomically(path, lambda out: np.savez(out, **arrays), binary=True)
 
 
 def read_site_rows(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,6 +321,24 @@ def read_site_rows(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray
     return features, labels
 
 
+def read_held_out_rows(path: Path, num_classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out rows of a rows file (none when it has none), refused unless finite float32 rows of the training
+    rows' width ``dim``, labelled in the task's classes."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "held_out_features" not in data.files:
+                return np.empty((0, dim), np.float32), np.empty(0, np.int64)
+            features, labels = data["held_out_features"], data["held_out_labels"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"dataset-path {str(path)!r}: cannot read its held-out rows: {exc}") from exc
+    if (features.dtype != np.float32 or features.shape[1:] != (dim,) or labels.shape != (features.shape[0],)
+            or not np.isfinite(features).all() or (labels.size and not 0 <= labels.min() <= labels.max() < num_classes)):
+        raise ConfigError(f"dataset-path {str(path)!r}: expected finite float32 held-out features (rows, {dim}) and one "
+                          f"label in 0..{num_classes - 1} per row, got {features.dtype} {features.shape} and labels "
+                          f"{labels.shape}")
+    return features, labels
+
+
 @dataclass(frozen=True)
 class SiteData:
     """A site's mapped rows and the public facts a client is built from; kept in the node between messages."""
@@ -275,3 +348,4 @@ class SiteData:
     num_classes: int
     train_size: int  # of the whole training set: the public bounds are built from it
     backbone_dim: int
+    refine_x: np.ndarray | None = None  # float32: the algorithm's local-map features of the same rows (APFL's)
