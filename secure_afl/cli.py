@@ -305,6 +305,9 @@ def _rows_parser(where) -> None:
     rows.add_argument("--job", required=True, help="the job file from `secure-afl deploy issue` (job.json)")
     rows.add_argument("--images", required=True, metavar="DIR",
                       help="one folder per class, named by its index 0 … C-1, holding only image files")
+    rows.add_argument("--held-out-images", default=None, metavar="DIR",
+                      help="the site's held-out images in the same layout, written beside its training rows: APFL's "
+                           "sites evaluate their personalized models on them")
     site = rows.add_argument_group("this machine (replaces the job's settings)")
     site.add_argument("--device", default="auto", help="auto (a CUDA GPU when present), cpu, cuda or cuda:N")
     site.add_argument("--batch-size", type=int, default=None, help="images per backbone batch (default: the job's)")
@@ -620,12 +623,13 @@ def _rows(args) -> str:
     """``secure-afl deploy rows``: the job, the output and every image are checked before the backbone is loaded."""
     from secure_afl.deploy.rows import write_rows
 
-    written = write_rows(args.job, args.images, args.out, overwrite=args.overwrite, progress=not args.quiet,
-                         device=args.device, batch_size=args.batch_size, weights=args.weights,
-                         cache_dir=args.cache_dir, use_cache=args.use_cache)
+    written = write_rows(args.job, args.images, args.out, held_out=args.held_out_images, overwrite=args.overwrite,
+                         progress=not args.quiet, device=args.device, batch_size=args.batch_size,
+                         weights=args.weights, cache_dir=args.cache_dir, use_cache=args.use_cache)
     counts = ", ".join(f"{k}: {n}" for k, n in written.class_counts.items())
     lines = [f"rows written to {written.path}: {written.rows} images ({counts}), {written.feature_dim} features each, "
-             f"on {written.device}" + (" (from the feature cache)" if written.cache_hit else "")]
+             f"on {written.device}" + (" (from the feature cache)" if written.cache_hit else "")
+             + (f", and {written.held_out} held-out images" if written.held_out else "")]
     if written.withheld:
         lines.append(f"the job's --min-class-count withholds classes {written.withheld} at this site: its node sends "
                      "none of their rows")

@@ -20,7 +20,7 @@ from secure_afl.cli import main
 from secure_afl.config import RunConfig
 from secure_afl.deploy.issue import issue_files
 from secure_afl.deploy.rows import site_images, write_rows
-from secure_afl.deploy.site import Site, Task, read_site_rows, read_task, write_job
+from secure_afl.deploy.site import Site, Task, read_held_out_rows, read_site_rows, read_task, write_job
 from secure_afl.errors import DataError
 from secure_afl.runner import backbone_features, plan_run
 
@@ -106,6 +106,24 @@ def test_the_classes_the_jobs_minimum_count_withholds_at_the_site_are_named(site
     assert main(["deploy", "rows", "--job", str(strict), "--images", str(images), "--out", str(tmp_path / "cli.npz"),
                  "--device", "cpu"]) == 0
     assert f"--min-class-count withholds classes {rare} at this site" in capsys.readouterr().out
+
+
+def test_held_out_images_are_written_beside_the_training_rows_from_one_extraction(site, tmp_path, capsys):
+    _, job, images, _ = site
+    held_out = copy_images(site, tmp_path / "held")  # four of the site's images: their rows must come back as such
+    out = tmp_path / "rows.npz"
+    assert main(["deploy", "rows", "--job", str(job), "--images", str(images), "--held-out-images", str(held_out),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert "and 4 held-out images" in capsys.readouterr().out
+    train, labels = read_site_rows(out, 10)
+    plain = write_rows(job, images, tmp_path / "plain.npz", device="cpu")
+    assert plain.held_out == 0 and read_held_out_rows(plain.path, 10, train.shape[1])[0].shape == (0, train.shape[1])
+    np.testing.assert_array_equal(train, read_site_rows(plain.path, 10)[0])  # the training rows are unchanged
+    held_x, held_y = read_held_out_rows(out, 10, train.shape[1])
+    listed = [p.name for p in sorted(images.rglob("*.png"))]  # the training rows' order; names are unique
+    for row, path in enumerate(sorted(held_out.rglob("*.png"))):  # labelled by the folder copy_images chose
+        assert np.abs(held_x[row] - train[listed.index(path.name)]).max() <= 1e-6
+        assert held_y[row] == int(path.parent.name)
 
 
 def copy_images(site, tmp_path) -> Path:

@@ -33,6 +33,7 @@ class SiteRows:
 
     path: Path
     class_counts: dict[int, int]
+    held_out: int  # held-out rows written beside the training rows (``--held-out-images``; APFL evaluates on them)
     feature_dim: int
     device: str
     cache_hit: bool
@@ -101,11 +102,12 @@ def _check_image(path: Path) -> None:
         raise DataError(f"cannot read image {str(path)!r}: {exc}") from exc
 
 
-def write_rows(job: str | Path, images: str | Path, out: str | Path, *, overwrite: bool = False,
-               progress: bool = False, device: str = "auto", batch_size: int | None = None,
+def write_rows(job: str | Path, images: str | Path, out: str | Path, *, held_out: str | Path | None = None,
+               overwrite: bool = False, progress: bool = False, device: str = "auto", batch_size: int | None = None,
                weights: str | None = None, cache_dir: str | None = None, use_cache: bool = True) -> SiteRows:
     """Write the rows file of the site whose images are under ``images`` for the job file ``job`` (from
-    ``secure-afl deploy issue``). The job's settings that belong to the operator's machine give way to this
+    ``secure-afl deploy issue``), with the rows of its held-out images under ``held_out`` (the same layout; a
+    personalizing algorithm, APFL, evaluates the site's own model on them at the site). The job's settings that belong to the operator's machine give way to this
     one's: ``device``, the feature cache (``cache_dir``, None: the default one; ``use_cache``), ``batch_size``
     (None: the job's) and ``weights`` (where this site keeps the job's weights file; None: the job's path). The
     job, the output and every image are checked before the backbone is loaded."""
@@ -122,11 +124,18 @@ def write_rows(job: str | Path, images: str | Path, out: str | Path, *, overwrit
                      weights=config.weights if weights is None else weights)
     target = resolve_device(config.device)
     source = site_images(images, task.num_classes)
+    train = len(source)
+    if held_out is not None:  # one extraction for both sets: the rows are split again after it
+        held = site_images(held_out, task.num_classes)
+        source = FileSource([*source.paths, *held.paths], np.concatenate([source.labels, held.labels]))
     everything = np.arange(len(source))
     dataset = Dataset(SITE_DATASET, task.num_classes, {"train": source}, Split("train", everything),
                       Split("train", everything[:0]))
     features, _, info = backbone_features(config, dataset, target, progress)
-    path = write_site_rows(out, features, source.labels)
-    classes, counts = np.unique(source.labels, return_counts=True)
-    return SiteRows(path, dict(zip(classes.tolist(), counts.tolist())), int(info["feature_dim"]), str(target),
+    labels = source.labels
+    extra = {} if held_out is None else {"held_out_features": features[train:], "held_out_labels": labels[train:]}
+    path = write_site_rows(out, features[:train], labels[:train], **extra)
+    classes, counts = np.unique(labels[:train], return_counts=True)
+    return SiteRows(path, dict(zip(classes.tolist(), counts.tolist())), len(labels) - train,
+                    int(info["feature_dim"]), str(target),
                     info["cache_hits"] == 1, classes[counts < config.min_class_count].tolist())
