@@ -175,7 +175,7 @@ class Site:
     def features(self) -> SiteData:
         """This site's rows, mapped by the public feature map (and by the algorithm's local map: APFL's refinement
         stream, whose features never leave the site). With ``dataset-path`` in the node config: the site's own rows
-        file (``write_site_rows``: its images' backbone features and labels, made where the images are), so the node
+        file (``secure-afl deploy rows``: its images' features and labels, made where the images are), so the node
         never loads the backbone; without it, the runner's partition of the shipped data set (the job's seed decides
         it, as in the in-process run) with backbone features from the on-disk cache (extracted on a miss). Either way
         the job's ``--min-class-count`` rule withholds the site's rare classes here."""
