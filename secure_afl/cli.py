@@ -580,7 +580,7 @@ def _deploy(args, config: RunConfig) -> str:
     if args.where == "rows":
         return _rows(args)
     try:
-        from secure_afl.deploy.local import LocalDeployment, run_local
+        from secure_afl.deploy.local import LocalDeployment, run_local, stage_table
         from secure_afl.deploy.simulate import Simulation, run_simulation
     except ImportError as exc:
         raise ConfigError(f"deploying needs Flower: pip install 'secure-afl[deploy]' ({exc})") from exc
@@ -598,10 +598,8 @@ def _deploy(args, config: RunConfig) -> str:
         how = f"deployed over {args.nodes} SuperNodes"
     if args.out:
         write_results(args.out, results, overwrite=args.overwrite)
-    stages = results["deployment"]["stages"]
-    latency = ", ".join(f"{s['stage']} {s['seconds']:.2f} s" for s in stages)
-    return "\n".join([format_summary(results), f"{how}; stages: {latency}"]
-                     + ([f"results written to {args.out}"] if args.out else []))
+    return "\n".join([format_summary(results), f"{how}; stages (every round's in the results JSON):",
+                      *stage_table(results["deployment"])] + ([f"results written to {args.out}"] if args.out else []))
 
 
 def _issue(args, config: RunConfig) -> str:

@@ -465,3 +465,45 @@ def test_a_site_process_loads_torch_only_for_a_stage_that_computes_its_vector():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_the_printed_stage_table_has_one_line_per_stage_name_with_counts_totals_and_maxima():
+    """`deploy local` prints a line per stage name, however many rounds ran (the results keep every round's)."""
+    pytest.importorskip("flwr")
+    from secure_afl.deploy.local import stage_table
+
+    def stage(name, seconds, up, down):
+        return {"stage": name, "seconds": seconds, "upload_bytes": {"max": up, "mean": up},
+                "download_bytes": {"max": down, "mean": down}}
+
+    rounds = [stage(name, seconds + r, up * (r + 1), 40) for r in range(41)
+              for name, seconds, up in (("advertise", 2.0, 160), ("share", 1.0, 1600), ("input", 1.5, 6_000_000))]
+    hello = stage("hello", 20.5, 18, 0)
+    del hello["stage"]  # the server reports the hello apart from the rounds' stages
+    lines = stage_table({"hello": hello, "stages": rounds})
+    assert len(lines) == 1 + 4
+    assert [line.split()[0] for line in lines[1:]] == ["hello", "advertise", "share", "input"]
+    assert lines[1].split() == ["hello", "1", "20.50", "20.50", "18", "0"]
+    total = sum(2.0 + r for r in range(41))
+    assert lines[2].split() == ["advertise", "41", f"{total:.2f}", "42.00", f"{160 * 41:,}", "40"]
+    assert lines[4].split()[-2] == f"{6_000_000 * 41:,}"
+
+
+def test_the_cpu_of_a_process_its_parent_never_waits_for_is_counted(tmp_path):
+    """A SuperExec never waits for the ClientApp processes it starts, and no SuperNode waits for its SuperExec, so
+    their CPU never reaches this process's RUSAGE_CHILDREN; the deployment samples every process of its tree."""
+    pytest.importorskip("flwr")
+    import resource
+
+    from secure_afl.deploy.local import Processes, Usage
+
+    spin = "import time; t = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {spin!r}]); time.sleep(3)"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    processes = Processes(dict(os.environ), tmp_path)
+    usage = Usage(processes)
+    processes.start("parent", [sys.executable, "-c", parent]).wait(timeout=60)
+    usage.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    waited = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    assert waited < 0.5 <= 0.9 <= usage.cpu_s

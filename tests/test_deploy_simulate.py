@@ -22,8 +22,8 @@ pytest.importorskip("ray")
 from secure_afl.cli import main  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.deploy.site import NODE_CONFIG_FILE, SIMULATED_SITES, Site  # noqa: E402
-from secure_afl.deploy.local import Processes, marked  # noqa: E402
-from secure_afl.deploy.simulate import Simulation, Usage, run_simulation  # noqa: E402
+from secure_afl.deploy.local import Processes, Usage, marked  # noqa: E402
+from secure_afl.deploy.simulate import Simulation, run_simulation  # noqa: E402
 from secure_afl.errors import ConfigError  # noqa: E402
 from secure_afl.runner import Timer, load_features, plan_run, train  # noqa: E402
 
@@ -116,7 +116,7 @@ def test_the_usage_sampler_sees_the_memory_and_cpu_of_a_started_process_and_its_
     child = "import time; b = bytearray(200 * 2**20); t = time.time()\nwhile time.time() - t < 1.5: pass"
     parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
     processes = Processes(dict(os.environ), tmp_path)
-    usage = Usage(processes)
+    usage = Usage(processes, memory=True)
     processes.start("spinner", [sys.executable, "-c", parent]).wait(timeout=60)
     usage.stop()
     assert usage.peak_mib >= 200 and usage.cpu_s >= 0.3

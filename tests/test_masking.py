@@ -152,19 +152,21 @@ def test_the_same_input_is_masked_afresh_in_every_round():
 
 def test_a_client_restored_from_its_snapshot_before_every_stage_completes_the_round_exactly(tmp_path):
     """A deployment runs each stage in a fresh process (a Flower SuperNode): the client's snapshot alone
-    carries it from one stage to the next, its ledger included, and keeps its state machine's refusals."""
-    from protocols import ContributionLedger, MalformedMessageError, ProtocolAbort, RoundTerms
+    carries it from one stage to the next, its ledger included, and keeps its state machine's refusals. Once the
+    round is open it no longer carries the plain vector: the encoding until the masked input left, then neither."""
+    from protocols import ContributionLedger, MalformedMessageError, ProtocolAbort, RoundTerms, Statistic
     from protocols.masking.client import MaskingClient
     from protocols.masking.server import MaskingServer
     from protocols.masking.simulation import enrol_for
 
-    n = 4
-    vs = vectors(n, seed=5)
+    n, length = 4, 4096
+    vs = vectors(n, length=length, seed=5)
     encoding, parameters = FixedPoint.for_round(n, 4.0), choose_parameters(n)
     members, terms = enrol_for(vs, encoding, parameters), RoundTerms("r", encoding.bound)
-    server = MaskingServer(members[0].roster, terms, list(vs), 64, encoding, parameters)
+    server = MaskingServer(members[0].roster, terms, list(vs), length, encoding, parameters)
     ledgers = {c: ContributionLedger.in_directory(tmp_path, c) for c in vs}
     states = {c: MaskingClient(members[c], vs[c], terms, ledgers[c]).snapshot() for c in vs}
+    vector_bytes = 8 * length
 
     def stage(messages, step, receive):
         for c, message in messages.items():
@@ -172,14 +174,18 @@ def test_a_client_restored_from_its_snapshot_before_every_stage_completes_the_ro
             receive(step(client, message))
             states[c] = client.snapshot()
 
+    assert all(len(state) > vector_bytes for state in states.values())  # before the round: the vector itself
     stage(dict.fromkeys(vs, server.setup_message()), MaskingClient.advertise, server.receive_advert)
+    assert all(vector_bytes < len(state) < 1.5 * vector_bytes for state in states.values())  # the encoding only
     stage(dict.fromkeys(vs, server.key_list()), MaskingClient.share_keys, server.receive_shares)
     stage(server.deliveries(), MaskingClient.masked_input, server.receive_masked)
+    assert all(len(state) < vector_bytes / 4 for state in states.values())
     stage(server.consistency_requests(), MaskingClient.sign_consistency, server.receive_signature)
     requests = server.unmask_requests()
     stage(requests, MaskingClient.unmask, server.receive_unmask)
     assert np.array_equal(server.finish(), fixed_point_sum(vs, encoding))
-    assert all(len(ledgers[c].entries()) == 1 for c in vs)  # each claimed its statistic once, across processes
+    for c in vs:  # each claimed its statistic once, across processes, named by the vector it no longer carried
+        assert ledgers[c].entries() == [Statistic.of(members[c].roster.digest, terms, vs[c])]
     with pytest.raises(ProtocolAbort, match="state 'done'"):  # a restored client still refuses a replay
         MaskingClient.restore(states[0], members[0], ledgers[0]).unmask(requests[0])
     with pytest.raises(MalformedMessageError):

@@ -259,8 +259,15 @@ class MaskingClient:
         that runs each stage in a fresh process (a Flower SuperNode keeps it in the node's ``Context.state``).
         It holds the client's secrets (its input, key pairs, self-mask seed and the shares it holds), so it
         never leaves the client's machine; the identity key and the ledger are not in it (the client's own
-        files hold those)."""
-        w = Writer(SNAPSHOT_KIND).text(self.state.value).words(np.ascontiguousarray(self._vector, np.float64).view(np.uint64))
+        files hold those). The plain vector is in it only before the round opens: from ``advertise`` on the
+        client needs only its encoding (until the masked input leaves) and its ledger name, the statistic, so a
+        transport that carries the snapshot through every stage does not copy the vector (megabytes) each time."""
+        opened = self.state is not State.NEW
+        vector = np.zeros(0, np.float64) if opened else np.ascontiguousarray(self._vector, np.float64)
+        w = Writer(SNAPSHOT_KIND).text(self.state.value).words(vector.view(np.uint64)).u8(opened)
+        if opened:
+            statistic = self._statistic
+            w.text(statistic.job).text(statistic.round_id).text(statistic.broadcast).text(statistic.content)
         w.text(self._terms.round_id).f64(self._terms.bound).blob(self._terms.broadcast)
         w.blob(self._setup_bytes).blob(self._key_list_bytes)
         w.u8(self._encoded is not None).words(self._encoded if self._encoded is not None else np.zeros(0, np.uint64))
@@ -285,8 +292,13 @@ class MaskingClient:
         except ValueError as exc:
             raise MalformedMessageError(f"masking client snapshot: unknown state: {exc}") from exc
         vector = r.words().view(np.float64).copy()
+        if r.u8() != (state is not State.NEW):
+            raise MalformedMessageError(f"masking client snapshot: state {state.value!r} does not match its contents")
+        statistic = None if state is State.NEW else Statistic(r.text(), r.text(), r.text(), r.text())
         client = cls(member, vector, RoundTerms(r.text(), r.f64(), r.blob()), ledger)
         client.state = state
+        if statistic is not None:
+            client.__dict__["_statistic"] = statistic  # the cached property, computed before the vector was left out
         client._setup_bytes, client._key_list_bytes = r.blob(), r.blob()
         has_encoded, encoded = r.u8(), r.words()
         client._encoded = encoded.copy() if has_encoded else None

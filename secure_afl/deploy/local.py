@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import secrets
 import signal
@@ -24,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -46,10 +46,12 @@ MARKER = "SECURE_AFL_DEPLOYMENT"  # in the environment of every process a deploy
 CONNECTION = "secure-afl-local"
 OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-# A SuperExec looks for a new message to start a ClientApp for once a second by default; every protocol stage
-# waits for that poll on every node, so a loopback federation polls every 0.2 s (each poll is an HTTP request to
-# its SuperNode: faster polling costs CPU on every node of a small machine while it waits).
-POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
+# A SuperExec looks for a new message to start a ClientApp for once a second by default, and every protocol stage
+# waits for that poll on every node. Each poll is an HTTP request its SuperNode serves: at K = 10 on loopback,
+# polling every 0.2 s kept 0.19 of the machine's 2 cores busy with nothing to do (0.06 every 1 s), CPU the
+# stage's ClientApp processes wait for. 0.5 s halves that at a quarter second of latency per message.
+POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"}
+SAMPLE_SECONDS = 0.5  # how often a run's processes are sampled (``Usage``)
 STAGES = ("hello", "plaintext", "advertise", "share", "input", "consistency", "unmask", "open", "encrypt", "decrypt",
           "personalize")
 
@@ -190,6 +192,60 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+class Usage:
+    """What a run's processes use, sampled every ``SAMPLE_SECONDS``: the CPU seconds of every process of the tree as
+    last seen, and with ``memory`` the largest total proportional set size (PSS: shared pages split among their
+    processes, so Ray's shared object store counts once). Sampled because RUSAGE_CHILDREN misses most of a
+    deployment: a SuperNode never waits for its SuperExec, which outlives it and is reaped by init with the CPU of
+    every ClientApp process it reaped, and Ray's processes are not reaped by the run's tree at all. An exited process
+    stays a zombie, its final CPU readable, until its parent reaps it (a SuperExec when it next starts a process), so
+    little is missed: at most a process's last ``SAMPLE_SECONDS`` when it is reaped at once."""
+
+    def __init__(self, processes: Processes, memory: bool = False):
+        self.processes = processes
+        self.memory = memory
+        self.peak_mib = 0.0
+        self._cpu: dict[int, float] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu.values())
+
+    def _sample(self) -> None:
+        while not self._done.wait(SAMPLE_SECONDS):
+            pids = self.processes.pids()
+            if self.memory:
+                self.peak_mib = max(self.peak_mib, sum(_pss_kib(pid) for pid in pids) / 1024)
+            for pid in pids:
+                self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_seconds(pid))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system seconds of a live process (/proc/PID/stat, fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -272,14 +328,14 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
                                           plan.train_y[indices], features.test_raw[held], plan.test_y[held]))
         shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
         processes = Processes(flower_env(work) | (env or {}), work / "logs")
-        cpu = _children_cpu_seconds()
+        usage = Usage(processes)
         try:
             with timer.phase("deployment"):
                 server_report, flwr_seconds, engine = launch(processes, work, files, rows)
         finally:
+            usage.stop()
             processes.stop()
             leftover = [pid for pid in processes.pids() if _alive(pid)]
-        cpu = _children_cpu_seconds() - cpu
         model = Model.load(work / "out" / MODEL).predictor
         entry = algorithm(config.algorithm)
         job = entry.configure(config)
@@ -292,7 +348,7 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
                 metrics.update(deployed_privacy(config, entry, job, plan, features))
         extra = {"deployment": {
             **engine, "flower": _flower_version(), "nodes": nodes, "stage_timeout_s": stage_timeout,
-            "flwr_run_s": flwr_seconds, "processes_cpu_s": cpu, "server_timings_s": server_report.get("timings_s", {}),
+            "flwr_run_s": flwr_seconds, "processes_cpu_s": usage.cpu_s, "server_timings_s": server_report.get("timings_s", {}),
             "stages": server_report["stages"], "hello": server_report["hello"],
             "processes_left_running": leftover,
             **({"personalized": server_report["personalized"]} if "personalized" in server_report else {}),
@@ -335,6 +391,24 @@ def evaluated_history(rows: list[dict], directory: Path, features) -> list[dict]
             for row in rows]
 
 
+def stage_table(deployment: dict) -> list[str]:
+    """The printed account of a deployed run's stages (the results' ``deployment`` block): one line per stage name, in
+    the order they first ran, with how often it ran, its total and longest seconds, and the most payload bytes one
+    client sent and received in it. A long job runs hundreds of stages (DeepAFL at T = 20: 41 rounds of five); the
+    results JSON keeps every one of them, round by round."""
+    rows: dict[str, list] = {}
+    for stage in [deployment["hello"] | {"stage": "hello"}, *deployment["stages"]]:
+        row = rows.setdefault(stage["stage"], [0, 0.0, 0.0, 0, 0])
+        row[0] += 1
+        row[1] += stage["seconds"]
+        row[2] = max(row[2], stage["seconds"])
+        row[3] = max(row[3], stage["upload_bytes"]["max"])
+        row[4] = max(row[4], stage["download_bytes"]["max"])
+    lines = [f"{'stage':<12} {'runs':>5} {'total s':>9} {'max s':>8} {'max up B':>12} {'max down B':>12}"]
+    return lines + [f"{name:<12} {runs:>5} {total:>9.2f} {longest:>8.2f} {up:>12,} {down:>12,}"
+                    for name, (runs, total, longest, up, down) in rows.items()]
+
+
 @dataclass(frozen=True)
 class Federation:
     """A running SuperLink as SuperNodes and the ``flwr`` CLI reach it."""
@@ -373,14 +447,6 @@ def start_superlink(processes: Processes, work: Path, deployment: LocalDeploymen
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\n{trust}\n')
     wait_for_port(port, superlink, deployment.connect_timeout, "the SuperLink")
     return Federation(port, certificates)
-
-
-def _children_cpu_seconds() -> float:
-    """CPU seconds (user + system) of every finished process below this one: each Flower process reaps its own
-    children, so a deployment's whole tree is counted once it is stopped. Unlike wall time, a busy machine does not
-    inflate it."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def flower_env(work: Path) -> dict[str, str]:

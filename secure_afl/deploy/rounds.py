@@ -1,13 +1,14 @@
 """The server's side of a deployed round: one push / pull of Flower messages per protocol stage.
 
 ``Stages.exchange`` pushes one message per client, then pulls replies until every client answered or the
-stage's own deadline passed (Flower's ``send_and_receive`` sleeps 3 s between polls; we poll every
-50 ms). A client that does not answer in time, or whose ClientApp refused or crashed (an error reply), is
-a dropout at that stage, whatever the cause: a dead machine, a hung process, a refusal. A node that left
-the federation (no longer among the SuperLink's connected nodes: it signed off, or its heartbeats
-stopped) is counted out at once rather than at the deadline. Replies are
-matched to clients by the message id we sent (an error made by the SuperLink comes from node 1). The
-protocols' own server state machines then run unchanged: the masking server gets exactly the messages
+stage's own deadline passed (Flower's ``send_and_receive`` sleeps 3 s between polls; we poll every 0.2 s:
+each poll is a request the SuperLink serves while the nodes' processes wait for the CPU, and a stage lasts
+seconds, since a SuperNode looks for new messages only every 3 s). A client that does not answer in time,
+or whose ClientApp refused or crashed (an error reply), is a dropout at that stage, whatever the cause: a
+dead machine, a hung process, a refusal. A node that left the federation (no longer among the SuperLink's
+connected nodes: it signed off, or its heartbeats stopped) is counted out at once rather than at the
+deadline. Replies are matched to clients by the message id we sent (an error made by the SuperLink comes
+from node 1). The protocols' own server state machines then run unchanged: the masking server gets exactly the messages
 that arrived, and its threshold decides whether the round completes (exactly) or fails cleanly.
 """
 
@@ -35,7 +36,7 @@ from secure_afl.deploy.messages import RoundCall, round_terms
 from secure_afl.deploy.transport import content, parts
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.2
 PRESENCE_SECONDS = 1.0  # how often a stage asks the SuperLink which of its pending nodes are still connected
 
 

@@ -24,20 +24,19 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from secure_afl.config import RunConfig
 from secure_afl.deploy.issue import node_entries
-from secure_afl.deploy.local import LocalDeployment, Processes, check_federation, run_deployed, start_superlink, submit
+from secure_afl.deploy.local import (LocalDeployment, Processes, Usage, check_federation, run_deployed, start_superlink,
+                                     submit)
 from secure_afl.deploy.site import NODE_CONFIG_FILE, SIMULATED_SITES
 from secure_afl.errors import ConfigError
 
 # Ray's usage statistics phone home unless turned off, and it warns of a GPU setting no run here uses. Ray keeps its
 # session (sockets, logs) under RAY_TMPDIR: a directory of the run's own, removed afterwards.
 RAY_OFFLINE = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
-SAMPLE_SECONDS = 0.5  # how often the simulation's memory is sampled
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def _launch(processes: Processes, work: Path, files: dict[str, str], rows: dict[
         entries = node_entries(k, simulation.nodes, files, dataset_path=rows[k])
         (sites / str(k) / NODE_CONFIG_FILE).write_text(json.dumps(entries))
     processes.env[SIMULATED_SITES] = str(sites)
-    usage = Usage(processes)
+    usage = Usage(processes, memory=True)
     try:
         start_superlink(processes, work, LocalDeployment(simulation.nodes, connect_timeout=simulation.connect_timeout),
                         flags=("--simulation", "--isolation", "subprocess"))
@@ -108,54 +107,6 @@ def _launch(processes: Processes, work: Path, files: dict[str, str], rows: dict[
         "engine": "flower simulation (ray)", "ray": _ray_version(), "client_cpus": simulation.client_cpus,
         "cores": os.cpu_count(), "peak_memory_mib": usage.peak_mib,
         "peak_memory_per_client_mib": usage.peak_mib / simulation.nodes, "sampled_cpu_s": usage.cpu_s}
-
-
-class Usage:
-    """What the run's processes use, sampled every ``SAMPLE_SECONDS``: the largest total proportional set size (PSS:
-    shared pages split among their processes, so Ray's shared object store counts once), and the CPU seconds of
-    every process last seen (Ray's processes are not reaped by the run's tree, so RUSAGE_CHILDREN misses them)."""
-
-    def __init__(self, processes: Processes):
-        self.processes = processes
-        self.peak_mib = 0.0
-        self._cpu: dict[int, float] = {}
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    @property
-    def cpu_s(self) -> float:
-        return sum(self._cpu.values())
-
-    def _sample(self) -> None:
-        while not self._done.wait(SAMPLE_SECONDS):
-            pids = self.processes.pids()
-            self.peak_mib = max(self.peak_mib, sum(_pss_kib(pid) for pid in pids) / 1024)
-            for pid in pids:
-                self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_seconds(pid))
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system seconds of a live process (/proc/PID/stat, fields 14 and 15)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _ray_version() -> str | None:
