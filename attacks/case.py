@@ -72,6 +72,17 @@ class GroundTruth:
         features = load_features(plan, Timer(), progress)
         return cls.from_features(plan, features)
 
+    @classmethod
+    def without_job(cls, dataset: Dataset, backbone: np.ndarray) -> GroundTruth:
+        """The truth of a data set no AFL job can run on (no test split): its training images and their true
+        backbone features, all held by one owner (there is no partition and no public map, so the statistics'
+        rows are the backbone features themselves). Only the ORACLE image stage is scored against it."""
+        labels = dataset.labels(dataset.train)
+        features = np.asarray(backbone, dtype=np.float64)
+        empty = np.zeros((0, features.shape[1]))
+        return cls(dataset, labels, [np.arange(len(labels))], dataset.num_classes, features, empty, features, empty,
+                   np.zeros(0, dtype=np.int64))
+
     def client_of(self) -> np.ndarray:
         """Training sample → the client holding it."""
         owner = np.empty(len(self.labels), dtype=np.int64)

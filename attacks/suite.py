@@ -14,16 +14,19 @@ and scores its ROC; without ground truth it has nothing to ask about. The ``inve
 recovered features into images: it is handed the public knowledge it needs (the job's backbone and
 the data set's test split, which no client holds) and scored by the image evaluator
 (attacks/inversion/evaluation.py). It trains a decoder, so ``all`` leaves it out: ask for it by name.
+Where no job can run (a data set that leaves no test split), ``oracle_optimisation`` still measures the
+image stage alone: the true features inverted through the backbone, scored by the same evaluator.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from attacks.base import ATTACKS, ServerView
 from attacks.case import Case, GroundTruth
@@ -35,21 +38,22 @@ from attacks.grid import save_grid
 from attacks.inversion.attack import ORACLE, InvertAttack, SourceFeature
 from attacks.inversion.decoder import DecoderSettings
 from attacks.inversion.evaluation import evaluate_inversion as evaluate_feature_inversion
-from attacks.inversion.knowledge import Encoder, Knowledge, PublicImages
-from attacks.inversion.optimise import OptimiseSettings
+from attacks.inversion.evaluation import evaluate_oracle_images
+from attacks.inversion.knowledge import Encoder, Knowledge, PublicImages, channels
+from attacks.inversion.optimise import OptimiseSettings, optimise_images
 from attacks.inversion.statistics_matching import MatchSettings, MatchStatistics
 from attacks.membership.attack import MembershipAttack
 from attacks.membership.evaluation import evaluate_membership
 from attacks.membership.plot import save_roc
 from protocols.transcript import Transcript
 from secure_afl.config import RunConfig
-from secure_afl.data.datasets import Dataset
+from secure_afl.data.datasets import Dataset, load_dataset
 from secure_afl.device import resolve_device
 from secure_afl.errors import ConfigError
 from secure_afl.features.backbone import load_backbone
 from secure_afl.features.cache import default_cache_dir
 from secure_afl.results import SCHEMA_VERSION, environment
-from secure_afl.runner import LOCAL_FIELDS, PARTITION_FIELDS
+from secure_afl.runner import LOCAL_FIELDS, PARTITION_FIELDS, backbone_features
 
 # target kinds with a picture: single images, or ROC curves
 PICTURED = ("singletons", "samples", "batches", "small-clients", "membership")
@@ -213,13 +217,9 @@ class _Inverting:
 def public_knowledge(config: RunConfig, dataset: Dataset, progress: bool = False) -> Knowledge:
     """The job's public backbone and the data set's test split (disjoint from every client's data), with the
     decoder cache beside the feature cache."""
-    backbone = load_backbone(config.backbone, config.weights, config.random_weights, seed=config.seed)
     pool = dataset.pools[dataset.test.pool]
     images = pool.read(dataset.test.indices, native_size(pool))
-    identity = (f"{backbone.name}|{backbone.weights_id}|{config.resolution}|{backbone.preprocessing.mean}|"
-                f"{backbone.preprocessing.std}|{backbone.preprocessing.interpolation}")
-    encoder = Encoder(backbone.model, backbone.preprocessing.mean, backbone.preprocessing.std, config.resolution,
-                      identity)
+    encoder = job_encoder(config)
     public = PublicImages(images, dataset.labels(dataset.test),
                           f"{dataset.name} test split ({len(images)} images, disjoint from every client's data) "
                           f"and augmented copies")
@@ -227,6 +227,40 @@ def public_knowledge(config: RunConfig, dataset: Dataset, progress: bool = False
     if config.use_cache:
         cache = Path(config.cache_dir) / "decoders" if config.cache_dir else default_cache_dir().parent / "decoders"
     return Knowledge(encoder, public, resolve_device(config.device), cache, progress)
+
+
+def job_encoder(config: RunConfig) -> Encoder:
+    """The job's public backbone as a differentiable map from [0, 1] images to the features the extractor gives."""
+    backbone = load_backbone(config.backbone, config.weights, config.random_weights, seed=config.seed)
+    identity = (f"{backbone.name}|{backbone.weights_id}|{config.resolution}|{backbone.preprocessing.mean}|"
+                f"{backbone.preprocessing.std}|{backbone.preprocessing.interpolation}")
+    return Encoder(backbone.model, backbone.preprocessing.mean, backbone.preprocessing.std, config.resolution, identity)
+
+
+def oracle_optimisation(config: RunConfig, settings: OptimiseSettings = OptimiseSettings(), limit: int | None = None,
+                        progress: bool = False) -> tuple[dict, dict]:
+    """(report, picture): the ORACLE image stage on a data set no AFL job can run on (the shipped CIFAR-100 and
+    ImageNet samples leave no test split): the true backbone feature of each training image, from the one
+    extraction path (the feature cache), inverted by optimisation through the frozen backbone at the side the
+    evaluator scores at (``native_size``). No transcript, no decoder (no public image of the domain exists), so
+    the report is an upper bound for the image stage. ``limit``: only the first that many images are optimised
+    (the CPU budget); every training image stays a candidate for identification."""
+    dataset = load_dataset(config.dataset, config.data_dir, config.download)
+    device = resolve_device(config.device)
+    train, _, _ = backbone_features(config, dataset, device, progress)
+    truth = GroundTruth.without_job(dataset, np.asarray(train))
+    pool = dataset.pools[dataset.train.pool]
+    count = len(truth.labels) if limit is None else min(limit, len(truth.labels))
+    size = native_size(pool)
+    originals = pool.read(dataset.train.indices[:count], size)
+    encoder = job_encoder(config).to(device)
+    started = time.perf_counter()
+    images, _ = optimise_images(encoder, torch.from_numpy(truth.backbone[:count]).float(),
+                                (channels(originals), size, size), settings, progress=progress)
+    seconds = time.perf_counter() - started
+    report, picture = evaluate_oracle_images(truth, encoder, images.expand(-1, 3, -1, -1).numpy(), seconds)
+    report.update(image_size=size, optimise=asdict(settings), environment=environment(device, config.seed))
+    return report, picture
 
 
 def native_size(source) -> int:

@@ -161,7 +161,7 @@ def test_the_evaluator_re_encodes_the_true_images_onto_their_own_features(digits
     output looks like) moves them far in feature space. Measured on mnist5k at 96 px: a 3 × 3 box blur gives cosine
     0.82, 5 × 5 gives 0.60 (the class-mean image 0.43), which is why blurry reconstructions score low there."""
     truth = small_run.truth
-    scorer = _ImageScorer(truth, digits["knowledge"])
+    scorer = _ImageScorer(truth, digits["encoder"], digits["public"].size[0])
     samples = np.arange(0, len(truth.labels), 50)
     images = scorer.train[samples].float().numpy() / 255
     exact = scorer.figures(images, samples)

@@ -14,7 +14,10 @@ and the cosine between the re-encoded image's feature and the target's.
 Baselines guess without the transcript, given the target's true label: the mean image of the class
 over the public images (what the attacker could draw without any attack), and a random training
 image of the same class other than the target (a plausible-looking wrong answer; only the evaluator
-can draw it, the attacker holds no training image). Their figures are computed the same way.
+can draw it, the attacker holds no training image). Their figures are computed the same way. A data set
+no job runs on (no test split, so no public image) is scored only for the ORACLE optimisation
+(``evaluate_oracle_images``), against the mean of the other training images, a random other one, and a
+random same-class one where the class has another image (how many have none is stated).
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from attacks.base import AttackOutput, ServerView
 from attacks.case import GroundTruth
 from attacks.evaluation import TARGETS
 from attacks.images import identify, pixels, psnr, ssim
-from attacks.inversion.attack import ORACLE, InvertAttack
-from attacks.inversion.knowledge import Knowledge, unit
+from attacks.inversion.attack import ORACLE, ORACLE_MODEL, InvertAttack
+from attacks.inversion.knowledge import Encoder, Knowledge, PublicImages, unit
 from attacks.inversion.statistics_matching import SMALL_CLIENTS, MatchSettings, MatchStatistics
 
 BASELINE_SEED = 0  # which same-class training image the random baseline draws: fixed, not secret
@@ -57,14 +60,14 @@ def evaluate_inversion(attack: InvertAttack | MatchStatistics, output: AttackOut
         report["scored"] = False
         report["metrics"] = {"targets": None, "recovered_fraction": None, "identified_fraction": None}
         return report, None
-    scorer = _ImageScorer(truth, knowledge)
+    scorer = _ImageScorer(truth, knowledge.encoder.to(knowledge.device), knowledge.public.size[0])
     targets = scorer.targets(attack.targets, getattr(attack, "settings", None))
     stages: dict[str, list] = defaultdict(list)
     for item in output.items:
         stages[item.space.partition("/")[2]].append(item)
     by_method = {stage: scorer.score(targets, items) for stage, items in stages.items()}
     final = list(by_method)[-1] if by_method else None
-    baselines = scorer.baselines(targets)
+    baselines = scorer.baselines(targets, knowledge.public)
     metrics = dict(by_method[final]["metrics"]) if final else scorer.empty(targets)
     metrics["method"] = final
     metrics["recovered_fraction"] = metrics["identified_fraction"]
@@ -85,17 +88,49 @@ def evaluate_inversion(attack: InvertAttack | MatchStatistics, output: AttackOut
     return report, picture
 
 
+NO_JOB_ORACLE = (ORACLE_MODEL + "; here no AFL job runs at all (the data set leaves no test split), so no transcript "
+                 "is involved: the true feature of every image, extracted through the feature cache, is inverted by "
+                 "optimisation through the frozen public backbone. An upper bound for the image stage of any "
+                 "attack on this data set, not an attack")
+
+
+def evaluate_oracle_images(truth: GroundTruth, encoder: Encoder, images: np.ndarray,
+                           seconds: float) -> tuple[dict, dict]:
+    """(report, picture) for optimised ``images`` (N, 3, H, W) in [0, 1], of the first N training images in order,
+    scored against every training image with the baselines of a data set without public images
+    (``sample_baselines``)."""
+    scorer = _ImageScorer(truth, encoder, images.shape[-1])
+    targets = np.arange(len(images))
+    result = scorer.scored(targets, dict(zip(targets.tolist(), images)))
+    baselines = scorer.sample_baselines(targets)
+    metrics = {**result["metrics"], "method": "optimisation", "baselines": baselines,
+               "baseline_psnr_mean": baselines["dataset_mean"]["psnr_mean"],
+               "by_method": {"optimisation": result["metrics"]}}
+    report = {"attack": "invert", "applicable": True, "reason": "", "threat_model": NO_JOB_ORACLE, "oracle": True,
+              "source": ORACLE, "method": "optimise", "metric": InvertAttack.metric,
+              "threshold": InvertAttack.threshold, "rounds": {},
+              "targets": f"the first {len(images)} of the data set's {len(truth.labels)} training images "
+                         "(no partition: one owner)",
+              "seconds": seconds, "public_images": None, "decoder": None, "scored": True, "metrics": metrics,
+              "identification": {"rule": IDENTIFICATION.format(pool=len(truth.labels)), "top": TOP},
+              "per_target": result["rows"]}
+    picture = {"truth": truth, "rows": result["rows"], "images": {"optimisation": result["images"]},
+               "score_format": "PSNR {:.1f} dB",
+               "title": f"{truth.dataset.name}: ORACLE (true features → optimisation)"}
+    return report, picture
+
+
 class _ImageScorer:
-    def __init__(self, truth: GroundTruth, knowledge: Knowledge):
-        self.truth, self.knowledge = truth, knowledge
+    """Scores images of side ``size`` against every training image: pixels, and features re-encoded by ``encoder``."""
+
+    def __init__(self, truth: GroundTruth, encoder: Encoder, size: int):
+        self.truth, self.encoder = truth, encoder
         self.owner = truth.client_of()
         self.cell_size = truth.cell_sizes()
-        size = knowledge.public.size[0]
         every = np.arange(len(truth.labels))
         self.train = torch.from_numpy(truth.images(every, size)).permute(0, 3, 1, 2).contiguous()  # uint8
         self.train_pixels = pixels(self.train)
         self.train_features = unit(torch.from_numpy(truth.backbone)).double().numpy()
-        self.encoder = knowledge.encoder.to(knowledge.device)
 
     def targets(self, kind: str, matching: MatchSettings | None = None) -> np.ndarray:
         if kind == SMALL_CLIENTS:
@@ -122,7 +157,10 @@ class _ImageScorer:
         return matched
 
     def score(self, targets: np.ndarray, items) -> dict:
-        matched = self.match(targets, items)
+        return self.scored(targets, self.match(targets, items))
+
+    def scored(self, targets: np.ndarray, matched: dict[int, np.ndarray]) -> dict:
+        """Metrics, per-target rows and uint8 pictures of the reconstructions ``matched`` (target sample → image)."""
         samples = np.array(sorted(matched), dtype=np.int64)
         if len(samples) == 0:
             return {"metrics": self.empty(targets), "rows": [], "images": {}}
@@ -174,30 +212,55 @@ class _ImageScorer:
         return {"targets": len(targets), "matched": 0, "psnr_mean": None, "ssim_mean": None, "identified_fraction": 0.0,
                 f"top{TOP}_fraction": 0.0}
 
-    def baselines(self, targets: np.ndarray) -> dict:
+    def baselines(self, targets: np.ndarray, public: PublicImages) -> dict:
         """The class-mean public image and a random same-class training image, scored like a reconstruction."""
         labels = self.truth.labels[targets]
-        public = self.knowledge.public
         means = torch.stack([public.images[torch.from_numpy(public.labels == c)].float().mean(dim=0) / 255.0
                              if np.any(public.labels == c) else torch.zeros(public.images.shape[1:])
                              for c in range(self.truth.num_classes)]).numpy()
+        return {"class_mean": self._guess(means[labels], targets, "the mean image of the target's class over the "
+                                                                  "public images, given the true label"),
+                "random_same_class": self._random_other(targets, same_class=True)}
+
+    def sample_baselines(self, targets: np.ndarray) -> dict:
+        """Baselines where the attacker holds no public image (the ORACLE on a data set no job runs on): the mean of
+        the other training images, a random other training image of any class, and a random one of the target's
+        class for the targets whose class has another image."""
+        images = self.train.float().numpy() / 255.0
+        others_mean = (images.sum(axis=0)[None] - images[targets]) / max(len(images) - 1, 1)
+        return {"dataset_mean": self._guess(others_mean, targets, "the mean of every other training image (the "
+                                                                  "target left out; no public image exists)"),
+                "random_other": self._random_other(targets, same_class=False),
+                "random_same_class": self._random_other(targets, same_class=True)}
+
+    def _random_other(self, targets: np.ndarray, same_class: bool) -> dict:
+        """A random training image other than the target (of its class when ``same_class``), drawn by the evaluator;
+        a target with no such image is left out and counted."""
         rng = np.random.default_rng(BASELINE_SEED)
-        others = []
-        for sample, label in zip(targets, labels):
-            pool = np.flatnonzero((self.truth.labels == label) & (np.arange(len(self.truth.labels)) != sample))
-            others.append(rng.choice(pool) if len(pool) else sample)
-        guesses = {"class_mean": (means[labels], "the mean image of the target's class over the public images, given "
-                                                 "the true label"),
-                   "random_same_class": (self.train[np.array(others, dtype=np.int64)].float().numpy() / 255.0,
-                                         "a random training image of the target's class other than the target (drawn by "
-                                         "the evaluator: the attacker holds no training image)")}
-        result = {}
-        for name, (images, description) in guesses.items():
-            if len(targets) == 0:
-                result[name] = {"description": description, **self.empty(targets)}
-                continue
-            result[name] = {"description": description, **self.summarise(self.figures(images, targets), len(targets))}
+        every = np.arange(len(self.truth.labels))
+        drawn, scored = [], []
+        for sample in targets:
+            same = self.truth.labels == self.truth.labels[sample]
+            pool = np.flatnonzero((every != sample) & (same | (not same_class)))
+            if len(pool):
+                drawn.append(rng.choice(pool))
+                scored.append(sample)
+        kind = "of the target's class " if same_class else "of any class "
+        description = (f"a random training image {kind}other than the target (drawn by the evaluator: the attacker "
+                       "holds no training image)")
+        missing = len(targets) - len(scored)
+        if missing:
+            description += f"; {missing} of the {len(targets)} targets have no other image of their class: left out"
+        result = self._guess(self.train[np.array(drawn, dtype=np.int64)].float().numpy() / 255.0,
+                             np.array(scored, dtype=np.int64), description)
+        result["without_guess"] = missing
         return result
+
+    def _guess(self, images: np.ndarray, targets: np.ndarray, description: str) -> dict:
+        """A baseline's guesses (one image per target) scored like reconstructions."""
+        if len(targets) == 0:
+            return {"description": description, **self.empty(targets)}
+        return {"description": description, **self.summarise(self.figures(images, targets), len(targets))}
 
     def _by_class_size(self, targets, samples, identified) -> dict:
         sizes = self.cell_size[self.owner[targets], self.truth.labels[targets]]

@@ -70,13 +70,8 @@ class PublicImages:
     description: str  # stated in every report: which images the attacker trained on
 
     @property
-    def grey(self) -> bool:
-        """Every image has three equal channels: decode one channel and repeat it."""
-        return bool(torch.equal(self.images[:, :1].expand_as(self.images), self.images))
-
-    @property
     def channels(self) -> int:
-        return 1 if self.grey else 3
+        return channels(self.images)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -103,6 +98,12 @@ class Knowledge:
     device: torch.device
     cache_dir: Path | None  # None: train every time, keep nothing
     progress: bool = False
+
+
+def channels(images: torch.Tensor) -> int:
+    """1 when every (N, 3, H, W) image has three equal channels (grey: decode or optimise one channel and repeat
+    it), else 3."""
+    return 1 if torch.equal(images[:, :1].expand_as(images), images) else 3
 
 
 def unit(rows: torch.Tensor) -> torch.Tensor:
