@@ -53,7 +53,7 @@ def test_simulated_masked_afl_equals_the_in_process_run_and_stops_every_process(
     assert deployment["engine"] == "flower simulation (ray)" and deployment["nodes"] == 3
     assert [s["stage"] for s in deployment["stages"]] == ["advertise", "share", "input", "consistency", "unmask"]
     assert all(s["answered"] == [0, 1, 2] for s in deployment["stages"])
-    assert deployment["peak_memory_mib"] > 0 and deployment["sampled_cpu_s"] > 0
+    assert deployment["peak_memory_mib"] > 0 and deployment["processes_cpu_s"] > 0
     assert results["transcript"]["rounds"] == 1 and (tmp_path / "transcript").is_dir()
     # every virtual node read its own files: the ledger of each site holds its contribution
     assert all(any((work / "sites" / str(k) / "ledger").iterdir()) for k in range(3))

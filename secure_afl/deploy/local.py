@@ -305,11 +305,13 @@ def run_local(config: RunConfig, deployment: LocalDeployment, transcript: str | 
 
 
 def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: str | None, launch,
-                 transcript: str | None = None, overwrite: bool = False, env: dict[str, str] | None = None) -> dict:
+                 transcript: str | None = None, overwrite: bool = False, env: dict[str, str] | None = None,
+                 memory: bool = False) -> dict:
     """The operator's side of a job run by Flower processes on this machine (``run_local``, ``simulate``): the job's
     files and each site's rows are issued, ``launch(processes, work, files, rows)`` runs the federation and returns
     (the server's report, the ``flwr run`` seconds, the engine's own entries of the ``deployment`` block), every
-    process is stopped, and the model the server wrote is evaluated here. ``env``: added to every Flower process's."""
+    process is stopped, and the model the server wrote is evaluated here. ``env``: added to every Flower process's;
+    ``memory``: the block also gives the processes' peak memory (``Usage``), in total and per node."""
     config = replace(config, clients=nodes)
     check_deployable(config)
     plan = plan_run(config)  # the operator's roster is drawn here, for exactly this job
@@ -328,7 +330,7 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
                                           plan.train_y[indices], features.test_raw[held], plan.test_y[held]))
         shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
         processes = Processes(flower_env(work) | (env or {}), work / "logs")
-        usage = Usage(processes)
+        usage = Usage(processes, memory)
         try:
             with timer.phase("deployment"):
                 server_report, flwr_seconds, engine = launch(processes, work, files, rows)
@@ -351,6 +353,8 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
             "flwr_run_s": flwr_seconds, "processes_cpu_s": usage.cpu_s, "server_timings_s": server_report.get("timings_s", {}),
             "stages": server_report["stages"], "hello": server_report["hello"],
             "processes_left_running": leftover,
+            **({"peak_memory_mib": usage.peak_mib, "peak_memory_per_client_mib": usage.peak_mib / nodes} if memory
+               else {}),
             **({"personalized": server_report["personalized"]} if "personalized" in server_report else {}),
         }}
         if transcript is not None:

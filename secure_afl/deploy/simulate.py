@@ -29,7 +29,7 @@ from pathlib import Path
 
 from secure_afl.config import RunConfig
 from secure_afl.deploy.issue import node_entries
-from secure_afl.deploy.local import (LocalDeployment, Processes, Usage, check_federation, run_deployed, start_superlink,
+from secure_afl.deploy.local import (LocalDeployment, Processes, check_federation, run_deployed, start_superlink,
                                      submit)
 from secure_afl.deploy.site import NODE_CONFIG_FILE, SIMULATED_SITES
 from secure_afl.errors import ConfigError
@@ -74,7 +74,7 @@ def run_simulation(config: RunConfig, simulation: Simulation, transcript: str | 
             return _launch(processes, work, files, rows, simulation)
 
         return run_deployed(config, simulation.nodes, simulation.stage_timeout, simulation.workdir, launch, transcript,
-                            overwrite, env=env)
+                            overwrite, env=env, memory=True)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
 
@@ -93,7 +93,6 @@ def _launch(processes: Processes, work: Path, files: dict[str, str], rows: dict[
         entries = node_entries(k, simulation.nodes, files, dataset_path=rows[k])
         (sites / str(k) / NODE_CONFIG_FILE).write_text(json.dumps(entries))
     processes.env[SIMULATED_SITES] = str(sites)
-    usage = Usage(processes, memory=True)
     try:
         start_superlink(processes, work, LocalDeployment(simulation.nodes, connect_timeout=simulation.connect_timeout),
                         flags=("--simulation", "--isolation", "subprocess"))
@@ -101,12 +100,9 @@ def _launch(processes: Processes, work: Path, files: dict[str, str], rows: dict[
         report, seconds = submit(processes, work, files, simulation.stage_timeout, simulation.connect_timeout,
                                  simulation.run_timeout, flags=("--federation-config", federation))
     finally:
-        usage.stop()
         processes.stop()  # Ray's daemons leave the tree: Processes.stop finds them by their environment
-    return report, seconds, {
-        "engine": "flower simulation (ray)", "ray": _ray_version(), "client_cpus": simulation.client_cpus,
-        "cores": os.cpu_count(), "peak_memory_mib": usage.peak_mib,
-        "peak_memory_per_client_mib": usage.peak_mib / simulation.nodes, "sampled_cpu_s": usage.cpu_s}
+    return report, seconds, {"engine": "flower simulation (ray)", "ray": _ray_version(),
+                             "client_cpus": simulation.client_cpus, "cores": os.cpu_count()}
 
 
 def _ray_version() -> str | None:
