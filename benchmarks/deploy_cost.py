@@ -37,7 +37,7 @@ import torch
 from secure_afl.config import RunConfig
 from secure_afl.deploy.local import LocalDeployment, run_local
 from secure_afl.deploy.simulate import Simulation, run_simulation
-from secure_afl.results import environment, write_results
+from secure_afl.results import environment, merge_rows, write_results
 from secure_afl.runner import Timer, load_features, plan_run, train
 
 RESULTS = Path(__file__).parent / "results"
@@ -154,8 +154,7 @@ def write(measured: list[dict]) -> list[dict]:
     kept = json.loads(path.read_text())["rows"] if path.exists() else []
     for row in kept:
         row.setdefault("engine", "deployed")  # rows of schema 1 were all deployed
-    new = {_key(r) for r in measured}
-    rows = sorted([r for r in kept if _key(r) not in new] + measured, key=_key)
+    rows = sorted(merge_rows(kept, measured, _key), key=_key)
     ratios = {}
     deployed_rows = [r for r in rows if _key(r)[0] == "deployed"]
     for k in dict.fromkeys(r["clients"] for r in deployed_rows):

@@ -58,7 +58,7 @@ from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.data.datasets import load_dataset  # noqa: E402
 from secure_afl.device import resolve_device  # noqa: E402
 from secure_afl.errors import ConfigError  # noqa: E402
-from secure_afl.results import environment, write_results  # noqa: E402
+from secure_afl.results import environment, merge_rows, write_results  # noqa: E402
 from secure_afl.runner import PlaintextAggregationWarning, SmallTestSplitWarning  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -118,14 +118,16 @@ def locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def row_key(row: dict) -> tuple:
+    return tuple(row[k] for k in KEY)
+
+
 def merge(path: Path, measured: list[dict], grids: list[str], refused: dict[str, str]) -> list[dict]:
     """Merge ``measured`` into the results file at ``path`` (a row replaces the one with the same KEY), and the
     data sets the runner ``refused`` (data set → its reason); all its rows, sorted by KEY. Call it under
     ``locked(path)``."""
     kept = json.loads(path.read_text()) if path.exists() else {"rows": [], "grids": []}
-    new = {tuple(row[k] for k in KEY) for row in measured}
-    rows = sorted([r for r in kept["rows"] if tuple(r[k] for k in KEY) not in new] + measured,
-                  key=lambda r: tuple(r[k] for k in KEY))
+    rows = sorted(merge_rows(kept["rows"], measured, row_key), key=row_key)
     document = {"benchmark": "gradient_inversion", "key": list(KEY),
                 "rows_note": "one row per (dataset, model, algorithm, batch, attack), each from the latest run "
                              "of that setting; every row records its steps, clients attacked, torch threads "

@@ -55,7 +55,7 @@ from attacks.inversion.statistics_matching import MatchSettings  # noqa: E402
 from attacks.suite import InversionOptions, attack_run, oracle_optimisation  # noqa: E402
 from secure_afl.config import RunConfig  # noqa: E402
 from secure_afl.errors import ConfigError  # noqa: E402
-from secure_afl.results import write_results  # noqa: E402
+from secure_afl.results import merge_rows, write_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CLIENTS = {"mnist5k": 20, "samples-cifar10": 4, "samples-cifar100": 4, "samples-imagenet": 4}
@@ -199,15 +199,7 @@ def merge(path: Path, measured: list[dict], not_run: dict[str, str], run: dict) 
     why its AFL-job settings did not run) joins the file's and a data set leaves it once it has AFL-job rows. The
     run-level fields describe the rows they came with, so ``run`` replaces them only when it measured AFL-job rows."""
     kept = json.loads(path.read_text()) if path.exists() else {"schema_version": 1, "benchmark": "inversion", "rows": []}
-    rows = list(kept["rows"])
-    where = {tuple(r[k] for k in KEY): i for i, r in enumerate(rows)}
-    for r in measured:
-        key = tuple(r[k] for k in KEY)
-        if key in where:
-            rows[where[key]] = r
-        else:
-            where[key] = len(rows)
-            rows.append(r)
+    rows = merge_rows(kept["rows"], measured, lambda r: tuple(r[k] for k in KEY))
     with_job = {r["dataset"] for r in rows if r.get("afl_job", True)}
     document = {**kept, **(run if any(r.get("afl_job", True) for r in measured) else {}), "rows": rows,
                 "key": list(KEY),

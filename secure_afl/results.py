@@ -78,6 +78,21 @@ def write_results(path: str | Path, results: dict, overwrite: bool = False) -> N
     write_atomically(path, dump)
 
 
+def merge_rows(kept: list[dict], measured: list[dict], key) -> list[dict]:
+    """The rows of a benchmark's results file after a run: a measured row replaces the kept row with the same
+    ``key(row)`` where it stands, a new one is appended, every other row stays. Settings can then run separately
+    (and interrupted runs keep what they measured) without one run erasing another's rows."""
+    rows = list(kept)
+    where = {key(r): i for i, r in enumerate(rows)}
+    for r in measured:
+        if key(r) in where:
+            rows[where[key(r)]] = r
+        else:
+            where[key(r)] = len(rows)
+            rows.append(r)
+    return rows
+
+
 def format_summary(results: dict) -> str:
     config, metrics, timings, sent = results["config"], results["metrics"], results["timings_s"], results["bytes"]
     rows = [
