@@ -82,6 +82,7 @@ class AggregationProtocol(ABC):
     name: ClassVar[str]
     secure: ClassVar[bool]  # False: the server sees individual contributions
     exact: ClassVar[bool] = True  # False: the sum carries an approximation error beyond the fixed-point bound
+    leak: ClassVar[str | None] = None  # how a server learns more than the sum despite ``secure``; None: no known way
     stages: ClassVar[tuple[str, ...]] = ("input",)  # where a client can drop out of a round
 
     def __init__(self, record: bool = False):

@@ -51,6 +51,10 @@ class ApproximateAggregationWarning(UserWarning):
     """The chosen protocol's sums are approximate, so the model is not exactly the centralized one."""
 
 
+class ProtocolLeakWarning(UserWarning):
+    """The chosen protocol hides each client's input from the server only in name (``AggregationProtocol.leak``)."""
+
+
 class SmallTestSplitWarning(UserWarning):
     """The test split has fewer samples than classes: its accuracy says next to nothing."""
 
@@ -252,6 +256,8 @@ def plan_run(config: RunConfig, record: bool = False, roster: Roster | None = No
         )
     if not protocol.exact:
         warnings.warn(f"protocol {protocol.name!r}: sums are approximate", ApproximateAggregationWarning, stacklevel=3)
+    if protocol.leak:
+        warnings.warn(f"protocol {protocol.name!r}: {protocol.leak}", ProtocolLeakWarning, stacklevel=3)
     train_y, test_y = dataset.labels(dataset.train), dataset.labels(dataset.test)
     if len(test_y) == 0:  # a class needs three images before a fifth of them rounds to one test image
         raise ConfigError(f"{dataset.name}: its {len(train_y)} images in {len(np.unique(train_y))} classes leave no "

@@ -57,7 +57,7 @@ def test_a_job_file_round_trips_and_a_foreign_or_unknown_one_is_refused(tmp_path
 @pytest.mark.parametrize("options, refused", [
     ({"algorithm": "pfedacnnl"}, "pfedacnnl is not deployed yet: its clients train on pixels"),
     ({"algorithm": "fedavg-cnn"}, "fedavg-cnn is not deployed yet: its clients train on pixels"),
-    ({"protocol": "he-ckks-approx"}, "--protocol plaintext, mask, he-bfv, he-ckks"),
+    ({"protocol": "he-ckks-approx"}, "he-ckks-approx is not deployed: the key holder's decryption"),
     ({"dropout": {"input": 0.1}}, "--crash"),
     ({"algorithm": "fedavg", "protocol": "plaintext", "dp_epsilon": 1.0}, "DP-SGD"),
 ])
@@ -83,6 +83,23 @@ def test_an_algorithm_that_personalizes_from_more_than_the_global_model_is_refus
         assert "beyond the global model" in undeployable(RunConfig(algorithm="apfl-server-state"))
     finally:
         del registry.ALGORITHMS["apfl-server-state"]
+
+
+def test_the_server_app_drives_a_round_of_every_protocol_that_does_not_leak_and_only_those_deploy():
+    """A protocol deploys exactly when it has no known leak (protocols/base.py: approximate CKKS's noisy decryption
+    lets the server recover the key): the server app has a round for each of those, so a protocol added to
+    protocols/ without one fails here rather than on a user's federation."""
+    pytest.importorskip("flwr")
+    from protocols import PROTOCOLS
+    from secure_afl.deploy.server_app import ROUNDS
+
+    assert set(ROUNDS) == {name for name, protocol in PROTOCOLS.items() if protocol.leak is None}
+    for name, protocol in PROTOCOLS.items():
+        if protocol.leak is None:
+            check_deployable(RunConfig(protocol=name))
+        else:
+            with pytest.raises(ConfigError, match="recover the secret key"):
+                check_deployable(RunConfig(protocol=name))
 
 
 @pytest.mark.parametrize("name", ["afl", "apfl", "deepafl"])

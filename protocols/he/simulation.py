@@ -189,8 +189,20 @@ class CKKSProtocol(HEProtocol):
 
 
 class ApproximateCKKSProtocol(HEProtocol):
-    """APPROXIMATE: CKKS on the floats themselves; the sum carries CKKS's error."""
+    """APPROXIMATE: CKKS on the floats themselves; the sum carries CKKS's error.
+
+    That error is also a leak. The key holder's decryption of the sum keeps CKKS's noise, and it goes to the
+    server, which holds every ciphertext it forwarded and so the summed ciphertext too: a ciphertext with its
+    noisy decryption is what the passive key-recovery attack of Li and Micciancio (Eurocrypt 2021, shown
+    against SEAL, which TenSEAL wraps) needs. CKKS is not secure when its decryptions are shared
+    (IND-CPA^D) unless the decryptor floods them with noise, which is not built. The integer modes do not
+    leak this way: BFV decrypts exactly, and integer CKKS rounds its decryption, which then depends on the
+    sum alone."""
 
     name = "he-ckks-approx"
     scheme_name = "ckks-approx"
     exact = False
+    leak = ("the key holder's decryption of the sum carries CKKS's noise and goes to the server, which holds the "
+            "ciphertexts it forwarded: from those a passive server can recover the secret key (Li & Micciancio, "
+            "Eurocrypt 2021) and decrypt every client's input; use he-ckks (exact integer CKKS) or he-bfv where the "
+            "server is not trusted")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from protocols import ContributionLedger, Member, Roster
+from protocols import PROTOCOLS, ContributionLedger, Member, Roster
 from protocols.files import write_atomically
 from protocols.identity import Identity
 from secure_afl.errors import ConfigError
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 JOB_FORMAT = "secure-afl/deploy-job"
 JOB_VERSION = 1
-DEPLOYED_PROTOCOLS = ("plaintext", "mask", "he-bfv", "he-ckks")
 
 
 def check_deployable(config: RunConfig) -> None:
@@ -40,9 +39,9 @@ def check_deployable(config: RunConfig) -> None:
     if reason is not None:
         raise ConfigError(f"--algorithm {config.algorithm} is not deployed yet: {reason}; run it in one process with "
                           "`secure-afl run`")
-    if config.protocol not in DEPLOYED_PROTOCOLS:
-        raise ConfigError(f"a deployed job runs --protocol {', '.join(DEPLOYED_PROTOCOLS)} for now, not "
-                          f"{config.protocol!r}; run it in one process with `secure-afl run`")
+    leak = PROTOCOLS[config.protocol].leak
+    if leak:
+        raise ConfigError(f"--protocol {config.protocol} is not deployed: {leak}")
     if config.dropout:
         raise ConfigError("--dropout simulates dropouts in one process; a deployment's dropouts are real "
                           "(use --crash NODE=STAGE to stop a site's processes at a stage)")
