@@ -73,7 +73,9 @@ def deployed(config: RunConfig, nodes: int) -> dict:
     stages = {s["stage"]: {"seconds": s["seconds"], "upload_bytes_max": s["upload_bytes"]["max"],
                            "download_bytes_max": s["download_bytes"]["max"]} for s in block["stages"]}
     protocol_s = sum(s["seconds"] for s in stages.values())
-    return {"wall_s": wall, "processes_cpu_s": block["processes_cpu_s"], "flwr_run_s": block["flwr_run_s"], "hello_s": block["hello"]["seconds"],
+    return {"wall_s": wall, "processes_cpu_s": block["processes_cpu_s"],
+            "processes_cpu_by_program": block["processes_cpu_by_program"], "flwr_run_s": block["flwr_run_s"],
+            "hello_s": block["hello"]["seconds"],
             "stages": stages, "protocol_s": protocol_s, "protocol_share": protocol_s / block["flwr_run_s"],
             "server_timings_s": block["server_timings_s"], "bytes": _bytes(results["bytes"]),
             "accuracy": results["metrics"]["accuracy"], "processes_left_running": block["processes_left_running"]}

@@ -514,13 +514,17 @@ def test_the_cpu_of_a_process_its_parent_never_waits_for_is_counted(tmp_path):
 
     from secure_afl.deploy.local import Processes, Usage
 
-    spin = "import time; t = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
-    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {spin!r}]); time.sleep(3)"
+    (tmp_path / "spin.py").write_text("import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass")
+    (tmp_path / "parent.py").write_text(f"import subprocess, sys, time\n"
+                                        f"subprocess.Popen([sys.executable, {str(tmp_path / 'spin.py')!r}])\ntime.sleep(3)")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     processes = Processes(dict(os.environ), tmp_path)
     usage = Usage(processes)
-    processes.start("parent", [sys.executable, "-c", parent]).wait(timeout=60)
+    processes.start("parent", [sys.executable, str(tmp_path / "parent.py")]).wait(timeout=60)
     usage.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     waited = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     assert waited < 0.5 <= 0.9 <= usage.cpu_s
+    split = usage.by_program()  # by the script each interpreter runs, as Flower's tools are
+    assert list(split) == ["spin.py", "parent.py"] and [p["processes"] for p in split.values()] == [1, 1]
+    assert split["spin.py"]["cpu_s"] >= 0.9 and split["spin.py"]["cpu_s"] + split["parent.py"]["cpu_s"] == usage.cpu_s

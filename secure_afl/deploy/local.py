@@ -199,13 +199,16 @@ class Usage:
     deployment: a SuperNode never waits for its SuperExec, which outlives it and is reaped by init with the CPU of
     every ClientApp process it reaped, and Ray's processes are not reaped by the run's tree at all. An exited process
     stays a zombie, its final CPU readable, until its parent reaps it (a SuperExec when it next starts a process), so
-    little is missed: at most a process's last ``SAMPLE_SECONDS`` when it is reaped at once."""
+    little is missed: at most a process's last ``SAMPLE_SECONDS`` when it is reaped at once. ``by_program`` splits
+    the CPU by the program each process runs (``flwr-clientapp``: one process per message a site answers), which is
+    where a deployment's cost is decided on a shared machine."""
 
     def __init__(self, processes: Processes, memory: bool = False):
         self.processes = processes
         self.memory = memory
         self.peak_mib = 0.0
         self._cpu: dict[int, float] = {}
+        self._program: dict[int, str] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -214,6 +217,15 @@ class Usage:
     def cpu_s(self) -> float:
         return sum(self._cpu.values())
 
+    def by_program(self) -> dict[str, dict]:
+        """{program: {"processes": how many ran it, "cpu_s": their CPU seconds}}, the most CPU first."""
+        split: dict[str, dict] = {}
+        for pid, seconds in self._cpu.items():
+            entry = split.setdefault(self._program.get(pid, "?"), {"processes": 0, "cpu_s": 0.0})
+            entry["processes"] += 1
+            entry["cpu_s"] += seconds
+        return dict(sorted(split.items(), key=lambda item: -item[1]["cpu_s"]))
+
     def _sample(self) -> None:
         while not self._done.wait(SAMPLE_SECONDS):
             pids = self.processes.pids()
@@ -221,6 +233,8 @@ class Usage:
                 self.peak_mib = max(self.peak_mib, sum(_pss_kib(pid) for pid in pids) / 1024)
             for pid in pids:
                 self._cpu[pid] = max(self._cpu.get(pid, 0.0), _cpu_seconds(pid))
+                if pid not in self._program:
+                    self._program[pid] = _program(pid)
 
     def stop(self) -> None:
         self._done.set()
@@ -234,6 +248,21 @@ def _cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _program(pid: int) -> str:
+    """The program a process runs: the script a Python interpreter was started with (Flower's tools are scripts),
+    else the executable's name."""
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return "?"
+    if not argv:
+        return "?"
+    names = [os.path.basename(a) for a in argv[:2]]
+    if names[0].startswith("python") and len(names) > 1 and not argv[1].startswith("-"):
+        return names[1]
+    return names[0]
 
 
 def _pss_kib(pid: int) -> int:
@@ -350,7 +379,8 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
                 metrics.update(deployed_privacy(config, entry, job, plan, features))
         extra = {"deployment": {
             **engine, "flower": _flower_version(), "nodes": nodes, "stage_timeout_s": stage_timeout,
-            "flwr_run_s": flwr_seconds, "processes_cpu_s": usage.cpu_s, "server_timings_s": server_report.get("timings_s", {}),
+            "flwr_run_s": flwr_seconds, "processes_cpu_s": usage.cpu_s, "processes_cpu_by_program": usage.by_program(),
+            "server_timings_s": server_report.get("timings_s", {}),
             "stages": server_report["stages"], "hello": server_report["hello"],
             "processes_left_running": leftover,
             **({"peak_memory_mib": usage.peak_mib, "peak_memory_per_client_mib": usage.peak_mib / nodes} if memory
