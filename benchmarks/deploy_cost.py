@@ -6,7 +6,8 @@ For K SuperNodes and each protocol (plaintext, mask, he-bfv) it runs the same jo
 each client sent and received, each protocol stage's latency, and the protocol's share of the
 deployed run (its stages' seconds over the ``flwr run`` wall time; the rest is start-up, the nodes'
 first message that loads their rows, and the server's solve), and the CPU seconds of all the deployment's
-processes (which a busy machine does not inflate, unlike wall time). Target: deployed masked AFL at K = 10
+processes (which a busy machine does not inflate, unlike wall time), split by program (``flwr-clientapp``: one
+process per message a site answers). Target: deployed masked AFL at K = 10
 within 1.5x the deployed plaintext run's wall time. With ``--simulate K …`` it runs the masked job on
 ``secure-afl deploy simulate --nodes K`` (the SecAgg+ sparse graph the protocol picks for K clients) with a
 64-wide random buffer (d = 64: 2,720-word vectors, so a thousand clients' masked inputs fit memory) and
