@@ -1,5 +1,6 @@
 """The deployment's parts that need no running federation: wire messages, job files, refusals, process cleanup."""
 
+import json
 import os
 import subprocess
 import sys
@@ -365,7 +366,7 @@ def test_an_apfl_site_evaluates_its_own_personal_model_once_after_its_round_and_
     from secure_afl.algorithms.apfl import APFLClient, configure
     from secure_afl.deploy.client_app import _personal_evaluation, _vector
     from secure_afl.deploy.messages import ModelBroadcast
-    from secure_afl.deploy.site import Task, write_site_rows
+    from secure_afl.deploy.site import FeatureSource, Task, write_site_rows
     from secure_afl.runner import build_feature_map, build_local_map
 
     rng = np.random.default_rng(3)
@@ -377,8 +378,9 @@ def test_an_apfl_site_evaluates_its_own_personal_model_once_after_its_round_and_
     def site_for(name: str, **options) -> tuple[Site, Context]:
         config = RunConfig(clients=3, protocol="plaintext", dataset="digits", algorithm="apfl", refine_width=16,
                            **options)
-        write_job(tmp_path / f"{name}.json", config, Task(10, 100))
-        rows = write_site_rows(tmp_path / f"{name}.npz", raw, y, held, held_y)
+        source = FeatureSource(config.backbone, "random:0", config.resolution)
+        write_job(tmp_path / f"{name}.json", config, Task(10, 100, source))
+        rows = write_site_rows(tmp_path / f"{name}.npz", source, raw, y, held, held_y)
         site = Site.from_node_config({"job": str(tmp_path / f"{name}.json"), "partition-id": 1, "num-partitions": 3,
                                       "dataset-path": str(rows)})
         return site, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
@@ -410,29 +412,41 @@ def test_an_apfl_site_evaluates_its_own_personal_model_once_after_its_round_and_
 
 
 def test_site_rows_round_trip_and_anything_else_is_refused(tmp_path):
-    from secure_afl.deploy.site import Task, read_held_out_rows, read_site_rows, read_task, write_site_rows
+    """A rows file holds its rows and the source that made them; a site refuses rows of another source (rows of the
+    same width from other weights would give a silently wrong model), of another format, or not finite."""
+    from secure_afl.deploy.site import (SITE_ROWS_FORMAT, FeatureSource, Task, read_held_out_rows, read_site_rows,
+                                        read_task, write_site_rows)
 
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     y = np.array([0, 2, 2, 1])
-    features, labels = read_site_rows(write_site_rows(tmp_path / "rows.npz", x, y), num_classes=3)
+    source = FeatureSource("efficientnet_lite0", "sha256:" + "ab" * 32, 32)
+    features, labels = read_site_rows(write_site_rows(tmp_path / "rows.npz", source, x, y), 3, source)
     assert np.array_equal(features, x) and features.dtype == np.float32 and np.array_equal(labels, y)
     with pytest.raises(ConfigError, match="one label in 0..1"):
-        read_site_rows(tmp_path / "rows.npz", num_classes=2)
-    write_site_rows(tmp_path / "nan.npz", np.full((2, 3), np.nan), np.zeros(2))
+        read_site_rows(tmp_path / "rows.npz", 2, source)
+    other = FeatureSource("efficientnet_lite0", "sha256:" + "cd" * 32, 64)
+    with pytest.raises(ConfigError, match=f"weights 'sha256:{'ab' * 32}' where the job has 'sha256:{'cd' * 32}'; "
+                                          "resolution 32 where the job has 64; make them again"):
+        read_site_rows(tmp_path / "rows.npz", 3, other)
+    write_site_rows(tmp_path / "nan.npz", source, np.full((2, 3), np.nan), np.zeros(2))
     with pytest.raises(ConfigError, match="finite"):
-        read_site_rows(tmp_path / "nan.npz", num_classes=3)
+        read_site_rows(tmp_path / "nan.npz", 3, source)
     np.savez(tmp_path / "plain.npz", features=x, labels=y)
     with pytest.raises(ConfigError, match="not a site rows file"):
-        read_site_rows(tmp_path / "plain.npz", num_classes=3)
+        read_site_rows(tmp_path / "plain.npz", 3, source)
+    unsourced = np.frombuffer(json.dumps({"format": SITE_ROWS_FORMAT, "version": 1}).encode(), np.uint8)
+    np.savez(tmp_path / "v1.npz", format=unsourced, features=x, labels=y)  # written before rows carried their source
+    with pytest.raises(ConfigError, match="version 2: make it again"):
+        read_site_rows(tmp_path / "v1.npz", 3, source)
     held, held_labels = read_held_out_rows(tmp_path / "rows.npz", 3, dim=3)  # none written: none read
     assert held.shape == (0, 3) and held_labels.shape == (0,)
-    path = write_site_rows(tmp_path / "held.npz", x, y, x[:2] + 1, y[:2])
+    path = write_site_rows(tmp_path / "held.npz", source, x, y, x[:2] + 1, y[:2])
     held, held_labels = read_held_out_rows(path, 3, dim=3)
     assert np.array_equal(held, x[:2] + 1) and np.array_equal(held_labels, y[:2])
     with pytest.raises(ConfigError, match=r"held-out features \(rows, 4\)"):
         read_held_out_rows(path, 3, dim=4)
     config = RunConfig(clients=3, dataset="digits")
-    assert read_task(write_job(tmp_path / "job.json", config, Task(10, 1437))) == Task(10, 1437)
+    assert read_task(write_job(tmp_path / "job.json", config, Task(10, 1437, source))) == Task(10, 1437, source)
     assert read_job(tmp_path / "job.json") == config
     with pytest.raises(ConfigError, match="states no task"):
         read_task(write_job(tmp_path / "bare.json", config))

@@ -6,6 +6,7 @@ their own size, and the job's resolution is that size, so neither path resizes: 
 pixels, and any difference would be the rows tool's.
 """
 
+import hashlib
 import shutil
 import warnings
 from dataclasses import replace
@@ -20,7 +21,7 @@ from secure_afl.cli import main
 from secure_afl.config import RunConfig
 from secure_afl.deploy.issue import issue_files
 from secure_afl.deploy.rows import site_images, write_rows
-from secure_afl.deploy.site import Site, Task, read_held_out_rows, read_site_rows, read_task, write_job
+from secure_afl.deploy.site import FeatureSource, Site, Task, read_held_out_rows, read_site_rows, read_task, write_job
 from secure_afl.errors import DataError
 from secure_afl.runner import backbone_features, plan_run
 
@@ -58,7 +59,8 @@ def test_a_sites_rows_equal_the_in_process_features_of_its_images_and_its_node_r
     written = write_rows(job, images, tmp_path / "rows.npz", device="cpu")
     train_raw, _, info = backbone_features(JOB, plan.dataset, torch.device("cpu"), progress=False)
     expected = train_raw[plan.client_indices[SITE]][order]
-    features, labels = read_site_rows(written.path, read_task(job).num_classes)
+    task = read_task(job)
+    features, labels = read_site_rows(written.path, task.num_classes, task.features)
     assert features.shape == expected.shape == (len(order), info["feature_dim"]) and written.rows == len(order)
     assert np.abs(features - expected).max() <= 1e-6
     np.testing.assert_array_equal(labels, plan.train_y[plan.client_indices[SITE]][order])
@@ -84,10 +86,11 @@ def test_the_cli_writes_the_rows_refuses_to_replace_them_unasked_and_replaces_th
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert f"rows written to {out}: {len(order)} images" in printed and f'dataset-path="{out.resolve()}"' in printed
-    features, labels = read_site_rows(out, 10)
+    source = read_task(job).features
+    features, labels = read_site_rows(out, 10, source)
     reference = write_rows(job, images, tmp_path / "api.npz", device="cpu")
     assert reference.cache_hit  # the CLI's extraction filled the feature cache
-    np.testing.assert_array_equal(features, read_site_rows(reference.path, 10)[0])
+    np.testing.assert_array_equal(features, read_site_rows(reference.path, 10, source)[0])
     stored = out.read_bytes()
     assert main(command) == 2
     assert "already exists" in capsys.readouterr().err and out.read_bytes() == stored
@@ -115,10 +118,11 @@ def test_held_out_images_are_written_beside_the_training_rows_from_one_extractio
     assert main(["deploy", "rows", "--job", str(job), "--images", str(images), "--held-out-images", str(held_out),
                  "--out", str(out), "--device", "cpu"]) == 0
     assert "and 4 held-out images" in capsys.readouterr().out
-    train, labels = read_site_rows(out, 10)
+    source = read_task(job).features
+    train, labels = read_site_rows(out, 10, source)
     plain = write_rows(job, images, tmp_path / "plain.npz", device="cpu")
     assert plain.held_out == 0 and read_held_out_rows(plain.path, 10, train.shape[1])[0].shape == (0, train.shape[1])
-    np.testing.assert_array_equal(train, read_site_rows(plain.path, 10)[0])  # the training rows are unchanged
+    np.testing.assert_array_equal(train, read_site_rows(plain.path, 10, source)[0])  # the training rows are unchanged
     held_x, held_y = read_held_out_rows(out, 10, train.shape[1])
     listed = [p.name for p in sorted(images.rglob("*.png"))]  # the training rows' order; names are unique
     for row, path in enumerate(sorted(held_out.rglob("*.png"))):  # labelled by the folder copy_images chose
@@ -184,8 +188,9 @@ def test_an_image_that_fails_to_decode_during_extraction_leaves_nothing_behind(s
 
 
 def issued(directory: Path, **options) -> Path:
-    return write_job(directory / "job.json", RunConfig(protocol="plaintext", dataset="digits", clients=3, **options),
-                     Task(10, 1437))
+    config = RunConfig(protocol="plaintext", dataset="digits", clients=3, **options)
+    return write_job(directory / "job.json", config,
+                     Task(10, 1437, FeatureSource(config.backbone, "sha256:" + "0" * 64, config.resolution)))
 
 
 def foreign_file(directory: Path) -> Path:
@@ -209,4 +214,19 @@ def test_a_job_that_cannot_make_rows_is_refused_before_anything_is_written(site,
                "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
     assert main(command) == 2
     assert refusal in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_rows_from_weights_that_are_not_the_jobs_are_refused_before_the_backbone_loads(site, tmp_path, capsys):
+    """Another weights file gives rows of the same width and a silently wrong model: the site's file is hashed and
+    compared with the job's before anything is extracted or written."""
+    _, job, images, _ = site
+    weights = tmp_path / "other.pth"
+    weights.write_bytes(b"another model's weights")
+    out = tmp_path / "rows.npz"
+    assert main(["deploy", "rows", "--job", str(job), "--images", str(images), "--out", str(out), "--device", "cpu",
+                 "--weights", str(weights), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert f"weights 'sha256:{digest}' where the job has '{read_task(job).features.weights}'" in err
     assert not out.exists() and not (tmp_path / "cache").exists()

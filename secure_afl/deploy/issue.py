@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from secure_afl.deploy.site import Task, write_job
+from secure_afl.deploy.site import FeatureSource, Task, write_job
 
 
 def toml_value(value) -> str:
@@ -24,7 +24,7 @@ def issue_files(plan, directory: Path) -> dict[str, str]:
     """Write the job's files under ``directory`` for ``plan`` (``secure_afl.runner.plan_run``, which drew the
     roster): {"job": …, "roster": …, "sites": …} (no roster for plaintext)."""
     config, protocol = plan.config, plan.protocol
-    task = Task(plan.dataset.num_classes, len(plan.train_y))
+    task = Task(plan.dataset.num_classes, len(plan.train_y), FeatureSource.of(config))
     files = {"job": str(write_job(directory / "job.json", config, task)), "sites": str(directory / "sites")}
     for k in range(config.clients):
         (directory / "sites" / str(k) / "ledger").mkdir(parents=True, exist_ok=True)

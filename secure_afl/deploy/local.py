@@ -35,7 +35,7 @@ from secure_afl.config import RunConfig
 from secure_afl.deploy.credentials import Certificates, make_certificates, make_node_key
 from secure_afl.deploy.issue import issue_files, node_config, toml_value
 from secure_afl.deploy.server_app import HISTORY, MODEL, REPORT, TRANSCRIPT
-from secure_afl.deploy.site import check_deployable, statistics_dp, write_site_rows
+from secure_afl.deploy.site import check_deployable, read_task, statistics_dp, write_site_rows
 from secure_afl.errors import ConfigError, SecureAFLError
 from secure_afl.model import Model
 from secure_afl.runner import (Timer, Training, job_metrics, load_features, plan_run, results_document,
@@ -352,10 +352,10 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
             (work / sub).mkdir()
         files = issue_files(plan, work)
         features = load_features(plan, timer)  # the operator's evaluation data; here also each site's own rows
-        rows = {}
+        rows, source = {}, read_task(files["job"]).features  # the job's features made every site's rows here
         for k, indices in enumerate(plan.client_indices):
             held = plan.held_out[k]  # a personalizing algorithm's site evaluates its own model on these
-            rows[k] = str(write_site_rows(work / "sites" / str(k) / "rows.npz", features.train_raw[indices],
+            rows[k] = str(write_site_rows(work / "sites" / str(k) / "rows.npz", source, features.train_raw[indices],
                                           plan.train_y[indices], features.test_raw[held], plan.test_y[held]))
         shutil.copy(APP / "pyproject.toml", work / "app" / "pyproject.toml")
         processes = Processes(flower_env(work) | (env or {}), work / "logs")

@@ -111,7 +111,7 @@ def write_rows(job: str | Path, images: str | Path, out: str | Path, *, held_out
     one's: ``device``, the feature cache (``cache_dir``, None: the default one; ``use_cache``), ``batch_size``
     (None: the job's) and ``weights`` (where this site keeps the job's weights file; None: the job's path). The
     job, the output and every image are checked before the backbone is loaded."""
-    from secure_afl.deploy.site import check_deployable, read_job, read_task, write_site_rows
+    from secure_afl.deploy.site import FeatureSource, check_deployable, read_job, read_task, write_site_rows
     from secure_afl.device import resolve_device
     from secure_afl.results import check_output_path
     from secure_afl.runner import backbone_features
@@ -122,6 +122,9 @@ def write_rows(job: str | Path, images: str | Path, out: str | Path, *, held_out
     config = replace(config, device=device, cache_dir=cache_dir, use_cache=use_cache,
                      batch_size=config.batch_size if batch_size is None else batch_size,
                      weights=config.weights if weights is None else weights)
+    made_by = FeatureSource.of(config)  # this site's backbone and weights file, hashed before anything loads
+    task.features.check(made_by, "this site would extract its rows with",
+                        "give the job's backbone and the job's weights file (--weights) to make its rows")
     target = resolve_device(config.device)
     source = site_images(images, task.num_classes)
     train = len(source)
@@ -134,7 +137,7 @@ def write_rows(job: str | Path, images: str | Path, out: str | Path, *, held_out
     features, _, info = backbone_features(config, dataset, target, progress)
     labels = source.labels
     extra = {} if held_out is None else {"held_out_features": features[train:], "held_out_labels": labels[train:]}
-    path = write_site_rows(out, features[:train], labels[:train], **extra)
+    path = write_site_rows(out, made_by, features[:train], labels[:train], **extra)
     classes, counts = np.unique(labels[:train], return_counts=True)
     return SiteRows(path, dict(zip(classes.tolist(), counts.tolist())), len(labels) - train,
                     int(info["feature_dim"]), str(target),

@@ -61,12 +61,41 @@ def statistics_dp(config: RunConfig) -> bool:
 
 
 @dataclass(frozen=True)
+class FeatureSource:
+    """What turns images into a job's rows: the backbone, its weights (``weights_id``: the weights file's SHA-256, so a
+    site's copy of the file counts, wherever it keeps it) and the resolution. A site's rows file made by another
+    source has rows of the same width whose model is silently wrong, so the rows carry their source and a site
+    refuses rows whose source is not the job's. The precision is not part of it: a GPU's bf16 rows differ from a
+    CPU's only by that rounding (README)."""
+
+    backbone: str
+    weights: str
+    resolution: int
+
+    @classmethod
+    def of(cls, config: RunConfig) -> FeatureSource:
+        """The source ``config`` extracts its features with (its weights file is hashed: torch and timm load)."""
+        from secure_afl.features.backbone import weights_identity
+
+        return cls(config.backbone, weights_identity(config.backbone, config.weights, config.random_weights,
+                                                     config.seed), config.resolution)
+
+    def check(self, made_by: FeatureSource, what: str, remedy: str) -> None:
+        """Refuse rows (``what``) that ``made_by`` made unless this is that source, naming each difference."""
+        differences = [f"{name} {getattr(made_by, name)!r} where the job has {getattr(self, name)!r}"
+                       for name in ("backbone", "weights", "resolution") if getattr(made_by, name) != getattr(self, name)]
+        if differences:
+            raise ConfigError(f"{what}: {'; '.join(differences)}; {remedy}")
+
+
+@dataclass(frozen=True)
 class Task:
-    """The task's public facts a site with its own rows (``dataset-path``) cannot count itself: the classes, and the
-    size of the whole training set (the public bounds are built from it)."""
+    """The task's public facts a site with its own rows (``dataset-path``) cannot count itself: the classes, the
+    size of the whole training set (the public bounds are built from it), and the source its rows must come from."""
 
     num_classes: int
     train_size: int
+    features: FeatureSource
 
 
 def undeployable(config: RunConfig) -> str | None:
@@ -110,10 +139,12 @@ def read_job(path: str | Path) -> RunConfig:
 def read_task(path: str | Path) -> Task:
     facts = _job_document(path).get("task")
     try:
-        return Task(int(facts["num_classes"]), int(facts["train_size"]))
+        source = facts["features"]
+        return Task(int(facts["num_classes"]), int(facts["train_size"]),
+                    FeatureSource(str(source["backbone"]), str(source["weights"]), int(source["resolution"])))
     except (TypeError, KeyError, ValueError) as exc:
-        raise ConfigError(f"the job file {str(path)!r} states no task (num_classes, train_size); issue it again with "
-                          "`secure-afl deploy issue`") from exc
+        raise ConfigError(f"the job file {str(path)!r} states no task (num_classes, train_size, features); issue it "
+                          "again with `secure-afl deploy issue`") from exc
 
 
 def _job_document(path: str | Path) -> dict:
@@ -184,7 +215,7 @@ class Site:
         rows = self._rows(config)
         (kept,) = withhold_rare_classes([np.arange(len(rows.labels))], rows.labels, config.min_class_count)
         x, refine_x = _mapped(config, rows.train[kept])
-        return SiteData(x, rows.labels[kept], rows.task.num_classes, rows.task.train_size, rows.train.shape[1],
+        return SiteData(x, rows.labels[kept], rows.num_classes, rows.train_size, rows.train.shape[1],
                         refine_x)
 
     def held_out(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -200,14 +231,14 @@ class Site:
         if "dataset-path" in self.node_config:  # neither the data set nor the backbone is opened here
             task = read_task(self._path("job"))
             path = self._path("dataset-path")
-            raw, labels = read_site_rows(path, task.num_classes)
+            raw, labels = read_site_rows(path, task.num_classes, task.features)
             held, held_labels = read_held_out_rows(path, task.num_classes, raw.shape[1])
-            return _RawRows(raw, labels, held, held_labels, task)
+            return _RawRows(raw, labels, held, held_labels, task.num_classes, task.train_size)
         plan = plan_run(config, roster=None if config.protocol == "plaintext" else self.roster())
         train_raw, test_raw, _ = backbone_features(config, plan.dataset, plan.device, progress=False)
         rows, held = plan.client_indices[self.client], plan.held_out[self.client]
         return _RawRows(train_raw[rows], plan.train_y[rows], test_raw[held], plan.test_y[held],
-                        Task(plan.dataset.num_classes, len(plan.train_y)))
+                        plan.dataset.num_classes, len(plan.train_y))
 
     def rounds(self) -> int:
         """How many rounds the job asks of this site (the algorithm registry's count). It imports the algorithms,
@@ -237,13 +268,15 @@ class Site:
 
 @dataclass(frozen=True)
 class _RawRows:
-    """A site's backbone features before any map: its training rows and its held-out rows, with their labels."""
+    """A site's backbone features before any map: its training rows and its held-out rows, with their labels, and the
+    task's public counts."""
 
     train: np.ndarray
     labels: np.ndarray
     held_out: np.ndarray
     held_out_labels: np.ndarray
-    task: Task
+    num_classes: int
+    train_size: int
 
 
 def _mapped(config: RunConfig, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -285,16 +318,17 @@ def simulated_site(node_config: Mapping[str, object]) -> Mapping[str, object]:
 
 
 SITE_ROWS_FORMAT = "secure-afl/site-rows"
-SITE_ROWS_VERSION = 1
+SITE_ROWS_VERSION = 2  # 2: the rows carry their FeatureSource
 
 
-def write_site_rows(path: str | Path, features: np.ndarray, labels: np.ndarray,
+def write_site_rows(path: str | Path, source: FeatureSource, features: np.ndarray, labels: np.ndarray,
                     held_out_features: np.ndarray | None = None, held_out_labels: np.ndarray | None = None) -> Path:
     """A site's own rows for ``dataset-path``: the backbone features of its training images (float32, one row each)
-    and their labels, in an npz with a format tag (no pickle). The job's backbone and resolution must have made them.
-    Optionally its held-out images' features and labels (``held_out_*``): a personalizing algorithm (APFL) evaluates
-    the site's personalized model on them, at the site."""
-    meta = np.frombuffer(json.dumps({"format": SITE_ROWS_FORMAT, "version": SITE_ROWS_VERSION}).encode(), np.uint8)
+    and their labels, in an npz with a format tag and the ``source`` that made them (no pickle). Optionally its
+    held-out images' features and labels (``held_out_*``): a personalizing algorithm (APFL) evaluates the site's
+    personalized model on them, at the site."""
+    meta = np.frombuffer(json.dumps({"format": SITE_ROWS_FORMAT, "version": SITE_ROWS_VERSION,
+                                     "features": asdict(source)}).encode(), np.uint8)
     arrays = {"format": meta, "features": np.asarray(features, np.float32), "labels": np.asarray(labels, np.int64)}
     if held_out_features is not None:
         arrays.update(held_out_features=np.asarray(held_out_features, np.float32),
@@ -302,17 +336,25 @@ def write_site_rows(path: str | Path, features: np.ndarray, labels: np.ndarray,
     return write_atomically(path, lambda out: np.savez(out, **arrays), binary=True)
 
 
-def read_site_rows(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rows ``write_site_rows`` wrote, refused unless they are that format, finite and labelled in the task's
-    ``num_classes`` classes."""
+def read_site_rows(path: Path, num_classes: int, source: FeatureSource) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``write_site_rows`` wrote, refused unless they are that format, made by the job's ``source``, finite
+    and labelled in the task's ``num_classes`` classes."""
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(data["format"].tobytes())
             features, labels = data["features"], data["labels"]
     except (OSError, KeyError, ValueError) as exc:
         raise ConfigError(f"dataset-path {str(path)!r} is not a site rows file ({SITE_ROWS_FORMAT}): {exc}") from exc
-    if meta != {"format": SITE_ROWS_FORMAT, "version": SITE_ROWS_VERSION}:
-        raise ConfigError(f"dataset-path {str(path)!r} is {meta}, not {SITE_ROWS_FORMAT} version {SITE_ROWS_VERSION}")
+    if {key: meta.get(key) for key in ("format", "version")} != {"format": SITE_ROWS_FORMAT,
+                                                                    "version": SITE_ROWS_VERSION}:
+        raise ConfigError(f"dataset-path {str(path)!r} is {meta}, not {SITE_ROWS_FORMAT} version {SITE_ROWS_VERSION}: "
+                          "make it again with `secure-afl deploy rows`")
+    try:
+        made_by = FeatureSource(**meta["features"])
+    except (TypeError, KeyError) as exc:
+        raise ConfigError(f"dataset-path {str(path)!r} does not say what made its rows: {exc}") from exc
+    source.check(made_by, f"the rows of dataset-path {str(path)!r} were made with",
+                 "make them again for this job with `secure-afl deploy rows`")
     if (features.dtype != np.float32 or features.ndim != 2 or labels.shape != (features.shape[0],)
             or not np.isfinite(features).all() or (labels.size and not 0 <= labels.min() <= labels.max() < num_classes)):
         raise ConfigError(f"dataset-path {str(path)!r}: expected finite float32 features (rows, dim) and one label in "

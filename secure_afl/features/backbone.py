@@ -118,22 +118,11 @@ def load_backbone(
     """
     import timm
 
-    timm_name = "tf_efficientnet_lite0" if name == DEFAULT_BACKBONE else name
-    if not timm.is_model(timm_name):
-        close = difflib.get_close_matches(timm_name, timm.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise BackboneError(f"unknown backbone {name!r}: give 'efficientnet_lite0' or a timm model name{hint}")
-    if weights is not None and random_weights:
-        raise BackboneError("give either --weights or --random-weights, not both")
-
-    path = None if random_weights else _locate_weights(name, timm_name, weights)
+    timm_name, path = _weights_file(name, weights, random_weights)
     torch.manual_seed(seed)  # random initialisation is reproducible; it is not secret
     model = timm.create_model(timm_name, pretrained=False)
-    if path is None:
-        weights_id = f"random:{seed}"
-    else:
+    if path is not None:
         _load_state_dict(model, name, path)
-        weights_id = f"sha256:{file_sha256(path)}"
     if not keep_classifier:
         model.reset_classifier(0)
     model.eval().requires_grad_(False)
@@ -143,7 +132,32 @@ def load_backbone(
         std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
         interpolation="bicubic",
     )
-    return Backbone(name, model, int(model.num_features), preprocessing, weights_id)
+    return Backbone(name, model, int(model.num_features), preprocessing, _weights_id(path, seed))
+
+
+def weights_identity(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, random_weights: bool = False,
+                     seed: int = 0) -> str:
+    """The ``weights_id`` ``load_backbone`` gives these arguments, without building the model: which weights made a
+    set of features (a deployed site's rows carry it, and the job names the one it expects)."""
+    return _weights_id(_weights_file(name, weights, random_weights)[1], seed)
+
+
+def _weights_file(name: str, weights: str | Path | None, random_weights: bool) -> tuple[str, Path | None]:
+    """(timm's name of the backbone, its weights file; None: random weights), refused if either cannot be had."""
+    import timm
+
+    timm_name = "tf_efficientnet_lite0" if name == DEFAULT_BACKBONE else name
+    if not timm.is_model(timm_name):
+        close = difflib.get_close_matches(timm_name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise BackboneError(f"unknown backbone {name!r}: give 'efficientnet_lite0' or a timm model name{hint}")
+    if weights is not None and random_weights:
+        raise BackboneError("give either --weights or --random-weights, not both")
+    return timm_name, None if random_weights else _locate_weights(name, timm_name, weights)
+
+
+def _weights_id(path: Path | None, seed: int) -> str:
+    return f"random:{seed}" if path is None else f"sha256:{file_sha256(path)}"
 
 
 def _locate_weights(name: str, timm_name: str, weights: str | Path | None) -> Path:
