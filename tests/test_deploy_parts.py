@@ -99,7 +99,7 @@ def test_the_server_app_drives_a_round_of_every_protocol_that_does_not_leak_and_
         if protocol.leak is None:
             check_deployable(RunConfig(protocol=name))
         else:
-            with pytest.raises(ConfigError, match="recover the secret key"):
+            with pytest.raises(ConfigError, match="recovered the secret key"):
                 check_deployable(RunConfig(protocol=name))
 
 

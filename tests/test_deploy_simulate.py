@@ -82,7 +82,7 @@ def test_ctrl_c_during_a_simulation_stops_every_process_it_started(tmp_path):
     (["--nodes", "3", "--client-cpus", "4096"], "cores"),
     (["--nodes", "3", "--stage-timeout", "0"], "stage-timeout"),
     (["--nodes", "3", "--dropout", "input=0.5"], "dropouts are real"),
-    (["--nodes", "3", "--protocol", "he-ckks-approx"], "recover the secret key"),
+    (["--nodes", "3", "--protocol", "he-ckks-approx"], "recovered the secret key"),
 ])
 def test_bad_input_is_refused_before_anything_starts(tmp_path, capsys, argv, reason):
     work = tmp_path / "work"

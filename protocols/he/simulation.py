@@ -195,14 +195,16 @@ class ApproximateCKKSProtocol(HEProtocol):
     server, which holds every ciphertext it forwarded and so the summed ciphertext too: a ciphertext with its
     noisy decryption is what the passive key-recovery attack of Li and Micciancio (Eurocrypt 2021, shown
     against SEAL, which TenSEAL wraps) needs. CKKS is not secure when its decryptions are shared
-    (IND-CPA^D) unless the decryptor floods them with noise, which is not built. The integer modes do not
-    leak this way: BFV decrypts exactly, and integer CKKS rounds its decryption, which then depends on the
-    sum alone."""
+    (IND-CPA^D) unless the decryptor floods them with noise, which is not built. (TenSEAL's decryption keeps
+    only the slots' real parts; whether that alone stops their attack is not established, so the mode is
+    treated as exposed.) The integer modes do not leak this way: BFV decrypts exactly, and integer CKKS
+    rounds its decryption, which then depends on the sum alone."""
 
     name = "he-ckks-approx"
     scheme_name = "ckks-approx"
     exact = False
     leak = ("the key holder's decryption of the sum carries CKKS's noise and goes to the server, which holds the "
-            "ciphertexts it forwarded: from those a passive server can recover the secret key (Li & Micciancio, "
-            "Eurocrypt 2021) and decrypt every client's input; use he-ckks (exact integer CKKS) or he-bfv where the "
-            "server is not trusted")
+            "ciphertexts it forwarded; CKKS is not secure when its decryptions are shared (IND-CPA^D: Li & Micciancio, "
+            "Eurocrypt 2021, recovered the secret key from such decryptions in SEAL, which TenSEAL wraps), and with "
+            "the key the server decrypts every client's input; no noise flooding is built. Use he-ckks (exact integer "
+            "CKKS) or he-bfv where the server is not trusted")
