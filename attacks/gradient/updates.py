@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from attacks.base import ServerView
-from attacks.statistics.rounds import round_key
+from attacks.statistics.rounds import round_key, unreadable
 from protocols.transcript import TranscriptRound
 from secure_afl.algorithms import convnet, fedacnnl  # noqa: F401  (register the CNNs a layout may name)
 from secure_afl.algorithms.fedavg import FedAvgConfig, build_head, load_vector
@@ -63,9 +63,7 @@ def parameter_rounds(view: ServerView, rounds: dict[str, str], first_only: bool 
             rounds[round_key(entry)] = "carries no model parameters [n_k θ_k, n_k]"
             continue
         if entry.secure:
-            what = "uniformly random masked words" if entry.protocol == "mask" else "ciphertexts it cannot decrypt"
-            rounds[round_key(entry)] = (f"protocol {entry.protocol}: the server holds only {what} of each client's "
-                                        "update; only the sum is readable")
+            rounds[round_key(entry)] = unreadable(entry, "update")
             continue
         if found and first_only:
             rounds[round_key(entry)] = "not attacked: only the first readable round is (the attack's scope)"

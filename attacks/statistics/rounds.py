@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from attacks.base import ServerView
+from protocols import PROTOCOLS
 from protocols.transcript import TranscriptRound
 from secure_afl.statistics import Statistics, StatisticsLayout
 
@@ -25,6 +26,16 @@ from secure_afl.statistics import Statistics, StatisticsLayout
 def round_key(entry: TranscriptRound) -> str:
     """Rounds may share a name (a retried aggregation), so reports key them by index too."""
     return f"{entry.index}:{entry.name}"
+
+
+def unreadable(entry: TranscriptRound, what: str) -> str:
+    """Why the server cannot read each client's ``what`` in a secure round, and the protocol's known leak, if it has
+    one (protocols/base.py: approximate CKKS's decryptions), which no attack here exploits: the attacks' verdict
+    is about what they read, not a proof that nothing else can be."""
+    held = "uniformly random masked words" if entry.protocol == "mask" else "ciphertexts it cannot decrypt without the key"
+    reason = f"protocol {entry.protocol}: the server holds only {held} of each client's {what}; only the sum is readable"
+    leak = PROTOCOLS[entry.protocol].leak if entry.protocol in PROTOCOLS else None
+    return reason if leak is None else f"{reason}. Known leak of this protocol, not attacked here: {leak}"
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,7 @@ def client_statistics(item: StatisticsRound) -> dict[int, Statistics]:
     """Every client's statistics in this round, rows already mapped to ``item.space``."""
     entry = item.entry
     if entry.secure:
-        what = "uniformly random masked words" if entry.protocol == "mask" else "ciphertexts it cannot decrypt"
-        raise Unreadable(f"protocol {entry.protocol}: the server holds only {what} of each client; only the sum is readable")
+        raise Unreadable(unreadable(entry, "statistics"))
     return {client: unpack(item, vector) for client, vector in entry.inputs().items()}
 
 
