@@ -14,6 +14,11 @@ versioned format (never pickle):
     PATH/rounds/NNNN/total.npy               the sum the server computed (float64)
     PATH/rounds/NNNN/broadcast.npz           public state the server broadcast with the round (if any)
     PATH/rounds/NNNN/messages/STAGE/ID.bin   the raw message client ID sent at STAGE
+    PATH/disclosures/NAME/ID.bin             a message client ID sent outside any aggregation round
+
+A disclosure is what the server received beside the rounds, named and described in the manifest (a
+deployed APFL job's per-site evaluations of their personalized models): the transcript holds
+everything the server saw, and an in-process server, which receives nothing beside the rounds, has none.
 
 Arrays are ``.npy`` / ``.npz`` read with ``allow_pickle=False``; the manifest lists every file with
 its size and SHA-256, and loading checks them, so a transcript round-trips bit for bit and a
@@ -129,16 +134,13 @@ class TranscriptWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.partial-"))
         os.chmod(self._tmp, default_mode(0o777))  # mkdtemp makes it private to the user
-        self._manifest = {"format": FORMAT, "version": VERSION, "complete": False, "public": dict(public), "rounds": []}
+        self._manifest = {"format": FORMAT, "version": VERSION, "complete": False, "public": dict(public), "rounds": [],
+                          "disclosures": {}}
         self.bytes = 0
         self._write_manifest()
 
-    def write_round(self, view: RoundView, spec: Mapping[str, Any], broadcast: Mapping[str, np.ndarray] | None = None):
-        """One round: the protocol's view, the algorithm's public round spec and its broadcast arrays."""
-        index = len(self._manifest["rounds"])
-        relative = Path("rounds") / f"{index:04d}"
-        files: dict[str, dict] = {}
-
+    def _putter(self, relative: Path, files: dict[str, dict]):
+        """Writes a file under ``relative`` and lists its size and SHA-256 in ``files`` (the manifest's check)."""
         def put(name: str, data: bytes) -> str:
             target = self._tmp / relative / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +149,14 @@ class TranscriptWriter:
             self.bytes += len(data)
             return name
 
+        return put
+
+    def write_round(self, view: RoundView, spec: Mapping[str, Any], broadcast: Mapping[str, np.ndarray] | None = None):
+        """One round: the protocol's view, the algorithm's public round spec and its broadcast arrays."""
+        index = len(self._manifest["rounds"])
+        relative = Path("rounds") / f"{index:04d}"
+        files: dict[str, dict] = {}
+        put = self._putter(relative, files)
         entry = {
             "index": index,
             "name": view.round_id,
@@ -169,6 +179,18 @@ class TranscriptWriter:
                                         for client, data in sorted(by_client.items())}
         entry["files"] = files
         self._manifest["rounds"].append(entry)
+        self._write_manifest()
+
+    def write_disclosure(self, name: str, note: str, by_client: Mapping[int, bytes]) -> None:
+        """Messages the server received outside any round (module docstring), raw, with what they are (``note``)."""
+        if not _NAME.match(name) or name in self._manifest["disclosures"]:
+            raise TranscriptError(f"disclosure name {name!r} is not a new directory name")
+        relative = Path("disclosures") / name
+        files: dict[str, dict] = {}
+        put = self._putter(relative, files)
+        messages = {str(client): put(f"{client}.bin", bytes(data)) for client, data in sorted(by_client.items())}
+        self._manifest["disclosures"][name] = {"note": note, "directory": relative.as_posix(), "messages": messages,
+                                               "files": files}
         self._write_manifest()
 
     def close(self) -> Path:
@@ -206,6 +228,19 @@ class TranscriptWriter:
         os.replace(tmp, self._tmp / MANIFEST)
 
 
+def _checked(directory: Path, files: Mapping[str, dict], name: str) -> bytes:
+    """A transcript file's bytes, refused unless its size and SHA-256 are the manifest's."""
+    expected = files.get(name)
+    path = directory / name
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TranscriptError(f"transcript file {path} cannot be read: {exc}") from exc
+    if expected is None or len(data) != expected["bytes"] or _sha256(data) != expected["sha256"]:
+        raise TranscriptError(f"transcript file {path} does not match its manifest (damaged or altered)")
+    return data
+
+
 class TranscriptRound:
     """One round of a loaded transcript; arrays and messages are read (and checked) on first use."""
 
@@ -223,15 +258,7 @@ class TranscriptRound:
         self.report: dict = entry["report"]
 
     def _read(self, name: str) -> bytes:
-        expected = self._entry["files"].get(name)
-        path = self._root / name
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise TranscriptError(f"transcript file {path} cannot be read: {exc}") from exc
-        if expected is None or len(data) != expected["bytes"] or _sha256(data) != expected["sha256"]:
-            raise TranscriptError(f"transcript file {path} does not match its manifest (damaged or altered)")
-        return data
+        return _checked(self._root, self._entry["files"], name)
 
     @cached_property
     def total(self) -> np.ndarray:
@@ -265,6 +292,7 @@ class Transcript:
     public: dict
     rounds: tuple[TranscriptRound, ...]
     bytes: int
+    disclosed: dict = field(default_factory=dict)  # the manifest's disclosures (``disclosure`` reads one)
 
     @classmethod
     def load(cls, path: str | Path) -> Transcript:
@@ -282,8 +310,17 @@ class Transcript:
         if not manifest.get("complete"):
             raise TranscriptError(f"transcript {str(root)!r} is incomplete (its run did not finish)")
         rounds = tuple(TranscriptRound(root, entry) for entry in manifest["rounds"])
-        size = sum(f["bytes"] for entry in manifest["rounds"] for f in entry["files"].values())
-        return cls(root, manifest["public"], rounds, size)
+        disclosed = manifest.get("disclosures", {})  # none in a transcript written before they were kept
+        size = sum(f["bytes"] for entry in [*manifest["rounds"], *disclosed.values()] for f in entry["files"].values())
+        return cls(root, manifest["public"], rounds, size, disclosed)
+
+    def disclosure(self, name: str) -> tuple[str, dict[int, bytes]]:
+        """(what it is, {client: its raw message}) of a disclosure (module docstring), each file checked."""
+        if name not in self.disclosed:
+            raise KeyError(f"no disclosure {name!r} in this transcript")
+        entry = self.disclosed[name]
+        directory = self.path / entry["directory"]
+        return entry["note"], {int(c): _checked(directory, entry["files"], f) for c, f in entry["messages"].items()}
 
     def round(self, name: str) -> TranscriptRound:
         """The first round of that name."""

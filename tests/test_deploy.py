@@ -342,6 +342,11 @@ def test_masked_apfl_over_three_supernodes_equals_the_in_process_run_and_each_si
     assert deployment["personalized"] == {
         str(k): {"withheld": False, "held_out": results["clients"]["held_out_sizes"][k],
                  "accuracy": deployed["per_client_accuracy"][k]} for k in range(3)}
-    (round_,) = Transcript.load(tmp_path / "transcript").rounds
+    transcript = Transcript.load(tmp_path / "transcript")
+    (round_,) = transcript.rounds
     assert round_.name == "afl/statistics" and round_.view().secure and round_.view().included == (0, 1, 2)
+    _, replies = transcript.disclosure("personalize")  # the server saw the evaluations: its transcript keeps them
+    assert {k: PersonalEvaluation.from_bytes(data) for k, data in replies.items()} == {
+        k: PersonalEvaluation(k, False, results["clients"]["held_out_sizes"][k], deployed["per_client_accuracy"][k])
+        for k in range(3)}
     assert deployment["processes_left_running"] == [] and left_running(tmp_path) == []

@@ -55,6 +55,31 @@ def test_a_damaged_file_is_refused(tmp_path):
         loaded.rounds[0].messages
 
 
+def test_a_disclosure_round_trips_is_checked_and_names_what_it_is(tmp_path):
+    """What the server received beside the rounds is kept raw with its description; a transcript without any (an
+    in-process run's, or one written before they were kept) has none; a damaged disclosure is refused."""
+    sent = {2: b"site two", 0: b"site zero"}
+    with TranscriptWriter(tmp_path / "t", {}) as writer:
+        writer.write_round(PlaintextProtocol(record=True).aggregate("a", vectors(), 2.0).view, spec("a", 300))
+        writer.write_disclosure("personalize", "each site's evaluation", sent)
+        with pytest.raises(TranscriptError, match="not a new directory name"):
+            writer.write_disclosure("personalize", "again", sent)
+        with pytest.raises(TranscriptError, match="not a new directory name"):
+            writer.write_disclosure("../escape", "outside", sent)
+    loaded = Transcript.load(tmp_path / "t")
+    assert loaded.disclosure("personalize") == ("each site's evaluation", sent)
+    assert loaded.bytes == sum(p.stat().st_size for p in (tmp_path / "t").rglob("*") if p.is_file() and p.name != "manifest.json")
+    with pytest.raises(KeyError, match="no disclosure 'other'"):
+        loaded.disclosure("other")
+    (tmp_path / "t" / "disclosures" / "personalize" / "2.bin").write_bytes(b"site twO")
+    with pytest.raises(TranscriptError, match="does not match its manifest"):
+        Transcript.load(tmp_path / "t").disclosure("personalize")
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    del manifest["disclosures"]
+    (tmp_path / "t" / "manifest.json").write_text(json.dumps(manifest))
+    assert Transcript.load(tmp_path / "t").disclosed == {}
+
+
 def test_destinations_are_checked_and_nothing_stored_is_lost(tmp_path):
     view = PlaintextProtocol(record=True).aggregate("a", vectors(), 2.0).view
     with TranscriptWriter(tmp_path / "t", {"run": 1}) as writer:

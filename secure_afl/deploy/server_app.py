@@ -83,14 +83,14 @@ def run_job(grid: Grid, settings, out: Path, report: dict) -> None:
     try:
         with timer.phase("rounds"):
             report["bytes"] = run_rounds(server, ids, exchange, plan.protocol.name, timer, history, writer)
+        if algorithm(config.algorithm).personalize is not None:
+            with timer.phase("personalization"):
+                report["personalized"] = personalize(stages, server.model(), ids, writer)
     except BaseException:
         report["stages"] = [r.summary() | {"stage": r.stage} for r in stages.reports]
         writer.abort()
         raise
     writer.close()
-    if algorithm(config.algorithm).personalize is not None:
-        with timer.phase("personalization"):
-            report["personalized"] = personalize(stages, server.model(), ids)
     report["stages"] = [r.summary() | {"stage": r.stage} for r in stages.reports]
     model(server.model()).save(out / MODEL)
     if history is not None:
@@ -114,15 +114,18 @@ class History:
                           "train_seconds": training_seconds(self.timer.seconds)})
 
 
-def personalize(stages: Stages, model, clients: list[int]) -> dict[str, dict]:
+def personalize(stages: Stages, model, clients: list[int], writer: TranscriptWriter) -> dict[str, dict]:
     """The personalization stage of an algorithm whose clients keep a model of their own (APFL): the global model to
     every client of the job (in one process every client personalizes, also one that dropped out of a round), and
     back from each only what the in-process results hold per client: its held-out accuracy and row count, or that it
     withholds them (under DP). A site that does not answer, or answers with anything but its own evaluation, has no
-    personalized accuracy in the results; the job (its model is final) does not fail for it."""
+    personalized accuracy in the results; the job (its model is final) does not fail for it. The server saw every
+    reply, so the transcript keeps them (a disclosure: an in-process server receives none)."""
     meta, arrays = model.state()
     broadcast = ModelBroadcast(meta, arrays).to_bytes()
     replies = stages.exchange("personalize", dict.fromkeys(clients, (broadcast,)), "personalize")
+    writer.write_disclosure("personalize", "each site's evaluation of its personalized model on its own held-out rows "
+                            "(secure_afl.deploy.messages.PersonalEvaluation), sent once after the rounds", replies)
     evaluations = {}
     for c, data in sorted(replies.items()):
         try:
