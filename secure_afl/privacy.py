@@ -17,6 +17,7 @@ draw per process would make a repeated call a second release. There the site dra
 key once per job from ``secrets`` and keeps it in its node (``noise_key``, ``with_noise_key``); each
 release's generator is seeded by HMAC-SHA256(key, release name), 128 bits as in one process. The same
 round then re-sends the same release, as the in-process client does, and the key never leaves the site.
+DP-SGD (algorithms/fedavg.py) seeds its per-round torch generator the same way (``noise_seed``).
 
 Placements: ``local``: each client adds the full σ = z Δ₂, so its vector alone is (ε, δ)-DP, even
 in plaintext. ``distributed``: each client adds σ/√t, t the protocol's minimum aggregation size
@@ -185,21 +186,15 @@ class StatisticsPrivacy:
 
     def privatize(self, vector: np.ndarray, layout, bound: float, release: str) -> tuple[np.ndarray, int]:
         """(noisy vector, entries clipped to ``bound``) of one client's packed statistics for the round named
-        ``release``: ``release`` plus Gaussian noise of std ``share_sigma`` on G's triangle and H."""
+        ``release``: ``release`` plus Gaussian noise of std ``share_sigma`` on G's triangle and H, drawn from a
+        generator ``noise_seed`` seeds (a fresh secret, or the site's key and ``release``)."""
         noisy = self.release(vector, layout)
         sent = layout.triangle + layout.dim * layout.num_classes
-        noisy[:sent] += self._noise_generator(release).normal(0.0, self.share_sigma, sent)
+        generator = np.random.default_rng(noise_seed(self.noise_key, release, 128))
+        noisy[:sent] += generator.normal(0.0, self.share_sigma, sent)
         clipped = int(np.count_nonzero(np.abs(noisy) > bound))
         np.clip(noisy, -bound, bound, out=noisy)
         return noisy, clipped
-
-    def _noise_generator(self, release: str) -> np.random.Generator:
-        """A fresh secret seed per release in one process; under a site's ``noise_key``, the seed that key gives
-        this release, so every process of the site draws the same noise for it."""
-        if self.noise_key is None:
-            return np.random.default_rng(secrets.randbits(128))
-        seed = hmac.new(self.noise_key, release.encode(), hashlib.sha256).digest()[:16]
-        return np.random.default_rng(int.from_bytes(seed, "big"))
 
     def report(self, rows_clipped: int, entries: int, entries_clipped: int | None) -> dict:
         """The ``dp`` block of the results: the guarantee and how it was met (``entries_clipped`` None: the count
@@ -215,13 +210,26 @@ class StatisticsPrivacy:
                 "reference": "max_rel_diff_to_centralized compares with the noise-free centralized model: the DP error"}
 
 
+def noise_seed(key: bytes | None, release: str, bits: int) -> int:
+    """The seed (``bits`` ≤ 256 bits) of the generator that draws the noise of the release named ``release``: fresh
+    from ``secrets`` without a key, as one process draws each release once; under a deployed site's ``key``, the
+    leading bits of HMAC-SHA256(key, release), so every process of the site draws the same noise for that release
+    and a repeated call re-sends it (module docstring). DP on the statistics takes 128 bits, DP-SGD's torch
+    generator 63."""
+    if key is None:
+        return secrets.randbits(bits)
+    digest = hmac.new(key, release.encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest, "big") >> (8 * len(digest) - bits)
+
+
 def with_noise_key(job, key: bytes):
-    """An algorithm's configuration (``Algorithm.configure``'s, nested dataclasses) with every ``StatisticsPrivacy``
-    in it drawing its noise under a deployed site's ``key`` (module docstring); unchanged without DP."""
-    if isinstance(job, StatisticsPrivacy):
-        return replace(job, noise_key=key)
+    """An algorithm's configuration (``Algorithm.configure``'s, nested dataclasses) with every DP configuration in it
+    (one with a ``noise_key`` field: ``StatisticsPrivacy``, DP-SGD's ``fedavg.DPConfig``) drawing its noise under a
+    deployed site's ``key`` (module docstring); unchanged without DP."""
     if not is_dataclass(job) or isinstance(job, type):
         return job
+    if any(f.name == "noise_key" for f in fields(job)):
+        return replace(job, noise_key=key)
     changed = {f.name: with_noise_key(getattr(job, f.name), key) for f in fields(job) if f.init}
     changed = {name: value for name, value in changed.items() if value is not getattr(job, name)}
     return replace(job, **changed) if changed else job

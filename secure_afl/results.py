@@ -141,14 +141,28 @@ def _partition(config: dict) -> str:
 
 def _dp_line(metrics: dict) -> str:
     dp = metrics["dp"]
-    line = f"ε {dp['epsilon']:.3g}, δ {dp['delta']:g}, z {dp['noise_multiplier']:.3g}"
     if dp.get("scope") != "statistics":
-        return line + (f", σ {dp['sigma']:.3g}, clip {dp['clip']:g}, noise/signal per step "
-                       f"{dp['noise_to_signal_per_step']:.2g}, {metrics['parameters_clamped']} of "
-                       f"{metrics['parameter_values_sent']} parameter values clamped (DP-SGD)")
+        return (f"ε {_epsilon(dp)}, δ {dp['delta']:g}, z {dp['noise_multiplier']:.3g}, σ {dp['sigma']:.3g}, "
+                f"clip {dp['clip']:g}, noise/signal per step {dp['noise_to_signal_per_step']:.2g}, "
+                f"{_clamped(metrics)} (DP-SGD)")
+    line = f"ε {dp['epsilon']:.3g}, δ {dp['delta']:g}, z {dp['noise_multiplier']:.3g}"
     return (line + f", σ {dp['sigma']:.3g}, C {dp['clip']:g}, {dp['placement']} (share σ {dp['share_sigma']:.3g}), "
             f"{dp['releases']} release(s), {dp['rows_clipped']} rows clipped, "
             f"{_at_sites(dp['entries_clipped_to_bound'])} entries clipped, solve {dp['solve']}" + _layer_clips(dp))
+
+
+def _epsilon(dp: dict) -> str:
+    """DP-SGD's ε: the largest client's, or in a deployed job's results each site's own (with the target)."""
+    if dp["epsilon"] is not None:
+        return f"{dp['epsilon']:.3g}"
+    target = "" if dp["target_epsilon"] is None else f", each at most the target {dp['target_epsilon']:g}"
+    return f"{_at_sites(None)}{target}"
+
+
+def _clamped(metrics: dict) -> str:
+    if metrics["parameters_clamped"] is None:
+        return f"parameter values clamped {_at_sites(None)}"
+    return f"{metrics['parameters_clamped']} of {metrics['parameter_values_sent']} parameter values clamped"
 
 
 def _at_sites(count: int | None) -> str:

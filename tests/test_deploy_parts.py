@@ -60,7 +60,6 @@ def test_a_job_file_round_trips_and_a_foreign_or_unknown_one_is_refused(tmp_path
     ({"algorithm": "fedavg-cnn"}, "fedavg-cnn is not deployed yet: its clients train on pixels"),
     ({"protocol": "he-ckks-approx"}, "he-ckks-approx is not deployed: the key holder's decryption"),
     ({"dropout": {"input": 0.1}}, "--crash"),
-    ({"algorithm": "fedavg", "protocol": "plaintext", "dp_epsilon": 1.0}, "DP-SGD"),
 ])
 def test_jobs_the_deployment_cannot_run_yet_are_refused_before_anything_starts(options, refused):
     with pytest.raises(ConfigError, match=refused):
@@ -103,9 +102,9 @@ def test_the_server_app_drives_a_round_of_every_protocol_that_does_not_leak_and_
                 check_deployable(RunConfig(protocol=name))
 
 
-@pytest.mark.parametrize("name", ["afl", "apfl", "deepafl"])
+@pytest.mark.parametrize("name", ["afl", "apfl", "deepafl", "fedavg", "fedprox"])
 @pytest.mark.parametrize("protocol", ["plaintext", "mask", "he-ckks"])
-def test_dp_on_the_statistics_deploys_with_every_protocol(name, protocol):
+def test_dp_on_the_statistics_and_dp_sgd_deploy_with_every_protocol(name, protocol):
     check_deployable(RunConfig(algorithm=name, protocol=protocol, dp_epsilon=2.0))
 
 
@@ -289,6 +288,40 @@ def test_a_dp_site_rebuilt_for_every_round_repeats_each_release_and_draws_its_ow
         assert len(key) == 32 and key not in vector.tobytes()
         server.receive(spec, 3.0 * vector)
     assert len(ctx.state.array_records[ROUNDS]) == 3  # every round answered, each replayed before the next
+
+
+def test_a_dp_sgd_site_rebuilt_for_every_round_repeats_each_release_and_draws_its_own_noise(tmp_path):
+    """FedAvg under DP-SGD: Opacus draws a round's Poisson batches and noise from a torch generator the site seeds from
+    its secret key and the round's name, so a repeated call, and every round after the replays of the earlier ones,
+    gives exactly the release of one client holding that key; another key draws other noise, the key is never sent,
+    and without a key (one process) every contribution draws afresh."""
+    pytest.importorskip("flwr")
+    from secure_afl.deploy.client_app import NOISE_KEY, ROUNDS, _vector
+
+    config = RunConfig(clients=3, protocol="plaintext", dataset="digits", algorithm="fedavg", rounds=3,
+                       local_epochs=1, local_batch=8, lr=1.0, dp_noise=1.0)  # z given: no calibration per rebuild
+    write_job(tmp_path / "job.json", config)
+    site = Site.from_node_config({"job": str(tmp_path / "job.json"), "partition-id": 0, "num-partitions": 3})
+    x, y = site_rows(1)
+    data = SiteData(x, y, 10, 100, 8)
+    server, fresh = site.algorithm(data)  # no key: the in-process client
+    ctx, other = site_context(x, y), site_context(x, y)
+    keyed = None
+    while (spec := server.next_round()) is not None:
+        call = RoundCall.of(spec).to_bytes()
+        _, vector = _vector(site, ctx, call)
+        key = bytes(ctx.state.config_records[NOISE_KEY]["key"])
+        keyed = keyed or site.algorithm(data, key)[1]  # one client with the site's key answering every round
+        assert keyed.config.dp.noise_key == key and key.hex() not in repr(keyed.config)
+        assert np.array_equal(keyed.contribute(RoundCall.from_bytes(call).spec()), vector)
+        assert np.array_equal(_vector(site, ctx, call)[1], vector)  # a repeat: the same release
+        assert vector[-1] == len(y) and vector.shape == (spec.length,)  # the weight n_k is exact
+        assert not np.allclose(_vector(site, other, call)[1][:-1], vector[:-1])  # another key: other noise
+        assert len(key) == 32 and key not in vector.tobytes()
+        one, two = (fresh.contribute(RoundCall.from_bytes(call).spec()) for _ in range(2))
+        assert not np.allclose(one[:-1], two[:-1])
+        server.receive(spec, 3.0 * vector)
+    assert len(ctx.state.array_records[ROUNDS]) == 3
 
 
 def test_the_deployed_server_and_a_site_derive_the_same_round_and_a_site_without_rows_refuses(tmp_path):

@@ -2,15 +2,18 @@
 FedProx's proximal step works, DP-SGD reaches and reports its ε."""
 
 import json
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from protocols import make_protocol
-from secure_afl.algorithms.fedavg import DPConfig, FedAvgClient, FedAvgConfig, FedAvgServer, build_head, parameter_vector
+from secure_afl.algorithms.fedavg import (DPConfig, FedAvgClient, FedAvgConfig, FedAvgServer, build_head,
+                                          parameter_vector, report)
 from secure_afl.cli import main
 from secure_afl.data.partition import partition
-from secure_afl.errors import ConfigError
+from secure_afl.errors import ConfigError, TrainingWarning
 from secure_afl.runner import Timer, federate
 
 
@@ -60,16 +63,40 @@ def test_parameters_are_projected_onto_the_public_box(synthetic):
     assert sum(m.clamped for m in members.values()) > 0 and np.abs(server.theta).max() <= 0.01 + 1e-12
 
 
-def test_dp_sgd_reaches_its_target_epsilon(synthetic):
+def test_dp_sgd_reaches_its_target_epsilon_and_a_deployed_job_states_the_same_calibration(synthetic):
+    """Each client calibrates z to its row count and stays within the target ε. The operator of a deployed job holds
+    no client: its DP-SGD block gives the same z, σ and noise level from the row counts (the clients' own
+    calibration), ε and the clamp counts null (each site keeps its own)."""
     config = FedAvgConfig(rounds=3, lr=1.0, dp=DPConfig(clip=1.0, epsilon=4.0))
-    server, members, *_ = run(synthetic, config, clients=3)
+    server, members, _, (_, labels) = run(synthetic, config, clients=3)
     epsilons = [m.epsilon() for m in members.values()]
     assert all(3.6 <= e <= 4.0 + 1e-6 for e in epsilons)
+    features = SimpleNamespace(data=SimpleNamespace(client_indices=partition(labels, 3, alpha=0.5, seed=3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainingWarning)  # DP-SGD noise dominates at this batch size
+        ours, deployed = report(config, server, members, features), report(config, server, None, features)
+    assert len({m.noise_multiplier for m in members.values()}) == 3  # three row counts, three calibrations
+    assert deployed["dp"]["noise_multiplier"] == max(m.noise_multiplier for m in members.values())
+    assert {k: v for k, v in deployed["dp"].items() if k not in ("epsilon", "guarantee")} == \
+        {k: v for k, v in ours["dp"].items() if k not in ("epsilon", "guarantee")}
+    assert deployed["dp"]["epsilon"] is None and ours["dp"]["epsilon"] == max(epsilons)
+    assert deployed["parameters_clamped"] is None and ours["parameters_clamped"] == 0 < ours["parameter_values_sent"]
     fixed = FedAvgConfig(rounds=2, lr=1.0, dp=DPConfig(clip=1.0, noise_multiplier=1.0))
     _, short, *_ = run(synthetic, fixed, clients=3)
     longer = FedAvgConfig(rounds=4, lr=1.0, dp=DPConfig(clip=1.0, noise_multiplier=1.0))
     _, long, *_ = run(synthetic, longer, clients=3)
     assert long[0].epsilon() > short[0].epsilon() > 0
+
+
+def test_a_client_without_rows_under_dp_sgd_has_no_mechanism_and_sends_zeros(synthetic):
+    """Every other client in a deployed site's process (and a client the minimum-count rule emptied): nothing to
+    protect, nothing to calibrate (a sample rate over no rows)."""
+    x, labels, classes = synthetic
+    config = FedAvgConfig(rounds=2, lr=1.0, dp=DPConfig(clip=1.0, epsilon=4.0))
+    empty = FedAvgClient(0, x[:0], labels[:0], classes, config, config.rounds)
+    assert empty.noise_multiplier is None and empty.epsilon() is None
+    vector = empty.contribute(FedAvgServer(x.shape[1], classes, config, [0], len(labels)).next_round())
+    assert vector.shape == (x.shape[1] * classes + classes + 1,) and not np.any(vector)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -19,13 +19,16 @@ DP-SGD: each client owns an Opacus PrivacyEngine for the whole run (its accounta
 local step of every round), with per-sample clipping ``dp_clip`` and either a given noise
 multiplier or the one that reaches ``dp_epsilon`` at δ = ``dp_delta`` over the planned steps.
 The reported ε is the largest over clients (each client's data are protected by its own DP).
-Noise and sampling draw from a torch generator seeded by os.urandom, never from the public seed.
+Noise and sampling draw from a torch generator seeded per round by ``privacy.noise_seed``: fresh from
+``secrets`` in one process, never from the public seed. A deployed site answers every message in a fresh
+process and replays its earlier rounds (deploy/client_app.py), so there the seed comes from the site's secret
+key and the round's name (``DPConfig.noise_key``): a repeated call re-sends the same release, never a second
+one the server could average, and the accountant of each process counts the rounds the site answered.
 """
 
 from __future__ import annotations
 
 import math
-import secrets
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +39,7 @@ from torch import nn
 
 from secure_afl.algorithms.base import Algorithm, AlgorithmClient, AlgorithmServer, RoundSpec
 from secure_afl.errors import ConfigError, TrainingWarning
+from secure_afl.privacy import noise_seed
 
 HEADS = ("linear", "mlp")  # models trained on frozen features
 CLAMP_WARNING = 0.01  # warn when more than this fraction of the parameter values sent were clamped
@@ -53,6 +57,7 @@ class DPConfig:
     epsilon: float | None = None
     delta: float = 1e-5
     accountant: str = "rdp"
+    noise_key: bytes | None = field(default=None, repr=False, compare=False)  # a deployed site's secret (docstring)
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.epsilon is None):
@@ -186,29 +191,17 @@ class FedAvgClient(AlgorithmClient):
         self.sent = 0  # parameter values sent over the job
         self._engine = None
         self._noise = None
-        if config.dp is not None:
+        if config.dp is not None and len(self._y):  # a client without rows trains nothing and sends zeros
             from opacus import PrivacyEngine
 
-            with warnings.catch_warnings():  # about secure_mode; our noise generator is seeded from os.urandom
+            with warnings.catch_warnings():  # about secure_mode; our noise generator is seeded from secrets
                 warnings.filterwarnings("ignore", message="Secure RNG turned off")
                 self._engine = PrivacyEngine(accountant=config.dp.accountant)
-            self._noise = config.dp.noise_multiplier
-            if self._noise is None:
-                from opacus.accountants.utils import get_noise_multiplier
-
-                sample_rate = min(1.0, config.batch_size / len(self._y))
-                steps = planned_rounds * config.local_epochs * math.ceil(1 / sample_rate)
-                self._noise = get_noise_multiplier(target_epsilon=config.dp.epsilon, target_delta=config.dp.delta,
-                                                   sample_rate=sample_rate, steps=steps, accountant=config.dp.accountant)
+            self._noise = dp_noise_multiplier(config, len(self._y), planned_rounds)
 
     @property
     def noise_multiplier(self) -> float | None:
         return self._noise
-
-    @property
-    def parameter_count(self) -> int:
-        """Parameters of the head every client trains (DP-SGD adds noise to each)."""
-        return sum(p.numel() for p in build_head(self.config, self._x.shape[1], self._num_classes).parameters())
 
     def epsilon(self) -> float | None:
         if self._engine is None:
@@ -234,11 +227,13 @@ class FedAvgClient(AlgorithmClient):
         trained = model
         loader = None
         if self._engine is not None:
-            loader = torch.utils.data.DataLoader(self._dataset, batch_size=self.config.batch_size)
             # DP noise and Poisson sampling must be unpredictable: a generator derived from the public seed
             # would let anyone regenerate and subtract the noise. Opacus's secure_mode needs torchcsprng,
-            # which is not available, so the generator is seeded from os.urandom (not reproducible, by design).
-            secret = torch.Generator().manual_seed(secrets.randbits(63))
+            # which is not available, so the generator is seeded from secrets (or a deployed site's secret key).
+            # Opacus (1.6) samples with the data loader's generator (``noise_generator`` draws only the noise), and
+            # with torch's global one when the loader has none: so the loader gets it too.
+            secret = torch.Generator().manual_seed(noise_seed(self.config.dp.noise_key, spec.name, 63))
+            loader = torch.utils.data.DataLoader(self._dataset, batch_size=self.config.batch_size, generator=secret)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Secure RNG turned off")
                 trained, optimizer, loader = self._engine.make_private(
@@ -268,6 +263,21 @@ class FedAvgClient(AlgorithmClient):
         theta = np.clip(theta, -bound, bound)
         n = float(len(self._y))
         return np.concatenate([n * theta, [n]])
+
+
+def dp_noise_multiplier(config: FedAvgConfig, rows: int, planned_rounds: int) -> float:
+    """The noise multiplier z of DP-SGD on a client with ``rows`` rows: the job's, or the one Opacus calibrates to
+    reach the target ε at δ over the planned local steps (Poisson sampling at rate batch / rows, ⌈1 / rate⌉ steps
+    an epoch). Public: the job and the row count decide it, so a deployed job's operator states it for every site."""
+    dp = config.dp
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier
+    from opacus.accountants.utils import get_noise_multiplier
+
+    sample_rate = min(1.0, config.batch_size / rows)
+    steps = planned_rounds * config.local_epochs * math.ceil(1 / sample_rate)
+    return get_noise_multiplier(target_epsilon=dp.epsilon, target_delta=dp.delta, sample_rate=sample_rate,
+                                steps=steps, accountant=dp.accountant)
 
 
 def clients_per_round(client_fraction: float, clients: int) -> int:
@@ -329,28 +339,37 @@ def build(job: FedAvgConfig, data, max_samples: int, max_norm: float):
     return server, clients
 
 
-def report(job: FedAvgConfig, server: FedAvgServer, clients: dict, features) -> dict:
+def report(job: FedAvgConfig, server: FedAvgServer, clients: dict | None, features) -> dict:
     """The learning rate used (a default resolves per model), parameter clamps and, under DP-SGD, the guarantee and
-    how loud its noise is; warns when clamps or noise dominate."""
-    clamped, sent = sum(c.clamped for c in clients.values()), sum(c.sent for c in clients.values())
+    how loud its noise is; warns when clamps or noise dominate. ``clients`` None: a deployed job, whose sites keep
+    their clamp counts and their accountants' ε (None here); each site's z follows from the job and its row count."""
+    clamped = None if clients is None else sum(c.clamped for c in clients.values())
+    sent = None if clients is None else sum(c.sent for c in clients.values())
     report = {"lr": job.lr, "parameters_clamped": clamped, "parameter_values_sent": sent}
     if sent and clamped > CLAMP_WARNING * sent:
         warnings.warn(f"{clamped} of the {sent} parameter values sent ({clamped / sent:.1%}) were clamped to the public "
                       f"box ±{job.param_bound:g} (--param-bound): the sum is of clamped models; raise the bound or "
                       "lower --lr", TrainingWarning, stacklevel=2)
     if job.dp is not None:
-        z = max(c.noise_multiplier for c in clients.values())
-        parameters = next(iter(clients.values())).parameter_count
+        if clients is None:
+            sizes = {len(rows) for rows in features.data.client_indices if len(rows)}
+            z, epsilon = max(dp_noise_multiplier(job, size, job.rounds) for size in sizes), None
+        else:
+            private = [c for c in clients.values() if c.noise_multiplier is not None]  # clients with rows
+            z, epsilon = max(c.noise_multiplier for c in private), max(c.epsilon() for c in private)
+        parameters = server.theta.size
         noise_to_signal = z * math.sqrt(parameters) / job.batch_size  # ‖noise‖ / (largest clipped mean gradient)
         report["dp"] = {
-            "epsilon": max(c.epsilon() for c in clients.values()),
+            "epsilon": epsilon,
+            "target_epsilon": job.dp.epsilon,
             "delta": job.dp.delta,
             "noise_multiplier": z,
             "sigma": z * job.dp.clip,
             "clip": job.dp.clip,
             "noise_to_signal_per_step": noise_to_signal,
             "accountant": job.dp.accountant,
-            "noise_rng": "torch generator seeded from os.urandom per client and round (Opacus secure_mode unavailable)",
+            "guarantee": _dp_sgd_guarantee(job, deployed=clients is None),
+            "noise_rng": "torch generator seeded from secrets per client and round (Opacus secure_mode unavailable)",
         }
         if noise_to_signal > 1:
             warnings.warn(f"DP-SGD noise dominates every step: σ = {z * job.dp.clip:.3g} on each of {parameters} "
@@ -358,6 +377,16 @@ def report(job: FedAvgConfig, server: FedAvgServer, clients: dict, features) -> 
                           f"(noise/signal ≈ {noise_to_signal:.1f}); raise --local-batch or --dp-epsilon, or use a "
                           "smaller head", TrainingWarning, stacklevel=2)
     return report
+
+
+def _dp_sgd_guarantee(job: FedAvgConfig, deployed: bool) -> str:
+    """What ε means: each client's rows are protected by its own DP-SGD, counted by its own accountant."""
+    counted = ("each site's accountant counts its ε over the rounds it answered and keeps it (epsilon null)" if deployed
+               else "epsilon: the largest of the clients' accountants over the rounds each answered")
+    if job.dp.epsilon is not None:
+        return (f"{counted}; every client calibrated z to its row count to reach target_epsilon at delta over the "
+                f"job's {job.rounds} planned rounds, and answers each round at most once, so none exceeds it")
+    return f"{counted}; z is the job's, so ε grows with the rounds a client answered (at most the job's {job.rounds})"
 
 
 GRADIENT_OPTIONS = ("rounds", "local_epochs", "lr", "local_batch", "client_fraction", "head", "hidden", "param_bound",

@@ -35,7 +35,7 @@ from secure_afl.config import RunConfig
 from secure_afl.deploy.credentials import Certificates, make_certificates, make_node_key
 from secure_afl.deploy.issue import issue_files, node_config, toml_value
 from secure_afl.deploy.server_app import HISTORY, MODEL, REPORT, TRANSCRIPT
-from secure_afl.deploy.site import check_deployable, read_task, statistics_dp, write_site_rows
+from secure_afl.deploy.site import check_deployable, read_task, write_site_rows
 from secure_afl.errors import ConfigError, SecureAFLError
 from secure_afl.model import Model
 from secure_afl.runner import (Timer, Training, job_metrics, load_features, plan_run, results_document,
@@ -375,7 +375,7 @@ def run_deployed(config: RunConfig, nodes: int, stage_timeout: float, workdir: s
                                   personal_accuracy=site_evaluations(server_report, nodes))
             if "history" in server_report:
                 metrics["history"] = evaluated_history(server_report["history"], work / "out" / HISTORY, features)
-            if statistics_dp(config):
+            if config.dp_epsilon is not None or config.dp_noise is not None:
                 metrics.update(deployed_privacy(config, entry, job, plan, features))
         extra = {"deployment": {
             **engine, "flower": _flower_version(), "nodes": nodes, "stage_timeout_s": stage_timeout,
@@ -407,13 +407,16 @@ def site_evaluations(server_report: dict, nodes: int) -> dict[int, float] | None
 
 def deployed_privacy(config: RunConfig, entry, job, plan, features) -> dict:
     """The ``dp`` block of ``secure-afl run`` for a deployed job (``Algorithm.report`` with no clients): the same
-    guarantee from the same public calibration; the counts of rows and entries each site clipped stay at the site
-    (None), and the noise's randomness is the sites' (secure_afl/privacy.py)."""
+    guarantee from the same public calibration (DP-SGD's noise multiplier from each site's row count, as its client
+    calibrates it); what only a site counts (rows and entries clipped, parameters clamped, DP-SGD's accountant) stays
+    there (None), and the noise's randomness is the sites' (secure_afl/privacy.py)."""
     server, _ = site_algorithm(config, config.clients, features.data.train_x.shape[1], plan.dataset.num_classes,
                                len(plan.train_y))
     block = entry.report(job, server, None, features)
-    block["dp"]["noise_rng"] = ("numpy PCG64 per release, seeded by HMAC-SHA256(round name) under a 256-bit key "
-                                "each site drew from secrets and kept")
+    generator = ("numpy PCG64 per release" if block["dp"].get("scope") == "statistics"
+                 else "torch generator per round (Opacus' Poisson sampling and noise)")
+    block["dp"]["noise_rng"] = (f"{generator}, seeded by HMAC-SHA256(round name) under a 256-bit key each site drew "
+                                "from secrets and kept")
     return block
 
 

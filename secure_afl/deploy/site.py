@@ -45,9 +45,6 @@ def check_deployable(config: RunConfig) -> None:
     if config.dropout:
         raise ConfigError("--dropout simulates dropouts in one process; a deployment's dropouts are real "
                           "(use --crash NODE=STAGE to stop a site's processes at a stage)")
-    if (config.dp_epsilon is not None or config.dp_noise is not None) and not statistics_dp(config):
-        raise ConfigError(f"DP-SGD (--dp-epsilon / --dp-noise with --algorithm {config.algorithm}) is not deployed yet; "
-                          "run it with `secure-afl run` (DP on the statistics of afl, apfl and deepafl is deployed)")
 
 
 def statistics_dp(config: RunConfig) -> bool:
