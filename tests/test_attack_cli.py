@@ -34,26 +34,23 @@ def check_singleton_report(report: dict, protocol: str) -> None:
     assert report["config"]["protocol"] == protocol and report["environment"]["packages"]["torch"]
 
 
-def test_a_run_transcript_is_attacked_and_pictured(tmp_path, capsys):
-    transcript = tmp_path / "transcript"
-    code, _, _ = cli(["run", "--protocol", "plaintext", "--transcript", str(transcript), "--out",
-                      str(tmp_path / "run.json"), "--quiet"], capsys)
-    assert code == 0
-    run = json.loads((tmp_path / "run.json").read_text())
+def test_a_run_transcript_is_attacked_and_pictured(default_job_plaintext, tmp_path, capsys):
+    """`run --transcript` and `attack --attack all --grid` on it are the session's shared default job
+    (tests/conftest.py); one attack by name on the same transcript runs here."""
+    job = default_job_plaintext
+    assert job.run_code == 0
+    run = json.loads(job.run.read_text())
     assert run["transcript"]["rounds"] == 1 and run["transcript"]["bytes"] > 8 * 820_000 * 20
-    assert Transcript.load(transcript).rounds[0].name == "afl/statistics"
-    out, grid = tmp_path / "all.json", tmp_path / "grid.png"
-    code, printed, _ = cli(["attack", "--attack", "all", "--transcript", str(transcript), "--out", str(out),
-                            "--grid", str(grid)], capsys)
-    assert code == 0 and "singleton" in printed and "difference: not applicable" in printed
-    report = json.loads(out.read_text())
+    assert Transcript.load(job.transcript).rounds[0].name == "afl/statistics"
+    assert job.attack_code == 0 and "singleton" in job.printed and "difference: not applicable" in job.printed
+    report = json.loads(job.report.read_text())
     rows = {row["attack"]: row for row in report["summary"]}
     assert rows["singleton"]["recovered_fraction"] == 1.0 and rows["counts"]["recovered_fraction"] == 1.0
     assert not rows["difference"]["applicable"] and not rows["buffer"]["applicable"]
-    assert (tmp_path / "grid-singleton.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (job.directory / "grid-singleton.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     single = tmp_path / "singleton.json"
-    code, printed, _ = cli(["attack", "--attack", "singleton", "--transcript", str(transcript), "--out", str(single),
-                            "--quiet"], capsys)
+    code, printed, _ = cli(["attack", "--attack", "singleton", "--transcript", str(job.transcript), "--out",
+                            str(single), "--quiet"], capsys)
     assert code == 0 and printed == ""
     report = json.loads(single.read_text())
     check_singleton_report(report, "plaintext")

@@ -21,6 +21,7 @@ from attacks.inversion.statistics_matching import MatchSettings, MatchStatistics
 from attacks.suite import InversionOptions, attack_run, public_knowledge
 from secure_afl.config import RunConfig
 from secure_afl.data.datasets import load_dataset
+from secure_afl.features.cache import default_cache_dir
 
 SMALL = DecoderSettings(width=16, epochs=40, augmentation=Augmentation(copies=1))
 CPU = torch.device("cpu")
@@ -30,10 +31,11 @@ DIGITS_JOB = RunConfig(dataset="digits", resolution=32, clients=10, alpha=0.1, d
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits():
     """The digits job's public knowledge (its test split is the attacker's public pool), held-out training images
-    (private: none is public) and their true features; the decoder cache the attack tests share."""
-    cache = tmp_path_factory.mktemp("inversion")
+    (private: none is public) and their true features; the cache directory the attack tests share: the session's
+    features, and the decoder the first test trains."""
+    cache = default_cache_dir()  # the session's private feature cache (conftest.py): digits are extracted once
     dataset = load_dataset("digits")
     known = public_knowledge(replace(DIGITS_JOB, cache_dir=str(cache)), dataset)
     held_out = dataset.train.indices[:HELD_OUT]
